@@ -1,0 +1,250 @@
+//! `_bulk`: NDJSON actions, grouped per shard so each shard logs and fsyncs a bulk once; each
+//! item succeeds or fails on its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::documents::{apply_refresh, index_for_write, outcome_json};
+use super::{Reply, Request, blocking, ok};
+use crate::error::{Error, Result, illegal};
+use crate::index::IndexService;
+use crate::indices::new_uuid;
+use crate::shard::{Condition, Shard, WriteOp, WriteOutcome, WriteResult};
+
+/// One parsed bulk item.
+struct Item {
+    action: &'static str,
+    index: String,
+    /// The op to run, or the error that stops this item before it reaches a shard.
+    op: std::result::Result<(WriteOp, Option<String>), Error>,
+}
+
+fn action_name(name: &str) -> Option<&'static str> {
+    match name {
+        "index" => Some("index"),
+        "create" => Some("create"),
+        "update" => Some("update"),
+        "delete" => Some("delete"),
+        _ => None,
+    }
+}
+
+fn meta_str(meta: &Map<String, Value>, key: &str) -> Option<String> {
+    match meta.get(key) {
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(Value::Number(number)) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses the NDJSON body; a malformed action line fails the whole request, as in ES.
+fn parse_items(body: &[u8], default_index: Option<&str>) -> Result<Vec<Item>> {
+    let mut lines = body
+        .split(|b| *b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace));
+    let mut items = Vec::new();
+    while let Some(line) = lines.next() {
+        let action: Value = serde_json::from_slice(line).map_err(|err| {
+            Error::IllegalArgument(format!(
+                "Malformed action/metadata line [{}], expected START_OBJECT: {err}",
+                items.len() + 1
+            ))
+        })?;
+        let object = action.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+            illegal(format!(
+                "Malformed action/metadata line [{}], expected a single action",
+                items.len() + 1
+            ))
+        })?;
+        let (name, meta) = object
+            .iter()
+            .next()
+            .ok_or_else(|| illegal("empty bulk action"))?;
+        let action = action_name(name).ok_or_else(|| illegal(format!("Malformed action/metadata line [{}], expected one of [create, delete, index, update] but found [{name}]", items.len() + 1)))?;
+        let meta = meta.as_object().cloned().unwrap_or_default();
+        let index = meta_str(&meta, "_index")
+            .or_else(|| default_index.map(str::to_string))
+            .ok_or_else(|| illegal("Validation Failed: 1: index is missing;"))?;
+        let id = meta_str(&meta, "_id");
+        let routing = meta_str(&meta, "routing");
+        let condition = Condition {
+            if_seq_no: meta.get("if_seq_no").and_then(Value::as_i64),
+            if_primary_term: meta.get("if_primary_term").and_then(Value::as_u64),
+        };
+        let source_line = if action == "delete" {
+            None
+        } else {
+            Some(lines.next().ok_or_else(|| illegal(format!("The bulk request must be terminated by a newline; [{action}] is missing its source")))?)
+        };
+        let source = source_line.map(|line| {
+            serde_json::from_slice::<Value>(line)
+                .map_err(|err| Error::MapperParsing(format!("failed to parse: {err}")))
+                .map(|value| (value, line.to_vec()))
+        });
+        let op = match (action, source) {
+            ("delete", _) => match id {
+                Some(id) => Ok(WriteOp::Delete { id, condition }),
+                None => Err(illegal("Validation Failed: 1: id is missing;")),
+            },
+            (_, Some(Err(err))) => Err(err),
+            ("update", Some(Ok((body, _)))) => match id {
+                None => Err(illegal("Validation Failed: 1: id is missing;")),
+                Some(id) => Ok(WriteOp::Update {
+                    id,
+                    doc: body.get("doc").cloned(),
+                    upsert: body.get("upsert").cloned(),
+                    doc_as_upsert: body
+                        .get("doc_as_upsert")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                    condition,
+                }),
+            },
+            (action, Some(Ok((source, raw)))) => {
+                if source.is_object() {
+                    let create = action == "create" || id.is_none();
+                    Ok(WriteOp::Index {
+                        id: id.unwrap_or_else(new_uuid),
+                        source,
+                        raw: Some(raw),
+                        create,
+                        condition,
+                    })
+                } else {
+                    Err(Error::MapperParsing(
+                        "failed to parse, document is empty".into(),
+                    ))
+                }
+            }
+            _ => Err(illegal("bulk item is missing its source")),
+        };
+        items.push(Item {
+            action,
+            index,
+            op: op.map(|op| (op, routing)),
+        });
+    }
+    Ok(items)
+}
+
+fn item_json(
+    action: &str,
+    index: &str,
+    id: &str,
+    result: &Result<(Arc<IndexService>, WriteOutcome)>,
+) -> Value {
+    let body = match result {
+        Ok((index, outcome)) => {
+            let mut body = outcome_json(index, outcome);
+            let status = match outcome.result {
+                WriteResult::Created => 201,
+                WriteResult::NotFound => 404,
+                _ => 200,
+            };
+            body["status"] = json!(status);
+            body
+        }
+        Err(err) => {
+            json!({ "_index": index, "_id": id, "status": err.status(), "error": err.to_es_cause() })
+        }
+    };
+    json!({ action: body })
+}
+
+pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Result<Reply> {
+    let started = Instant::now();
+    let items = parse_items(&request.body, default_index)?;
+    let count = items.len();
+    let mut results: Vec<Option<Result<(Arc<IndexService>, WriteOutcome)>>> =
+        (0..count).map(|_| None).collect();
+    let mut ids: Vec<String> = Vec::with_capacity(count);
+    let mut actions = Vec::with_capacity(count);
+    let mut index_names = Vec::with_capacity(count);
+    // Group per shard, keeping each shard's items in request order.
+    let mut groups: BTreeMap<
+        (String, u32),
+        (Arc<IndexService>, Arc<Shard>, Vec<(usize, WriteOp)>),
+    > = BTreeMap::new();
+    for (position, item) in items.into_iter().enumerate() {
+        actions.push(item.action);
+        index_names.push(item.index.clone());
+        match item.op {
+            Err(err) => {
+                ids.push(String::new());
+                results[position] = Some(Err(err));
+            }
+            Ok((op, routing)) => {
+                ids.push(op.id().to_string());
+                match index_for_write(&request, &item.index) {
+                    Err(err) => results[position] = Some(Err(err)),
+                    Ok(index) => {
+                        let shard = index.shard_for(op.id(), routing.as_deref()).clone();
+                        let key = (index.meta.uuid.clone(), shard.id.shard);
+                        groups
+                            .entry(key)
+                            .or_insert_with(|| (index.clone(), shard, Vec::new()))
+                            .2
+                            .push((position, op));
+                    }
+                }
+            }
+        }
+    }
+    let mut refresh_targets: Vec<(Arc<IndexService>, Arc<Shard>, i64)> = Vec::new();
+    for (index, shard, ops) in groups.into_values() {
+        let (positions, ops): (Vec<usize>, Vec<WriteOp>) = ops.into_iter().unzip();
+        let meta = index.meta.clone();
+        let durability = meta.settings().translog_durability;
+        let writer = shard.clone();
+        let outcomes = blocking(move || writer.apply(ops, meta.as_ref(), durability)).await;
+        match outcomes {
+            Ok(outcomes) => {
+                let mut max_seq_no = -1;
+                for (position, outcome) in positions.into_iter().zip(outcomes) {
+                    if let Ok(outcome) = &outcome {
+                        max_seq_no = max_seq_no.max(outcome.seq_no);
+                    }
+                    results[position] = Some(outcome.map(|o| (index.clone(), o)));
+                }
+                refresh_targets.push((index, shard, max_seq_no));
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for position in positions {
+                    results[position] = Some(Err(Error::Internal(message.clone())));
+                }
+            }
+        }
+    }
+    let mut by_index: BTreeMap<String, (Arc<IndexService>, Vec<(Arc<Shard>, i64)>)> =
+        BTreeMap::new();
+    for (index, shard, seq_no) in refresh_targets {
+        by_index
+            .entry(index.meta.uuid.clone())
+            .or_insert_with(|| (index.clone(), Vec::new()))
+            .1
+            .push((shard, seq_no));
+    }
+    for (index, shards) in by_index.into_values() {
+        apply_refresh(&request, &index, shards).await?;
+    }
+    let mut errors = false;
+    let mut rendered = Vec::with_capacity(count);
+    for position in 0..count {
+        let result = results[position]
+            .take()
+            .unwrap_or_else(|| Err(Error::Internal("bulk item was not executed".into())));
+        errors |= result.is_err();
+        rendered.push(item_json(
+            actions[position],
+            &index_names[position],
+            &ids[position],
+            &result,
+        ));
+    }
+    ok(json!({ "took": started.elapsed().as_millis() as u64, "errors": errors, "items": rendered }))
+}

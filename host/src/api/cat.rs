@@ -1,0 +1,250 @@
+//! `_cat` APIs: aligned text tables (`v` for headers, `h` to pick columns) or JSON with
+//! `format=json`.
+
+use serde_json::{Map, Value};
+
+use super::cluster::{status_of, summary};
+use super::{Reply, Request, blocking, ok};
+use crate::error::{Error, Result};
+use crate::units::format_byte_size;
+
+pub(super) fn help() -> Result<Reply> {
+    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/count\n".to_string()))
+}
+
+type Table = (Vec<&'static str>, Vec<Vec<String>>);
+
+pub(super) async fn cat(request: &Request, what: &str, target: Option<&str>) -> Result<Reply> {
+    let node = request.node.clone();
+    let target = target.map(str::to_string);
+    let what_owned = what.to_string();
+    let bytes_raw = request.param("bytes").is_some();
+    let (headers, rows): Table = blocking(move || match what_owned.as_str() {
+        "health" => health_table(&node),
+        "indices" => indices_table(&node, target.as_deref(), bytes_raw),
+        "shards" => shards_table(&node, target.as_deref(), bytes_raw),
+        "nodes" => Ok(nodes_table(&node)),
+        "count" => count_table(&node, target.as_deref()),
+        other => Err(Error::NoHandler {
+            uri: format!("/_cat/{other}"),
+            method: "GET".into(),
+        }),
+    })
+    .await?;
+    render(request, headers, rows)
+}
+
+fn render(request: &Request, headers: Vec<&'static str>, rows: Vec<Vec<String>>) -> Result<Reply> {
+    let selected: Vec<usize> = match request.param("h") {
+        Some(list) => list
+            .split(',')
+            .filter_map(|name| headers.iter().position(|h| *h == name.trim()))
+            .collect(),
+        None => (0..headers.len()).collect(),
+    };
+    if request.param("format") == Some("json") {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                Value::Object(
+                    selected
+                        .iter()
+                        .map(|&i| (headers[i].to_string(), Value::String(row[i].clone())))
+                        .collect::<Map<_, _>>(),
+                )
+            })
+            .collect();
+        return ok(Value::Array(rows));
+    }
+    let mut table: Vec<Vec<&str>> = Vec::new();
+    if request.flag("v") {
+        table.push(selected.iter().map(|&i| headers[i]).collect());
+    }
+    for row in &rows {
+        table.push(selected.iter().map(|&i| row[i].as_str()).collect());
+    }
+    let widths: Vec<usize> = (0..selected.len())
+        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in table {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
+        text.push_str(line.join(" ").trim_end());
+        text.push('\n');
+    }
+    Ok(Reply::Text(200, text))
+}
+
+fn size(bytes: u64, raw: bool) -> String {
+    if raw {
+        bytes.to_string()
+    } else {
+        format_byte_size(bytes)
+    }
+}
+
+fn health_table(node: &crate::node::NodeState) -> Result<Table> {
+    let summary = summary(node, None)?;
+    let now = chrono::Utc::now();
+    let total = summary.primaries + summary.unassigned_replicas;
+    let percent = if total == 0 {
+        100.0
+    } else {
+        summary.primaries as f64 * 100.0 / total as f64
+    };
+    Ok((
+        vec![
+            "epoch",
+            "timestamp",
+            "cluster",
+            "status",
+            "node.total",
+            "node.data",
+            "shards",
+            "pri",
+            "relo",
+            "init",
+            "unassign",
+            "pending_tasks",
+            "active_shards_percent",
+        ],
+        vec![vec![
+            now.timestamp().to_string(),
+            now.format("%H:%M:%S").to_string(),
+            node.config.cluster_name.clone(),
+            status_of(&summary).to_string(),
+            "1".into(),
+            "1".into(),
+            summary.primaries.to_string(),
+            summary.primaries.to_string(),
+            "0".into(),
+            "0".into(),
+            summary.unassigned_replicas.to_string(),
+            "0".into(),
+            format!("{percent:.1}%"),
+        ]],
+    ))
+}
+
+fn indices_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) -> Result<Table> {
+    let indices = node.indices.resolve(target.unwrap_or("_all"), false)?;
+    let rows = indices
+        .iter()
+        .map(|index| {
+            let settings = index.meta.settings();
+            let store = index.store_size();
+            let health = if settings.number_of_replicas > 0 {
+                "yellow"
+            } else {
+                "green"
+            };
+            vec![
+                health.to_string(),
+                "open".to_string(),
+                index.name().to_string(),
+                index.meta.uuid.clone(),
+                settings.number_of_shards.to_string(),
+                settings.number_of_replicas.to_string(),
+                index.doc_count().to_string(),
+                index.deleted_doc_count().to_string(),
+                size(store, raw),
+                size(store, raw),
+            ]
+        })
+        .collect();
+    Ok((
+        vec![
+            "health",
+            "status",
+            "index",
+            "uuid",
+            "pri",
+            "rep",
+            "docs.count",
+            "docs.deleted",
+            "store.size",
+            "pri.store.size",
+        ],
+        rows,
+    ))
+}
+
+fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) -> Result<Table> {
+    let indices = node.indices.resolve(target.unwrap_or("_all"), false)?;
+    let ip = node.config.http_addr.ip().to_string();
+    let mut rows = Vec::new();
+    for index in &indices {
+        let replicas = index.meta.settings().number_of_replicas;
+        for shard in &index.shards {
+            let number = shard.id.shard.to_string();
+            rows.push(vec![
+                index.name().to_string(),
+                number.clone(),
+                "p".into(),
+                "STARTED".into(),
+                shard.searcher().num_docs().to_string(),
+                size(shard.store_size(), raw),
+                ip.clone(),
+                node.config.node_name.clone(),
+            ]);
+            for _ in 0..replicas {
+                rows.push(vec![
+                    index.name().to_string(),
+                    number.clone(),
+                    "r".into(),
+                    "UNASSIGNED".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+        }
+    }
+    Ok((
+        vec![
+            "index", "shard", "prirep", "state", "docs", "store", "ip", "node",
+        ],
+        rows,
+    ))
+}
+
+fn nodes_table(node: &crate::node::NodeState) -> Table {
+    let roles: String = node
+        .config
+        .roles
+        .iter()
+        .map(|role| match role {
+            crate::config::Role::Master => 'm',
+            crate::config::Role::Data => 'd',
+        })
+        .collect();
+    (
+        vec!["ip", "node.role", "master", "name", "zone"],
+        vec![vec![
+            node.config.http_addr.ip().to_string(),
+            roles,
+            "*".into(),
+            node.config.node_name.clone(),
+            node.config.zone.clone().unwrap_or_default(),
+        ]],
+    )
+}
+
+fn count_table(node: &crate::node::NodeState, target: Option<&str>) -> Result<Table> {
+    let indices = node.indices.resolve(target.unwrap_or("_all"), false)?;
+    let count: u64 = indices.iter().map(|index| index.doc_count()).sum();
+    let now = chrono::Utc::now();
+    Ok((
+        vec!["epoch", "timestamp", "count"],
+        vec![vec![
+            now.timestamp().to_string(),
+            now.format("%H:%M:%S").to_string(),
+            count.to_string(),
+        ]],
+    ))
+}

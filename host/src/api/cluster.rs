@@ -1,0 +1,241 @@
+//! Node and cluster routes: `GET /`, `_cluster/health`, `_nodes`, `_nodes/stats`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Reply, Request, blocking, ok};
+use crate::error::{Result, illegal};
+use crate::node::NodeState;
+use crate::units::parse_time_value;
+
+pub(super) fn root(request: &Request) -> Result<Reply> {
+    let node = &request.node;
+    ok(json!({
+        "name": node.config.node_name,
+        "cluster_name": node.config.cluster_name,
+        "cluster_uuid": node.identity.cluster_uuid,
+        "version": {
+            "number": crate::VERSION,
+            "distribution": "shoal",
+            "build_flavor": "default",
+            "lucene_version": "tantivy-0.26",
+            "minimum_wire_compatibility_version": crate::VERSION,
+            "minimum_index_compatibility_version": crate::VERSION,
+        },
+        "tagline": "You Know, for Search",
+    }))
+}
+
+/// Shard counts as health reports them.
+pub(super) struct ShardSummary {
+    pub primaries: u64,
+    pub unassigned_replicas: u64,
+}
+
+pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<ShardSummary> {
+    let indices = match expression {
+        Some(expression) => node.indices.resolve(expression, false)?,
+        None => node.indices.all(),
+    };
+    let mut summary = ShardSummary {
+        primaries: 0,
+        unassigned_replicas: 0,
+    };
+    for index in &indices {
+        let settings = index.meta.settings();
+        summary.primaries += u64::from(settings.number_of_shards);
+        summary.unassigned_replicas +=
+            u64::from(settings.number_of_shards) * u64::from(settings.number_of_replicas);
+    }
+    Ok(summary)
+}
+
+/// Health on one node: every primary is active, so green unless replicas cannot be placed.
+pub(super) fn status_of(summary: &ShardSummary) -> &'static str {
+    if summary.unassigned_replicas > 0 {
+        "yellow"
+    } else {
+        "green"
+    }
+}
+
+fn status_rank(status: &str) -> u8 {
+    match status {
+        "green" => 0,
+        "yellow" => 1,
+        _ => 2,
+    }
+}
+
+pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<Reply> {
+    let wanted = request.param("wait_for_status").map(str::to_string);
+    if let Some(wanted) = &wanted {
+        if !["green", "yellow", "red"].contains(&wanted.as_str()) {
+            return Err(illegal(format!("unknown health status [{wanted}]")));
+        }
+    }
+    let timeout = match request.param("timeout") {
+        Some(text) => parse_time_value(text)?.unwrap_or(Duration::ZERO),
+        None => Duration::from_secs(30),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let target = target.map(|t| t.to_string());
+    loop {
+        let summary = summary(&request.node, target.as_deref())?;
+        let status = status_of(&summary);
+        let satisfied = wanted
+            .as_deref()
+            .is_none_or(|wanted| status_rank(status) <= status_rank(wanted));
+        let timed_out = !satisfied && tokio::time::Instant::now() >= deadline;
+        if satisfied || timed_out {
+            let total = summary.primaries + summary.unassigned_replicas;
+            let percent = if total == 0 {
+                100.0
+            } else {
+                summary.primaries as f64 * 100.0 / total as f64
+            };
+            let body = json!({
+                "cluster_name": request.node.config.cluster_name,
+                "status": status,
+                "timed_out": timed_out,
+                "number_of_nodes": 1,
+                "number_of_data_nodes": 1,
+                "active_primary_shards": summary.primaries,
+                "active_shards": summary.primaries,
+                "relocating_shards": 0,
+                "initializing_shards": 0,
+                "unassigned_shards": summary.unassigned_replicas,
+                "unassigned_primary_shards": 0,
+                "delayed_unassigned_shards": 0,
+                "number_of_pending_tasks": 0,
+                "number_of_in_flight_fetch": 0,
+                "task_max_waiting_in_queue_millis": 0,
+                "active_shards_percent_as_number": percent,
+            });
+            return Ok(Reply::Json(if timed_out { 408 } else { 200 }, body));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn roles(node: &NodeState) -> Vec<Value> {
+    node.config
+        .roles
+        .iter()
+        .map(|role| json!(format!("{role:?}").to_lowercase()))
+        .collect()
+}
+
+pub(super) fn nodes_info(request: &Request) -> Result<Reply> {
+    let node = &request.node;
+    ok(json!({
+        "_nodes": { "total": 1, "successful": 1, "failed": 0 },
+        "cluster_name": node.config.cluster_name,
+        "nodes": { node.identity.node_id.clone(): {
+            "name": node.config.node_name,
+            "transport_address": node.config.transport_addr.to_string(),
+            "host": node.config.http_addr.ip().to_string(),
+            "ip": node.config.http_addr.ip().to_string(),
+            "version": crate::VERSION,
+            "roles": roles(node),
+            "attributes": { "zone": node.config.zone },
+            "http": { "publish_address": node.config.http_addr.to_string() },
+        }},
+    }))
+}
+
+pub(super) async fn node_stats(request: &Request) -> Result<Reply> {
+    let node = request.node.clone();
+    let indices_stats = blocking(move || {
+        let mut stats = json!({
+            "docs": { "count": 0u64, "deleted": 0u64 },
+            "store": { "size_in_bytes": 0u64 },
+            "indexing": { "index_total": 0u64, "index_failed": 0u64, "delete_total": 0u64 },
+            "get": { "total": 0u64 },
+            "search": { "query_total": 0u64, "query_time_in_millis": 0u64 },
+            "refresh": { "total": 0u64 },
+            "flush": { "total": 0u64 },
+            "translog": { "operations": 0u64, "size_in_bytes": 0u64 },
+        });
+        let add = |stats: &mut Value, section: &str, key: &str, amount: u64| {
+            let slot = &mut stats[section][key];
+            *slot = json!(slot.as_u64().unwrap_or(0) + amount);
+        };
+        for index in node.indices.all() {
+            add(&mut stats, "docs", "count", index.doc_count());
+            add(&mut stats, "docs", "deleted", index.deleted_doc_count());
+            for shard in &index.shards {
+                let counters = &shard.counters;
+                add(&mut stats, "store", "size_in_bytes", shard.store_size());
+                add(
+                    &mut stats,
+                    "indexing",
+                    "index_total",
+                    counters.index_total.load(Ordering::Relaxed),
+                );
+                add(
+                    &mut stats,
+                    "indexing",
+                    "index_failed",
+                    counters.index_failed.load(Ordering::Relaxed),
+                );
+                add(
+                    &mut stats,
+                    "indexing",
+                    "delete_total",
+                    counters.delete_total.load(Ordering::Relaxed),
+                );
+                add(
+                    &mut stats,
+                    "get",
+                    "total",
+                    counters.get_total.load(Ordering::Relaxed),
+                );
+                add(
+                    &mut stats,
+                    "search",
+                    "query_total",
+                    counters.query_total.load(Ordering::Relaxed),
+                );
+                add(
+                    &mut stats,
+                    "search",
+                    "query_time_in_millis",
+                    counters.query_time_micros.load(Ordering::Relaxed) / 1000,
+                );
+                add(
+                    &mut stats,
+                    "refresh",
+                    "total",
+                    counters.refresh_total.load(Ordering::Relaxed),
+                );
+                add(
+                    &mut stats,
+                    "flush",
+                    "total",
+                    counters.flush_total.load(Ordering::Relaxed),
+                );
+                let (operations, bytes) = shard.translog_stats();
+                add(&mut stats, "translog", "operations", operations);
+                add(&mut stats, "translog", "size_in_bytes", bytes);
+            }
+        }
+        Ok(stats)
+    })
+    .await?;
+    let node = &request.node;
+    ok(json!({
+        "_nodes": { "total": 1, "successful": 1, "failed": 0 },
+        "cluster_name": node.config.cluster_name,
+        "nodes": { node.identity.node_id.clone(): {
+            "name": node.config.node_name,
+            "host": node.config.http_addr.ip().to_string(),
+            "roles": roles(node),
+            "timestamp": chrono::Utc::now().timestamp_millis(),
+            "uptime_in_millis": node.started.elapsed().as_millis() as u64,
+            "indices": indices_stats,
+        }},
+    }))
+}

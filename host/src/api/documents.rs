@@ -1,0 +1,325 @@
+//! Single-document routes: index, create, get, delete, update, and `_mget`.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::{Reply, Request, blocking, ok};
+use crate::error::{Error, Result, illegal, parsing};
+use crate::index::IndexService;
+use crate::indices::new_uuid;
+use crate::search::source_filter::SourceFilter;
+use crate::shard::{Condition, WriteOp, WriteOutcome, WriteResult};
+
+/// The index to write to, created on first use as Elasticsearch's `auto_create_index` does.
+pub(super) fn index_for_write(request: &Request, name: &str) -> Result<Arc<IndexService>> {
+    match request.node.indices.get(name) {
+        Ok(index) => Ok(index),
+        Err(Error::IndexNotFound(_)) => match request.node.indices.create(name, &Value::Null) {
+            Ok(index) => Ok(index),
+            Err(Error::IndexAlreadyExists { .. }) => request.node.indices.get(name),
+            Err(err) => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+pub(super) fn condition(request: &Request) -> Result<Condition> {
+    let if_primary_term = request.param_i64("if_primary_term")?;
+    if if_primary_term.is_some_and(|term| term < 0) {
+        return Err(illegal("if_primary_term must be non-negative"));
+    }
+    Ok(Condition {
+        if_seq_no: request.param_i64("if_seq_no")?,
+        if_primary_term: if_primary_term.map(|t| t as u64),
+    })
+}
+
+/// The `_shards` header of a write response: replicas are not assigned on one node.
+pub(super) fn shards_header(index: &IndexService) -> Value {
+    let replicas = index.meta.settings().number_of_replicas;
+    json!({ "total": 1 + replicas, "successful": 1, "failed": 0 })
+}
+
+pub(super) fn outcome_json(index: &IndexService, outcome: &WriteOutcome) -> Value {
+    json!({
+        "_index": index.name(),
+        "_id": outcome.id,
+        "_version": outcome.version,
+        "result": outcome.result.as_str(),
+        "_shards": shards_header(index),
+        "_seq_no": outcome.seq_no,
+        "_primary_term": outcome.primary_term,
+    })
+}
+
+/// Honours `refresh=true|wait_for` after a write to `shard`.
+pub(super) async fn apply_refresh(
+    request: &Request,
+    index: &IndexService,
+    shards: Vec<(Arc<crate::shard::Shard>, i64)>,
+) -> Result<bool> {
+    match request.param("refresh") {
+        None | Some("false") => Ok(false),
+        Some("" | "true") => {
+            blocking(move || {
+                for (shard, _) in shards {
+                    shard.refresh()?;
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(true)
+        }
+        Some("wait_for") => {
+            if index.meta.settings().refresh_interval.is_none() {
+                blocking(move || shards.iter().try_for_each(|(shard, _)| shard.refresh())).await?;
+                return Ok(false);
+            }
+            for (shard, seq_no) in shards {
+                shard.wait_for_refresh(seq_no).await;
+            }
+            Ok(false)
+        }
+        Some(other) => Err(illegal(format!("unknown value for refresh: [{other}]"))),
+    }
+}
+
+async fn write_one(
+    request: &Request,
+    index: Arc<IndexService>,
+    op: WriteOp,
+    routing: Option<String>,
+) -> Result<WriteOutcome> {
+    let shard = index.shard_for(op.id(), routing.as_deref()).clone();
+    let meta = index.meta.clone();
+    let durability = meta.settings().translog_durability;
+    let writer = shard.clone();
+    let mut outcomes = blocking(move || writer.apply(vec![op], meta.as_ref(), durability)).await?;
+    let outcome = outcomes
+        .pop()
+        .ok_or_else(|| Error::Internal("write produced no result".into()))??;
+    apply_refresh(request, &index, vec![(shard, outcome.seq_no)]).await?;
+    Ok(outcome)
+}
+
+pub(super) async fn index(
+    request: Request,
+    name: &str,
+    id: Option<&str>,
+    create: bool,
+) -> Result<Reply> {
+    let source = request.json()?;
+    if !source.is_object() {
+        return Err(Error::MapperParsing(
+            "failed to parse, document is empty".into(),
+        ));
+    }
+    let create = create || request.param("op_type") == Some("create") || id.is_none();
+    let index = index_for_write(&request, name)?;
+    let id = id.map(str::to_string).unwrap_or_else(new_uuid);
+    let op = WriteOp::Index {
+        id,
+        source,
+        raw: Some(request.body.to_vec()),
+        create,
+        condition: condition(&request)?,
+    };
+    let routing = request.param("routing").map(str::to_string);
+    let outcome = write_one(&request, index.clone(), op, routing).await?;
+    let mut body = outcome_json(&index, &outcome);
+    if request
+        .param("refresh")
+        .is_some_and(|r| r.is_empty() || r == "true")
+    {
+        body["forced_refresh"] = json!(true);
+    }
+    let status = if outcome.result == WriteResult::Created {
+        201
+    } else {
+        200
+    };
+    Ok(Reply::Json(status, body))
+}
+
+pub(super) async fn delete(request: Request, name: &str, id: &str) -> Result<Reply> {
+    let index = request.node.indices.get(name)?;
+    let op = WriteOp::Delete {
+        id: id.to_string(),
+        condition: condition(&request)?,
+    };
+    let routing = request.param("routing").map(str::to_string);
+    let outcome = write_one(&request, index.clone(), op, routing).await?;
+    let status = if outcome.result == WriteResult::NotFound {
+        404
+    } else {
+        200
+    };
+    Ok(Reply::Json(status, outcome_json(&index, &outcome)))
+}
+
+pub(super) async fn update(request: Request, name: &str, id: &str) -> Result<Reply> {
+    let body = request.json()?;
+    let object = body
+        .as_object()
+        .ok_or_else(|| parsing("update request body must be an object"))?;
+    for key in object.keys() {
+        if !["doc", "upsert", "doc_as_upsert", "detect_noop", "_source"].contains(&key.as_str()) {
+            return Err(parsing(format!("[UpdateRequest] unknown field [{key}]")));
+        }
+    }
+    let doc = object.get("doc").cloned();
+    if doc.as_ref().is_some_and(|d| !d.is_object()) {
+        return Err(parsing("[doc] must be an object"));
+    }
+    if doc.is_none() && object.get("upsert").is_none() {
+        return Err(illegal("Validation Failed: 1: script or doc is missing;"));
+    }
+    let index = index_for_write(&request, name)?;
+    let op = WriteOp::Update {
+        id: id.to_string(),
+        doc,
+        upsert: object.get("upsert").cloned(),
+        doc_as_upsert: object
+            .get("doc_as_upsert")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        condition: condition(&request)?,
+    };
+    let routing = request.param("routing").map(str::to_string);
+    let outcome = write_one(&request, index.clone(), op, routing).await?;
+    let mut response = outcome_json(&index, &outcome);
+    let wants_source = object
+        .get("_source")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || request.flag("_source");
+    if let (true, Some(source)) = (wants_source, &outcome.source) {
+        let source: Value =
+            serde_json::from_slice(source).map_err(|err| Error::Internal(err.to_string()))?;
+        response["get"] = json!({ "found": true, "_source": source });
+    }
+    let status = if outcome.result == WriteResult::Created {
+        201
+    } else {
+        200
+    };
+    Ok(Reply::Json(status, response))
+}
+
+fn source_filter(request: &Request) -> SourceFilter {
+    SourceFilter::from_params(
+        request.param("_source"),
+        request.param("_source_includes"),
+        request.param("_source_excludes"),
+    )
+    .unwrap_or_else(SourceFilter::all)
+}
+
+/// Reads one document; `Ok(None)` when it does not exist.
+async fn read_doc(
+    index: Arc<IndexService>,
+    id: String,
+    routing: Option<String>,
+) -> Result<Option<crate::shard::StoredDoc>> {
+    let shard = index.shard_for(&id, routing.as_deref()).clone();
+    blocking(move || shard.get(&id)).await
+}
+
+fn found_json(index: &str, doc: &crate::shard::StoredDoc, filter: &SourceFilter) -> Result<Value> {
+    let mut out = json!({
+        "_index": index, "_id": doc.id, "_version": doc.version,
+        "_seq_no": doc.seq_no, "_primary_term": doc.primary_term, "found": true,
+    });
+    let source: Value =
+        serde_json::from_slice(&doc.source).map_err(|err| Error::Internal(err.to_string()))?;
+    if let Some(filtered) = filter.apply(source) {
+        out["_source"] = filtered;
+    }
+    Ok(out)
+}
+
+pub(super) async fn get(request: Request, name: &str, id: &str) -> Result<Reply> {
+    let index = request.node.indices.get(name)?;
+    let routing = request.param("routing").map(str::to_string);
+    match read_doc(index, id.to_string(), routing).await? {
+        Some(doc) => ok(found_json(name, &doc, &source_filter(&request))?),
+        None => Ok(Reply::Json(
+            404,
+            json!({ "_index": name, "_id": id, "found": false }),
+        )),
+    }
+}
+
+pub(super) async fn get_source(request: Request, name: &str, id: &str) -> Result<Reply> {
+    let index = request.node.indices.get(name)?;
+    let routing = request.param("routing").map(str::to_string);
+    match read_doc(index, id.to_string(), routing).await? {
+        Some(doc) => {
+            let source: Value = serde_json::from_slice(&doc.source)
+                .map_err(|err| Error::Internal(err.to_string()))?;
+            ok(source_filter(&request).apply(source).unwrap_or(Value::Null))
+        }
+        None => Err(Error::DocumentMissing {
+            index: name.to_string(),
+            id: id.to_string(),
+        }),
+    }
+}
+
+pub(super) async fn mget(request: Request, default_index: Option<&str>) -> Result<Reply> {
+    let body = request.json()?;
+    let mut wanted: Vec<(String, String, Option<String>, Option<SourceFilter>)> = Vec::new();
+    if let Some(docs) = body.get("docs").and_then(Value::as_array) {
+        for doc in docs {
+            let index = doc
+                .get("_index")
+                .and_then(Value::as_str)
+                .or(default_index)
+                .ok_or_else(|| illegal("[_index] is missing for a doc in _mget"))?;
+            let id = match doc.get("_id") {
+                Some(Value::String(id)) => id.clone(),
+                Some(Value::Number(id)) => id.to_string(),
+                _ => return Err(illegal("[_id] is missing for a doc in _mget")),
+            };
+            let routing = doc
+                .get("routing")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let filter = doc.get("_source").map(SourceFilter::parse).transpose()?;
+            wanted.push((index.to_string(), id, routing, filter));
+        }
+    } else if let Some(ids) = body.get("ids").and_then(Value::as_array) {
+        let index =
+            default_index.ok_or_else(|| illegal("_mget with [ids] needs an index in the path"))?;
+        for id in ids {
+            let id = id
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| id.to_string());
+            wanted.push((index.to_string(), id, None, None));
+        }
+    } else {
+        return Err(parsing("_mget needs [docs] or [ids]"));
+    }
+    let default_filter = source_filter(&request);
+    let mut docs = Vec::with_capacity(wanted.len());
+    for (index_name, id, routing, filter) in wanted {
+        let filter = filter.unwrap_or_else(|| default_filter.clone());
+        let entry = match request.node.indices.get(&index_name) {
+            Err(err) => {
+                let mut entry = Map::new();
+                entry.insert("_index".into(), json!(index_name));
+                entry.insert("_id".into(), json!(id));
+                entry.insert("error".into(), err.to_es_cause());
+                Value::Object(entry)
+            }
+            Ok(index) => match read_doc(index, id.clone(), routing).await? {
+                Some(doc) => found_json(&index_name, &doc, &filter)?,
+                None => json!({ "_index": index_name, "_id": id, "found": false }),
+            },
+        };
+        docs.push(entry);
+    }
+    ok(json!({ "docs": docs }))
+}

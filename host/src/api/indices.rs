@@ -1,0 +1,139 @@
+//! Index administration routes: create, get, exists, delete, mappings, settings, refresh, flush.
+
+use serde_json::{Map, Value, json};
+
+use super::{Reply, Request, blocking, ok};
+use crate::error::{Error, Result};
+use crate::mapping::Mapping;
+
+pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
+    let body = request.json()?;
+    let node = request.node.clone();
+    let owned = name.to_string();
+    blocking(move || node.indices.create(&owned, &body).map(|_| ())).await?;
+    ok(json!({ "acknowledged": true, "shards_acknowledged": true, "index": name }))
+}
+
+pub(super) fn get(request: &Request, expression: &str) -> Result<Reply> {
+    let mut out = Map::new();
+    for index in request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?
+    {
+        out.insert(index.name().to_string(), index.to_json());
+    }
+    ok(Value::Object(out))
+}
+
+pub(super) fn exists(request: &Request, expression: &str) -> Result<Reply> {
+    match request.node.indices.resolve(expression, false) {
+        Ok(found) if !found.is_empty() => Ok(Reply::Empty(200)),
+        _ => Ok(Reply::Empty(404)),
+    }
+}
+
+pub(super) async fn delete(request: Request, expression: &str) -> Result<Reply> {
+    let targets = request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?;
+    if targets.is_empty() && !expression.contains('*') && expression != "_all" {
+        return Err(Error::IndexNotFound(expression.to_string()));
+    }
+    let node = request.node.clone();
+    let names: Vec<String> = targets
+        .iter()
+        .map(|index| index.name().to_string())
+        .collect();
+    drop(targets);
+    blocking(move || names.iter().try_for_each(|name| node.indices.delete(name))).await?;
+    ok(json!({ "acknowledged": true }))
+}
+
+pub(super) fn get_mapping(request: &Request, expression: &str) -> Result<Reply> {
+    let mut out = Map::new();
+    for index in request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?
+    {
+        out.insert(
+            index.name().to_string(),
+            json!({ "mappings": index.meta.mapping().to_json() }),
+        );
+    }
+    ok(Value::Object(out))
+}
+
+pub(super) fn put_mapping(request: &Request, expression: &str) -> Result<Reply> {
+    let body = request.json()?;
+    let addition = Mapping::parse(&body)?;
+    let targets = request.node.indices.resolve(expression, false)?;
+    // Validate against every target first, so a conflict on one changes none.
+    for index in &targets {
+        index.meta.mapping().merge(&addition)?;
+    }
+    for index in &targets {
+        index.meta.put_mapping(&addition)?;
+    }
+    ok(json!({ "acknowledged": true }))
+}
+
+pub(super) fn get_settings(request: &Request, expression: &str) -> Result<Reply> {
+    let mut out = Map::new();
+    for index in request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?
+    {
+        out.insert(
+            index.name().to_string(),
+            json!({ "settings": index.meta.settings().to_json(&index.meta) }),
+        );
+    }
+    ok(Value::Object(out))
+}
+
+pub(super) fn put_settings(request: &Request, expression: &str) -> Result<Reply> {
+    let body = request.json()?;
+    let body = body.get("settings").cloned().unwrap_or(body);
+    let targets = request.node.indices.resolve(expression, false)?;
+    for index in &targets {
+        index.meta.settings().apply(&body, false)?;
+    }
+    for index in &targets {
+        index.meta.update_settings(&body)?;
+    }
+    ok(json!({ "acknowledged": true }))
+}
+
+async fn for_each_shard(request: Request, expression: &str, flush: bool) -> Result<Reply> {
+    let targets = request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?;
+    let total: usize = targets.iter().map(|index| index.shards.len()).sum();
+    blocking(move || {
+        for index in &targets {
+            for shard in &index.shards {
+                if flush {
+                    shard.flush()?
+                } else {
+                    shard.refresh()?
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    ok(json!({ "_shards": { "total": total, "successful": total, "failed": 0 } }))
+}
+
+pub(super) async fn refresh(request: Request, expression: &str) -> Result<Reply> {
+    for_each_shard(request, expression, false).await
+}
+
+pub(super) async fn flush(request: Request, expression: &str) -> Result<Reply> {
+    for_each_shard(request, expression, true).await
+}

@@ -1,0 +1,263 @@
+//! The Elasticsearch-compatible REST API: one dispatcher that matches method and path
+//! segments (so the whole route table reads in one place), and the response helpers.
+
+mod bulk;
+mod cat;
+mod cluster;
+mod documents;
+mod indices;
+mod search;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::node::NodeState;
+
+/// Builds the axum application.
+pub fn router(state: Arc<NodeState>, max_body: usize) -> axum::Router {
+    axum::Router::new()
+        .fallback(dispatch)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(AppState {
+            node: state,
+            max_body,
+        })
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<NodeState>,
+    max_body: usize,
+}
+
+/// One incoming request, decoded.
+pub(crate) struct Request {
+    pub node: Arc<NodeState>,
+    pub method: Method,
+    pub params: HashMap<String, String>,
+    pub body: Bytes,
+}
+
+impl Request {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// `?flag`, `?flag=true` → true.
+    pub fn flag(&self, name: &str) -> bool {
+        self.param(name)
+            .is_some_and(|v| v.is_empty() || v == "true")
+    }
+
+    /// The body as JSON; an empty body is `Null`.
+    pub fn json(&self) -> Result<Value> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|err| Error::Parsing(format!("failed to parse request body: {err}")))
+    }
+
+    pub fn param_i64(&self, name: &str) -> Result<Option<i64>> {
+        self.param(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    Error::IllegalArgument(format!(
+                        "failed to parse [{name}] value [{v}] as a number"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// A JSON response with `status`.
+pub(crate) fn json_response(status: u16, body: &Value, pretty: bool) -> Response {
+    let bytes = if pretty {
+        serde_json::to_vec_pretty(body)
+    } else {
+        serde_json::to_vec(body)
+    }
+    .unwrap_or_default();
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(crate) fn ok(body: Value) -> Result<Reply> {
+    Ok(Reply::Json(200, body))
+}
+
+/// What a route returns before rendering.
+pub(crate) enum Reply {
+    Json(u16, Value),
+    Text(u16, String),
+    /// Status only, for HEAD.
+    Empty(u16),
+}
+
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&segment[i + 1..i + 3], 16) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn dispatch(
+    State(app): State<AppState>,
+    method: Method,
+    uri: Uri,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let params: HashMap<String, String> = Query::try_from_uri(&uri)
+        .map(|q: Query<HashMap<String, String>>| q.0)
+        .unwrap_or_default();
+    let pretty = params.contains_key("pretty");
+    let is_head = method == Method::HEAD;
+    let reply = match body {
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(Error::ContentTooLong {
+                limit: app.max_body,
+            })
+        }
+        Err(rejection) => Err(Error::Parsing(format!(
+            "failed to read request body: {rejection}"
+        ))),
+        Ok(body) => {
+            let segments: Vec<String> = uri
+                .path()
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(percent_decode)
+                .collect();
+            let request = Request {
+                node: app.node.clone(),
+                method: method.clone(),
+                params,
+                body,
+            };
+            route(request, &segments, &uri).await
+        }
+    };
+    match reply {
+        Ok(Reply::Json(status, _)) if is_head => empty(status),
+        Ok(Reply::Json(status, body)) => json_response(status, &body, pretty),
+        Ok(Reply::Text(status, text)) => {
+            let mut response =
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), text).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=UTF-8"),
+            );
+            response
+        }
+        Ok(Reply::Empty(status)) => empty(status),
+        Err(err) => {
+            if err.status() >= 500 {
+                tracing::error!(error = %err, method = %method, path = uri.path(), "request failed");
+            }
+            if is_head {
+                empty(err.status())
+            } else {
+                json_response(err.status(), &err.to_es_body(), pretty)
+            }
+        }
+    }
+}
+
+fn empty(status: u16) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    response
+}
+
+/// The route table.
+async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply> {
+    let method = request.method.clone();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    use Method as M;
+    match (&method, seg.as_slice()) {
+        (&M::GET | &M::HEAD, []) => cluster::root(&request),
+        (&M::GET, ["_cluster", "health"]) => cluster::health(&request, None).await,
+        (&M::GET, ["_cluster", "health", target]) => cluster::health(&request, Some(target)).await,
+        (&M::GET, ["_nodes", "stats"]) | (&M::GET, ["_nodes", "stats", ..]) => {
+            cluster::node_stats(&request).await
+        }
+        (&M::GET, ["_nodes"]) => cluster::nodes_info(&request),
+        (&M::GET, ["_cat"]) => cat::help(),
+        (&M::GET, ["_cat", what]) => cat::cat(&request, what, None).await,
+        (&M::GET, ["_cat", what, target]) => cat::cat(&request, what, Some(target)).await,
+        (&M::POST | &M::PUT, ["_bulk"]) => bulk::bulk(request, None).await,
+        (&M::POST | &M::PUT, [index, "_bulk"]) => bulk::bulk(request, Some(index)).await,
+        (&M::GET | &M::POST, ["_mget"]) => documents::mget(request, None).await,
+        (&M::GET | &M::POST, [index, "_mget"]) => documents::mget(request, Some(index)).await,
+        (&M::GET | &M::POST, ["_search"]) => search::search(request, "_all").await,
+        (&M::GET | &M::POST, [index, "_search"]) => search::search(request, index).await,
+        (&M::GET | &M::POST, ["_count"]) => search::count(request, "_all").await,
+        (&M::GET | &M::POST, [index, "_count"]) => search::count(request, index).await,
+        (&M::POST | &M::GET, ["_refresh"]) => indices::refresh(request, "_all").await,
+        (&M::POST | &M::GET, [index, "_refresh"]) => indices::refresh(request, index).await,
+        (&M::POST | &M::GET, ["_flush"]) => indices::flush(request, "_all").await,
+        (&M::POST | &M::GET, [index, "_flush"]) => indices::flush(request, index).await,
+        (&M::GET, ["_mapping"]) => indices::get_mapping(&request, "_all"),
+        (&M::GET, [index, "_mapping"]) => indices::get_mapping(&request, index),
+        (&M::PUT | &M::POST, [index, "_mapping"]) => indices::put_mapping(&request, index),
+        (&M::GET, ["_settings"]) => indices::get_settings(&request, "_all"),
+        (&M::GET, [index, "_settings"]) => indices::get_settings(&request, index),
+        (&M::PUT, [index, "_settings"]) => indices::put_settings(&request, index),
+        (&M::PUT | &M::POST, [index, "_doc", id]) => {
+            documents::index(request, index, Some(id), false).await
+        }
+        (&M::POST, [index, "_doc"]) => documents::index(request, index, None, false).await,
+        (&M::PUT | &M::POST, [index, "_create", id]) => {
+            documents::index(request, index, Some(id), true).await
+        }
+        (&M::GET | &M::HEAD, [index, "_doc", id]) => documents::get(request, index, id).await,
+        (&M::GET | &M::HEAD, [index, "_source", id]) => {
+            documents::get_source(request, index, id).await
+        }
+        (&M::DELETE, [index, "_doc", id]) => documents::delete(request, index, id).await,
+        (&M::POST, [index, "_update", id]) => documents::update(request, index, id).await,
+        (&M::PUT, [index]) => indices::create(request, index).await,
+        (&M::GET, [index]) if !index.starts_with('_') => indices::get(&request, index),
+        (&M::HEAD, [index]) if !index.starts_with('_') => indices::exists(&request, index),
+        (&M::DELETE, [index]) if !index.starts_with('_') => indices::delete(request, index).await,
+        _ => Err(Error::NoHandler {
+            uri: uri.to_string(),
+            method: method.to_string(),
+        }),
+    }
+}
+
+/// Runs blocking shard work off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::Internal(format!("worker task failed: {err}")))?
+}

@@ -1,0 +1,34 @@
+//! `_search` and `_count` routes.
+
+use serde_json::Value;
+
+use super::{Reply, Request, blocking, ok};
+use crate::error::Result;
+use crate::search::{self, SearchRequest};
+
+fn targets(
+    request: &Request,
+    expression: &str,
+) -> Result<Vec<std::sync::Arc<crate::index::IndexService>>> {
+    let ignore_unavailable = request.flag("ignore_unavailable");
+    request.node.indices.resolve(expression, ignore_unavailable)
+}
+
+pub(super) async fn search(request: Request, expression: &str) -> Result<Reply> {
+    let indices = targets(&request, expression)?;
+    let body = request.json()?;
+    let search_request = SearchRequest::parse(&body, &request.params)?;
+    let response = blocking(move || search::execute(&indices, &search_request)).await?;
+    ok(response)
+}
+
+pub(super) async fn count(request: Request, expression: &str) -> Result<Reply> {
+    let indices = targets(&request, expression)?;
+    let body = request.json()?;
+    let mut query = body.get("query").cloned().unwrap_or(Value::Null);
+    if let Some(q) = request.param("q") {
+        query = serde_json::json!({"query_string": {"query": q}});
+    }
+    let response = blocking(move || search::count(&indices, &query)).await?;
+    ok(response)
+}

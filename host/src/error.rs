@@ -1,0 +1,144 @@
+//! The one error type the node's library code returns, and how each variant maps onto an
+//! Elasticsearch error type and HTTP status.
+
+use serde_json::{Value, json};
+
+/// Result alias used across the host crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while serving a request or running a shard.
+///
+/// Variants carry what a user needs to fix their request; `es_type` and `status` give the
+/// Elasticsearch-compatible rendering so clients that branch on `error.type` keep working.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such index [{0}]")]
+    IndexNotFound(String),
+    #[error("index [{name}/{uuid}] already exists")]
+    IndexAlreadyExists { name: String, uuid: String },
+    #[error("Invalid index name [{name}], {reason}")]
+    InvalidIndexName { name: String, reason: String },
+    #[error("{0}")]
+    Parsing(String),
+    #[error("{0}")]
+    MapperParsing(String),
+    #[error(
+        "mapping set to strict, dynamic introduction of [{field}] within [_doc] is not allowed"
+    )]
+    StrictDynamicMapping { field: String },
+    #[error("{0}")]
+    IllegalArgument(String),
+    #[error("[{id}]: version conflict, {reason}")]
+    VersionConflict {
+        index: String,
+        id: String,
+        reason: String,
+    },
+    #[error("[{id}]: document missing")]
+    DocumentMissing { index: String, id: String },
+    #[error("request body is larger than the limit of [{limit}] bytes")]
+    ContentTooLong { limit: usize },
+    #[error("no handler found for uri [{uri}] and method [{method}]")]
+    NoHandler { uri: String, method: String },
+    #[error("{0}")]
+    SearchPhase(String),
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    #[error("translog of shard [{shard}] is corrupted: {reason}")]
+    TranslogCorrupted { shard: String, reason: String },
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("index engine error: {0}")]
+    Engine(#[from] tantivy::TantivyError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The Elasticsearch `error.type` string for this error.
+    pub fn es_type(&self) -> &'static str {
+        match self {
+            Error::IndexNotFound(_) => "index_not_found_exception",
+            Error::IndexAlreadyExists { .. } => "resource_already_exists_exception",
+            Error::InvalidIndexName { .. } => "invalid_index_name_exception",
+            Error::Parsing(_) => "parsing_exception",
+            Error::MapperParsing(_) => "mapper_parsing_exception",
+            Error::StrictDynamicMapping { .. } => "strict_dynamic_mapping_exception",
+            Error::IllegalArgument(_) => "illegal_argument_exception",
+            Error::VersionConflict { .. } => "version_conflict_engine_exception",
+            Error::DocumentMissing { .. } => "document_missing_exception",
+            Error::ContentTooLong { .. } => "content_too_long_exception",
+            Error::NoHandler { .. } => "no_handler_found_exception",
+            Error::SearchPhase(_) => "search_phase_execution_exception",
+            Error::Timeout(_) => "timeout_exception",
+            Error::TranslogCorrupted { .. } => "translog_corrupted_exception",
+            Error::ShuttingDown => "node_closed_exception",
+            Error::Io(_) | Error::Engine(_) | Error::Internal(_) => "exception",
+        }
+    }
+
+    /// The HTTP status Elasticsearch answers this error with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::IndexNotFound(_) | Error::DocumentMissing { .. } | Error::NoHandler { .. } => {
+                404
+            }
+            Error::IndexAlreadyExists { .. }
+            | Error::InvalidIndexName { .. }
+            | Error::Parsing(_)
+            | Error::MapperParsing(_)
+            | Error::StrictDynamicMapping { .. }
+            | Error::IllegalArgument(_)
+            | Error::SearchPhase(_) => 400,
+            Error::VersionConflict { .. } => 409,
+            Error::ContentTooLong { .. } => 413,
+            Error::Timeout(_) => 408,
+            Error::ShuttingDown => 503,
+            Error::TranslogCorrupted { .. }
+            | Error::Io(_)
+            | Error::Engine(_)
+            | Error::Internal(_) => 500,
+        }
+    }
+
+    /// The `error` object (without the outer `status`), as it appears in bulk item results too.
+    pub fn to_es_cause(&self) -> Value {
+        let mut cause = json!({ "type": self.es_type(), "reason": self.to_string() });
+        match self {
+            Error::IndexNotFound(index) => {
+                cause["index"] = json!(index);
+                cause["resource.type"] = json!("index_or_alias");
+                cause["resource.id"] = json!(index);
+            }
+            Error::IndexAlreadyExists { name, uuid } => {
+                cause["index"] = json!(name);
+                cause["index_uuid"] = json!(uuid);
+            }
+            Error::VersionConflict { index, .. } | Error::DocumentMissing { index, .. } => {
+                cause["index"] = json!(index);
+            }
+            _ => {}
+        }
+        cause
+    }
+
+    /// The full Elasticsearch error body: `{"error": {...,"root_cause":[...]}, "status": N}`.
+    pub fn to_es_body(&self) -> Value {
+        let cause = self.to_es_cause();
+        let mut error = cause.clone();
+        error["root_cause"] = json!([cause]);
+        json!({ "error": error, "status": self.status() })
+    }
+}
+
+/// Shorthand for a 400 `illegal_argument_exception`.
+pub fn illegal(reason: impl Into<String>) -> Error {
+    Error::IllegalArgument(reason.into())
+}
+
+/// Shorthand for a 400 `parsing_exception`.
+pub fn parsing(reason: impl Into<String>) -> Error {
+    Error::Parsing(reason.into())
+}

@@ -1,0 +1,512 @@
+//! An index: its settings, mapping and shards, persisted as metadata beside the shard data,
+//! and the routing of document ids to shards.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result, illegal};
+use crate::mapping::Mapping;
+use crate::routing::shard_for_routing;
+use crate::shard::{Durability, MappingSource, Shard, ShardId};
+use crate::units::{format_time_value, parse_time_value};
+
+/// Index settings Shoal understands; anything else is refused rather than silently ignored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexSettings {
+    pub number_of_shards: u32,
+    pub number_of_replicas: u32,
+    /// `None` disables periodic refresh (`-1`).
+    pub refresh_interval: Option<Duration>,
+    pub translog_durability: Durability,
+    pub translog_sync_interval: Duration,
+    /// The field time-series pruning reads (`index.time_series.timestamp_field`).
+    pub timestamp_field: String,
+    pub max_result_window: usize,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        IndexSettings {
+            number_of_shards: 1,
+            number_of_replicas: 1,
+            refresh_interval: Some(Duration::from_secs(1)),
+            translog_durability: Durability::Request,
+            translog_sync_interval: Duration::from_secs(5),
+            timestamp_field: "@timestamp".to_string(),
+            max_result_window: 10_000,
+        }
+    }
+}
+
+/// Flattens `{"index": {"number_of_shards": 1}}`, `{"index.number_of_shards": 1}` and
+/// `{"number_of_shards": 1}` alike into `number_of_shards -> value`.
+fn flatten_settings(value: &Value) -> Result<BTreeMap<String, Value>> {
+    fn walk(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, child, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_string(), leaf.clone());
+            }
+        }
+    }
+    if !value.is_object() {
+        return Err(illegal(format!("settings must be an object, got {value}")));
+    }
+    let mut flat = BTreeMap::new();
+    walk("", value, &mut flat);
+    Ok(flat
+        .into_iter()
+        .map(|(key, value)| {
+            (
+                key.strip_prefix("index.").unwrap_or(&key).to_string(),
+                value,
+            )
+        })
+        .collect())
+}
+
+fn setting_string(key: &str, value: &Value) -> Result<String> {
+    match value {
+        Value::String(text) => Ok(text.clone()),
+        Value::Number(number) => Ok(number.to_string()),
+        Value::Bool(flag) => Ok(flag.to_string()),
+        _ => Err(illegal(format!(
+            "failed to parse value [{value}] for setting [index.{key}]"
+        ))),
+    }
+}
+
+fn setting_u32(key: &str, value: &Value, min: u32) -> Result<u32> {
+    let text = setting_string(key, value)?;
+    let number: u32 = text.parse().map_err(|_| {
+        illegal(format!(
+            "Failed to parse value [{text}] for setting [index.{key}]"
+        ))
+    })?;
+    if number < min {
+        return Err(illegal(format!(
+            "Failed to parse value [{number}] for setting [index.{key}] must be >= {min}"
+        )));
+    }
+    Ok(number)
+}
+
+const STATIC_SETTINGS: [&str; 1] = ["number_of_shards"];
+
+impl IndexSettings {
+    /// Applies user settings on top of `self`. `creating` allows static settings.
+    pub fn apply(&self, body: &Value, creating: bool) -> Result<IndexSettings> {
+        let mut settings = self.clone();
+        for (key, value) in flatten_settings(body)? {
+            if !creating && STATIC_SETTINGS.contains(&key.as_str()) {
+                return Err(illegal(format!(
+                    "Can't update non dynamic settings [[index.{key}]] for open indices"
+                )));
+            }
+            match key.as_str() {
+                "number_of_shards" => {
+                    settings.number_of_shards = setting_u32(&key, &value, 1)?;
+                    if settings.number_of_shards > 1024 {
+                        return Err(illegal(
+                            "Failed to parse value for setting [index.number_of_shards] must be <= 1024",
+                        ));
+                    }
+                }
+                "number_of_replicas" => settings.number_of_replicas = setting_u32(&key, &value, 0)?,
+                "refresh_interval" => {
+                    settings.refresh_interval = parse_time_value(&setting_string(&key, &value)?)?
+                }
+                "translog.durability" => {
+                    settings.translog_durability =
+                        match setting_string(&key, &value)?.to_ascii_lowercase().as_str() {
+                            "request" => Durability::Request,
+                            "async" => Durability::Async,
+                            other => {
+                                return Err(illegal(format!(
+                                    "no enum constant for [index.translog.durability]: [{other}]"
+                                )));
+                            }
+                        }
+                }
+                "translog.sync_interval" => {
+                    settings.translog_sync_interval =
+                        parse_time_value(&setting_string(&key, &value)?)?
+                            .filter(|interval| *interval >= Duration::from_millis(100))
+                            .ok_or_else(|| {
+                                illegal("[index.translog.sync_interval] must be at least 100ms")
+                            })?;
+                }
+                "time_series.timestamp_field" => {
+                    settings.timestamp_field = setting_string(&key, &value)?
+                }
+                "max_result_window" => {
+                    settings.max_result_window = setting_u32(&key, &value, 1)? as usize
+                }
+                // Accepted for compatibility with clients that always send them.
+                "uuid" | "creation_date" | "provided_name" | "version.created" => {}
+                other => {
+                    return Err(illegal(format!(
+                        "unknown setting [index.{other}] please check that any required plugins are installed, or check the breaking changes documentation for removed settings"
+                    )));
+                }
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Settings as `GET /{index}/_settings` shows them (values as strings, like Elasticsearch).
+    pub fn to_json(&self, meta: &IndexMeta) -> Value {
+        json!({
+            "index": {
+                "number_of_shards": self.number_of_shards.to_string(),
+                "number_of_replicas": self.number_of_replicas.to_string(),
+                "refresh_interval": format_time_value(self.refresh_interval),
+                "translog": {
+                    "durability": match self.translog_durability { Durability::Request => "request", Durability::Async => "async" },
+                    "sync_interval": format_time_value(Some(self.translog_sync_interval)),
+                },
+                "time_series": { "timestamp_field": self.timestamp_field },
+                "max_result_window": self.max_result_window.to_string(),
+                "uuid": meta.uuid,
+                "creation_date": meta.creation_date.to_string(),
+                "provided_name": meta.name,
+                "version": { "created": crate::VERSION },
+            }
+        })
+    }
+}
+
+/// The persisted form of an index's metadata.
+#[derive(Debug, Serialize, Deserialize)]
+struct PersistedIndex {
+    format: u32,
+    name: String,
+    uuid: String,
+    creation_date: i64,
+    settings: IndexSettings,
+    mappings: Value,
+    primary_terms: Vec<u64>,
+}
+
+/// Index metadata shared by the index's shards; implements [`MappingSource`].
+pub struct IndexMeta {
+    pub name: String,
+    pub uuid: String,
+    pub creation_date: i64,
+    dir: PathBuf,
+    settings: RwLock<IndexSettings>,
+    mapping: RwLock<Arc<Mapping>>,
+    primary_terms: Vec<u64>,
+    /// Serializes read-modify-persist of settings and mapping.
+    persist_lock: Mutex<()>,
+}
+
+impl IndexMeta {
+    pub fn settings(&self) -> IndexSettings {
+        self.settings.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn mapping(&self) -> Arc<Mapping> {
+        self.mapping.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn persist(&self, settings: &IndexSettings, mapping: &Mapping) -> Result<()> {
+        let persisted = PersistedIndex {
+            format: 1,
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            creation_date: self.creation_date,
+            settings: settings.clone(),
+            mappings: mapping.to_json(),
+            primary_terms: self.primary_terms.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&persisted)
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        write_atomically(&self.dir.join("_meta.json"), &bytes)
+    }
+
+    /// Replaces the dynamic settings (validated by the caller) and persists them.
+    pub fn update_settings(&self, body: &Value) -> Result<IndexSettings> {
+        let _guard = self
+            .persist_lock
+            .lock()
+            .map_err(|_| Error::Internal("metadata lock poisoned".into()))?;
+        let updated = self.settings().apply(body, false)?;
+        self.persist(&updated, &self.mapping())?;
+        if let Ok(mut settings) = self.settings.write() {
+            *settings = updated.clone();
+        }
+        Ok(updated)
+    }
+
+    /// Merges a user-supplied mapping (`PUT /{index}/_mapping`).
+    pub fn put_mapping(&self, addition: &Mapping) -> Result<()> {
+        self.grow(addition).map(|_| ())
+    }
+}
+
+impl MappingSource for IndexMeta {
+    fn current(&self) -> Arc<Mapping> {
+        self.mapping()
+    }
+
+    fn grow(&self, grown: &Mapping) -> Result<Arc<Mapping>> {
+        let _guard = self
+            .persist_lock
+            .lock()
+            .map_err(|_| Error::Internal("metadata lock poisoned".into()))?;
+        let current = self.mapping();
+        let merged = current.merge(grown)?;
+        if merged == *current {
+            return Ok(current);
+        }
+        self.persist(&self.settings(), &merged)?;
+        let merged = Arc::new(merged);
+        if let Ok(mut mapping) = self.mapping.write() {
+            *mapping = merged.clone();
+        }
+        Ok(merged)
+    }
+}
+
+/// A live index: metadata plus open shards.
+pub struct IndexService {
+    pub meta: Arc<IndexMeta>,
+    pub shards: Vec<Arc<Shard>>,
+}
+
+impl IndexService {
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// Creates a new index on disk under `dir` and opens its shards.
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        settings: IndexSettings,
+        mapping: Mapping,
+    ) -> Result<IndexService> {
+        std::fs::create_dir_all(dir)?;
+        let uuid = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let meta = IndexMeta {
+            name: name.to_string(),
+            uuid,
+            creation_date: chrono::Utc::now().timestamp_millis(),
+            dir: dir.to_path_buf(),
+            primary_terms: vec![1; settings.number_of_shards as usize],
+            settings: RwLock::new(settings.clone()),
+            mapping: RwLock::new(Arc::new(mapping.clone())),
+            persist_lock: Mutex::new(()),
+        };
+        meta.persist(&settings, &mapping)?;
+        Self::open_shards(Arc::new(meta))
+    }
+
+    /// Opens an index persisted under `dir`.
+    pub fn open(dir: &Path) -> Result<IndexService> {
+        let bytes = std::fs::read(dir.join("_meta.json"))?;
+        let persisted: PersistedIndex = serde_json::from_slice(&bytes).map_err(|err| {
+            Error::Internal(format!(
+                "index metadata in {} is unreadable: {err}",
+                dir.display()
+            ))
+        })?;
+        let mapping = Mapping::parse(&persisted.mappings)?;
+        let meta = IndexMeta {
+            name: persisted.name,
+            uuid: persisted.uuid,
+            creation_date: persisted.creation_date,
+            dir: dir.to_path_buf(),
+            primary_terms: persisted.primary_terms,
+            settings: RwLock::new(persisted.settings),
+            mapping: RwLock::new(Arc::new(mapping)),
+            persist_lock: Mutex::new(()),
+        };
+        Self::open_shards(Arc::new(meta))
+    }
+
+    fn open_shards(meta: Arc<IndexMeta>) -> Result<IndexService> {
+        let settings = meta.settings();
+        let mut shards = Vec::with_capacity(settings.number_of_shards as usize);
+        for number in 0..settings.number_of_shards {
+            let id = ShardId {
+                index: meta.name.clone(),
+                shard: number,
+            };
+            let term = meta
+                .primary_terms
+                .get(number as usize)
+                .copied()
+                .unwrap_or(1);
+            let shard = Shard::open(id, &meta.dir.join(number.to_string()), term, meta.as_ref())?;
+            shards.push(Arc::new(shard));
+        }
+        Ok(IndexService { meta, shards })
+    }
+
+    /// The shard a document id (or explicit routing value) belongs to.
+    pub fn shard_for(&self, id: &str, routing: Option<&str>) -> &Arc<Shard> {
+        let number = shard_for_routing(routing.unwrap_or(id), self.shards.len() as u32);
+        &self.shards[number as usize]
+    }
+
+    /// Index description for `GET /{index}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "aliases": {},
+            "mappings": self.meta.mapping().to_json(),
+            "settings": self.meta.settings().to_json(&self.meta),
+        })
+    }
+
+    pub fn doc_count(&self) -> u64 {
+        self.shards.iter().map(|s| s.searcher().num_docs()).sum()
+    }
+
+    pub fn deleted_doc_count(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.searcher()
+                    .segment_readers()
+                    .iter()
+                    .map(|r| u64::from(r.num_deleted_docs()))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    pub fn store_size(&self) -> u64 {
+        self.shards.iter().map(|s| s.store_size()).sum()
+    }
+}
+
+/// Writes a file so that a crash leaves either the old or the new content, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Checks an index name against Elasticsearch's rules.
+pub fn validate_index_name(name: &str) -> Result<()> {
+    let invalid = |reason: &str| {
+        Err(Error::InvalidIndexName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return invalid("must not be empty");
+    }
+    if name != name.to_lowercase() {
+        return invalid("must be lowercase");
+    }
+    if name.starts_with(['_', '-', '+']) {
+        return invalid("must not start with '_', '-', or '+'");
+    }
+    if name == "." || name == ".." {
+        return invalid("must not be '.' or '..'");
+    }
+    if name.len() > 255 {
+        return invalid("index name is too long, (must be <= 255 bytes)");
+    }
+    if let Some(bad) = name.chars().find(|c| "\\/*?\"<>| ,#:".contains(*c)) {
+        return invalid(&format!(
+            "must not contain the following characters [{bad}]"
+        ));
+    }
+    Ok(())
+}
+
+/// Splits a create-index body into settings and mapping.
+pub fn parse_create_body(body: &Value) -> Result<(IndexSettings, Mapping)> {
+    let empty = Map::new();
+    let object = match body {
+        Value::Null => &empty,
+        Value::Object(object) => object,
+        other => {
+            return Err(crate::error::parsing(format!(
+                "request body must be an object, got {other}"
+            )));
+        }
+    };
+    let mut settings = IndexSettings::default();
+    let mut mapping = Mapping::default();
+    for (key, value) in object {
+        match key.as_str() {
+            "settings" => settings = settings.apply(value, true)?,
+            "mappings" => mapping = Mapping::parse(value)?,
+            "aliases" if value.as_object().is_some_and(|a| a.is_empty()) => {}
+            other => {
+                return Err(crate::error::parsing(format!(
+                    "unknown key [{other}] for create index"
+                )));
+            }
+        }
+    }
+    Ok((settings, mapping))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_accept_all_spellings_and_refuse_unknown() {
+        let base = IndexSettings::default();
+        let nested = base
+            .apply(
+                &json!({"index": {"number_of_shards": 3, "refresh_interval": "250ms"}}),
+                true,
+            )
+            .expect("valid");
+        assert_eq!(nested.number_of_shards, 3);
+        assert_eq!(nested.refresh_interval, Some(Duration::from_millis(250)));
+        let dotted = base
+            .apply(&json!({"index.number_of_replicas": "0"}), true)
+            .expect("valid");
+        assert_eq!(dotted.number_of_replicas, 0);
+        assert!(base.apply(&json!({"index.bogus": 1}), true).is_err());
+        assert!(base.apply(&json!({"number_of_shards": 0}), true).is_err());
+        assert!(
+            base.apply(&json!({"number_of_shards": 2}), false).is_err(),
+            "static after creation"
+        );
+    }
+
+    #[test]
+    fn index_names_follow_elasticsearch_rules() {
+        assert!(validate_index_name("logs-2024.01.01").is_ok());
+        for bad in ["Logs", "_x", "a b", "a*", "..", ""] {
+            assert!(validate_index_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Shoal: a high-availability search node that speaks the Elasticsearch REST API, stores
+//! documents in tantivy shards with a translog, and (in later work) clusters over QUIC and
+//! delegates policies to WebAssembly plugins.
+//!
+//! The pieces, from the wire inwards:
+//! - [`api`]: REST routes, Elasticsearch-shaped JSON and errors.
+//! - [`search`]: query DSL to tantivy queries, fan-out over shards, sort, aggregations.
+//! - [`indices`] / [`index`]: the index registry, settings, mappings and document routing.
+//! - [`shard`]: one tantivy index per shard with its translog, sequence numbers and versions.
+//! - [`mapping`]: field types, dynamic mapping, date parsing.
+//! - [`node`]: wiring, background refresh, graceful shutdown; [`cli`] and [`config`] at the edge.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod indices;
+pub mod mapping;
+pub mod node;
+pub mod routing;
+pub mod search;
+pub mod shard;
+pub mod telemetry;
+pub mod units;
+
+/// The version Shoal reports in `GET /`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,186 @@
+//! Node wiring: opens the data directory, loads indices, serves the REST API, refreshes and
+//! syncs shards in the background, and shuts down cleanly (flush, then return).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::index::write_atomically;
+use crate::indices::{Indices, new_uuid};
+use crate::shard::Durability;
+
+/// Identity that survives restarts, stored in `data/_state/node.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub cluster_uuid: String,
+}
+
+/// Everything request handlers share.
+pub struct NodeState {
+    pub config: NodeConfig,
+    pub identity: NodeIdentity,
+    pub indices: Indices,
+    pub started: Instant,
+    /// Held for the node's lifetime: a second node on the same data directory is refused.
+    _data_lock: std::fs::File,
+}
+
+fn load_identity(data_dir: &std::path::Path) -> Result<NodeIdentity> {
+    let state_dir = data_dir.join("_state");
+    std::fs::create_dir_all(&state_dir)?;
+    let path = state_dir.join("node.json");
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(identity) = serde_json::from_slice(&bytes) {
+            return Ok(identity);
+        }
+    }
+    let identity = NodeIdentity {
+        node_id: new_uuid(),
+        cluster_uuid: new_uuid(),
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&identity).map_err(|err| Error::Internal(err.to_string()))?;
+    write_atomically(&path, &bytes)?;
+    Ok(identity)
+}
+
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("node.lock"))?;
+    file.try_lock().map_err(|_| {
+        Error::Internal(format!(
+            "data directory {} is in use by another shoal node",
+            data_dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+impl NodeState {
+    /// Opens the data directory and recovers every index (blocking).
+    pub fn open(config: NodeConfig) -> Result<NodeState> {
+        let data_lock = lock_data_dir(&config.data_dir)?;
+        let identity = load_identity(&config.data_dir)?;
+        let indices = Indices::load(&config.data_dir)?;
+        Ok(NodeState {
+            config,
+            identity,
+            indices,
+            started: Instant::now(),
+            _data_lock: data_lock,
+        })
+    }
+
+    /// Flushes every shard so the next start replays nothing.
+    pub fn flush_all(&self) {
+        for index in self.indices.all() {
+            for shard in &index.shards {
+                if let Err(err) = shard.flush() {
+                    tracing::error!(shard = %shard.id, error = %err, "flush at shutdown failed");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the node until `shutdown` resolves, serving HTTP on `listener`.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let max_body = config.max_content_length()?;
+    let node_name = config.node_name.clone();
+    let state = Arc::new(tokio::task::spawn_blocking(move || NodeState::open(config)).await??);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = tokio::spawn(refresh_loop(state.clone(), stop_rx));
+    let app = crate::api::router(state.clone(), max_body);
+    let address = listener.local_addr()?;
+    tracing::info!(node = node_name, http = %address, data_dir = %state.config.data_dir.display(), "node started");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("http server stopped; flushing shards");
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    let flushing = state.clone();
+    tokio::task::spawn_blocking(move || flushing.flush_all()).await?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Refreshes shards every `refresh_interval` and syncs `async`-durability translogs.
+async fn refresh_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    let mut last_refresh: HashMap<(String, u32), Instant> = HashMap::new();
+    let mut last_sync: HashMap<(String, u32), Instant> = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let due = {
+            let now = Instant::now();
+            let mut due = Vec::new();
+            for index in state.indices.all() {
+                let settings = index.meta.settings();
+                for shard in &index.shards {
+                    let key = (index.meta.uuid.clone(), shard.id.shard);
+                    let refresh_due = settings.refresh_interval.is_some_and(|interval| {
+                        last_refresh
+                            .get(&key)
+                            .is_none_or(|at| now.duration_since(*at) >= interval)
+                    });
+                    let sync_due = settings.translog_durability == Durability::Async
+                        && last_sync.get(&key).is_none_or(|at| {
+                            now.duration_since(*at) >= settings.translog_sync_interval
+                        });
+                    if refresh_due {
+                        last_refresh.insert(key.clone(), now);
+                    }
+                    if sync_due {
+                        last_sync.insert(key, now);
+                    }
+                    if refresh_due || sync_due {
+                        due.push((shard.clone(), refresh_due, sync_due));
+                    }
+                }
+            }
+            due
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            for (shard, refresh, sync) in due {
+                if refresh {
+                    if let Err(err) = shard.refresh_if_needed() {
+                        tracing::error!(shard = %shard.id, error = %err, "scheduled refresh failed");
+                    }
+                }
+                if sync {
+                    if let Err(err) = shard.sync_translog() {
+                        tracing::error!(shard = %shard.id, error = %err, "translog sync failed");
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(err) = result {
+            tracing::error!(error = %err, "refresh task panicked");
+        }
+    }
+}

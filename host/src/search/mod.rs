@@ -1,0 +1,625 @@
+//! Search: parses a search request, runs it on every shard of the target indices
+//! (query-then-fetch), merges hits and aggregations, and renders the Elasticsearch response.
+
+pub mod aggs;
+pub mod collector;
+pub mod query;
+pub mod source_filter;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+use tantivy::aggregation::agg_req::Aggregations;
+use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+use tantivy::aggregation::{
+    AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
+};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{AllQuery, Query};
+use tantivy::{DocAddress, Searcher, TantivyDocument};
+
+use self::collector::{
+    ShardHits, SortSpec, SortValue, SortedHit, SortedTopCollector, compare_keys,
+};
+use self::query::QueryContext;
+use self::source_filter::SourceFilter;
+use crate::error::{Error, Result, illegal, parsing};
+use crate::index::IndexService;
+use crate::mapping::{LeafKind, ValueType};
+use crate::shard::Shard;
+
+/// A parsed search request (body and URL parameters combined).
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: Value,
+    pub from: usize,
+    pub size: usize,
+    pub sort: Vec<(String, bool)>,
+    pub source: SourceFilter,
+    pub aggs: Option<Value>,
+    /// `None`: do not track; `Some(n)`: count exactly up to `n`.
+    pub track_total_hits: Option<u64>,
+    pub search_after: Option<Vec<Value>>,
+    pub track_scores: bool,
+    pub seq_no_primary_term: bool,
+    pub version: bool,
+}
+
+impl Default for SearchRequest {
+    fn default() -> Self {
+        SearchRequest {
+            query: json!({"match_all": {}}),
+            from: 0,
+            size: 10,
+            sort: Vec::new(),
+            source: SourceFilter::all(),
+            aggs: None,
+            track_total_hits: Some(10_000),
+            search_after: None,
+            track_scores: false,
+            seq_no_primary_term: false,
+            version: false,
+        }
+    }
+}
+
+fn usize_param(value: &Value, name: &str) -> Result<usize> {
+    match value {
+        Value::Number(number) => number.as_u64().map(|n| n as usize),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        parsing(format!(
+            "[{name}] must be a non-negative integer, got {value}"
+        ))
+    })
+}
+
+fn parse_sort_entry(entry: &Value, out: &mut Vec<(String, bool)>) -> Result<()> {
+    match entry {
+        Value::String(spec) => {
+            for part in spec.split(',').filter(|p| !p.is_empty()) {
+                let (field, order) = part.split_once(':').unwrap_or((part, ""));
+                let descending = match order {
+                    "" => field == "_score",
+                    "asc" => false,
+                    "desc" => true,
+                    other => return Err(parsing(format!("unknown sort order [{other}]"))),
+                };
+                out.push((field.to_string(), descending));
+            }
+        }
+        Value::Object(object) => {
+            for (field, spec) in object {
+                let order = match spec {
+                    Value::String(order) => order.as_str(),
+                    Value::Object(params) => params
+                        .get("order")
+                        .and_then(Value::as_str)
+                        .unwrap_or(if field == "_score" { "desc" } else { "asc" }),
+                    _ => return Err(parsing(format!("malformed sort for [{field}]"))),
+                };
+                let descending = match order {
+                    "asc" => false,
+                    "desc" => true,
+                    other => return Err(parsing(format!("unknown sort order [{other}]"))),
+                };
+                out.push((field.clone(), descending));
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                parse_sort_entry(item, out)?;
+            }
+        }
+        other => return Err(parsing(format!("malformed sort {other}"))),
+    }
+    Ok(())
+}
+
+fn parse_track_total_hits(value: &Value) -> Result<Option<u64>> {
+    match value {
+        Value::Bool(true) => Ok(Some(u64::MAX)),
+        Value::Bool(false) => Ok(None),
+        Value::Number(number) => number
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| parsing("[track_total_hits] must be positive")),
+        Value::String(text) if text == "true" => Ok(Some(u64::MAX)),
+        Value::String(text) if text == "false" => Ok(None),
+        Value::String(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| parsing("[track_total_hits] must be a boolean or an integer")),
+        other => Err(parsing(format!(
+            "[track_total_hits] must be a boolean or an integer, got {other}"
+        ))),
+    }
+}
+
+impl SearchRequest {
+    /// Builds a request from the JSON body and URL parameters (parameters win, like ES).
+    pub fn parse(body: &Value, params: &HashMap<String, String>) -> Result<SearchRequest> {
+        let mut request = SearchRequest::default();
+        match body {
+            Value::Null => {}
+            Value::Object(object) => {
+                for (key, value) in object {
+                    match key.as_str() {
+                        "query" => request.query = value.clone(),
+                        "from" => request.from = usize_param(value, "from")?,
+                        "size" => request.size = usize_param(value, "size")?,
+                        "sort" => parse_sort_entry(value, &mut request.sort)?,
+                        "_source" => request.source = SourceFilter::parse(value)?,
+                        "aggs" | "aggregations" => request.aggs = Some(value.clone()),
+                        "track_total_hits" => {
+                            request.track_total_hits = parse_track_total_hits(value)?
+                        }
+                        "search_after" => {
+                            let values = value
+                                .as_array()
+                                .ok_or_else(|| parsing("[search_after] must be an array"))?;
+                            request.search_after = Some(values.clone());
+                        }
+                        "track_scores" => request.track_scores = value.as_bool().unwrap_or(false),
+                        "seq_no_primary_term" => {
+                            request.seq_no_primary_term = value.as_bool().unwrap_or(false)
+                        }
+                        "version" => request.version = value.as_bool().unwrap_or(false),
+                        "timeout" | "stored_fields" | "explain" | "highlight" | "min_score" => {}
+                        other => {
+                            return Err(parsing(format!(
+                                "Unknown key for a START_OBJECT in [{other}]."
+                            )));
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(parsing(format!(
+                    "request body must be an object, got {other}"
+                )));
+            }
+        }
+        if let Some(q) = params.get("q") {
+            let mut query_string = Map::new();
+            query_string.insert("query".into(), Value::String(q.clone()));
+            if let Some(field) = params.get("df") {
+                query_string.insert("default_field".into(), Value::String(field.clone()));
+            }
+            if let Some(operator) = params.get("default_operator") {
+                query_string.insert("default_operator".into(), Value::String(operator.clone()));
+            }
+            request.query = json!({ "query_string": query_string });
+        }
+        if let Some(size) = params.get("size") {
+            request.size = usize_param(&Value::String(size.clone()), "size")?;
+        }
+        if let Some(from) = params.get("from") {
+            request.from = usize_param(&Value::String(from.clone()), "from")?;
+        }
+        if let Some(sort) = params.get("sort") {
+            request.sort.clear();
+            parse_sort_entry(&Value::String(sort.clone()), &mut request.sort)?;
+        }
+        if let Some(track) = params.get("track_total_hits") {
+            request.track_total_hits = parse_track_total_hits(&Value::String(track.clone()))?;
+        }
+        if let Some(filter) = SourceFilter::from_params(
+            params.get("_source").map(String::as_str),
+            params.get("_source_includes").map(String::as_str),
+            params.get("_source_excludes").map(String::as_str),
+        ) {
+            request.source = filter;
+        }
+        if params
+            .get("seq_no_primary_term")
+            .is_some_and(|v| v == "true")
+        {
+            request.seq_no_primary_term = true;
+        }
+        if params.get("version").is_some_and(|v| v == "true") {
+            request.version = true;
+        }
+        Ok(request)
+    }
+}
+
+/// One shard's query-phase result.
+struct ShardResult {
+    index: Arc<IndexService>,
+    shard: Arc<Shard>,
+    searcher: Searcher,
+    hits: ShardHits,
+    max_score: Option<f32>,
+    aggs: Option<IntermediateAggregationResults>,
+}
+
+/// A hit chosen for the fetch phase.
+struct MergedHit {
+    result: usize,
+    hit: SortedHit,
+}
+
+/// The sort specs for one index (field names become columns).
+fn sort_specs(
+    request: &SearchRequest,
+    leaves: &HashMap<String, LeafKind>,
+) -> Result<Vec<SortSpec>> {
+    request
+        .sort
+        .iter()
+        .map(|(field, descending)| match field.as_str() {
+            "_score" => Ok(SortSpec::Score {
+                descending: *descending,
+            }),
+            "_doc" => Ok(SortSpec::Doc),
+            field => Ok(SortSpec::Field {
+                column: aggs::field_column(leaves, field)?,
+                descending: *descending,
+            }),
+        })
+        .collect()
+}
+
+fn search_after_keys(
+    request: &SearchRequest,
+    leaves: &HashMap<String, LeafKind>,
+) -> Result<Option<Vec<SortValue>>> {
+    let Some(values) = &request.search_after else {
+        return Ok(None);
+    };
+    if values.len() != request.sort.len() {
+        return Err(illegal(format!(
+            "search_after has {} value(s) but sort has {}",
+            values.len(),
+            request.sort.len()
+        )));
+    }
+    let keys = values
+        .iter()
+        .zip(&request.sort)
+        .map(|(value, (field, _))| match value {
+            Value::Null => SortValue::Missing,
+            Value::Number(number) if number.is_i64() => {
+                SortValue::Int(number.as_i64().unwrap_or_default())
+            }
+            Value::Number(number) => SortValue::Float(number.as_f64().unwrap_or_default()),
+            Value::String(text) => match leaves.get(field) {
+                Some(LeafKind::Value(ValueType::Date { format })) => {
+                    crate::mapping::dates::parse_date(text, format)
+                        .map(SortValue::Int)
+                        .unwrap_or(SortValue::Str(text.clone()))
+                }
+                _ => SortValue::Str(text.clone()),
+            },
+            other => SortValue::Str(other.to_string()),
+        })
+        .collect();
+    Ok(Some(keys))
+}
+
+fn sort_value_json(value: &SortValue) -> Value {
+    match value {
+        SortValue::Missing => Value::Null,
+        SortValue::Int(n) => json!(n),
+        SortValue::Float(f) => json!(f),
+        SortValue::Str(s) => json!(s),
+    }
+}
+
+/// Runs the query phase on one shard.
+fn query_shard(
+    index: &Arc<IndexService>,
+    shard: &Arc<Shard>,
+    query: &dyn Query,
+    specs: &[SortSpec],
+    search_after: Option<Vec<SortValue>>,
+    request: &SearchRequest,
+    aggs: Option<&Aggregations>,
+) -> Result<ShardResult> {
+    let started = Instant::now();
+    let searcher = shard.searcher();
+    let limit = request.from + request.size;
+    let score_sorted = specs.is_empty();
+    let (hits, max_score) = if score_sorted && search_after.is_none() {
+        let (docs, total) = searcher.search(
+            query,
+            &(TopDocs::with_limit(limit.max(1)).order_by_score(), Count),
+        )?;
+        let max_score = docs.first().map(|(score, _)| *score);
+        let hits = docs
+            .into_iter()
+            .take(limit)
+            .map(|(score, address)| SortedHit {
+                keys: vec![SortValue::Float(f64::from(score))],
+                score,
+                address,
+            })
+            .collect();
+        (
+            ShardHits {
+                hits,
+                total: total as u64,
+            },
+            max_score,
+        )
+    } else {
+        let specs = if score_sorted {
+            vec![SortSpec::Score { descending: true }]
+        } else {
+            specs.to_vec()
+        };
+        let scoring = score_sorted
+            || request.track_scores
+            || specs.iter().any(|s| matches!(s, SortSpec::Score { .. }));
+        let collector = SortedTopCollector {
+            specs,
+            limit,
+            search_after,
+            scoring,
+        };
+        let hits = searcher.search(query, &collector)?;
+        let max_score = if scoring {
+            hits.hits.iter().map(|h| h.score).reduce(f32::max)
+        } else {
+            None
+        };
+        (hits, max_score)
+    };
+    let aggs = match aggs {
+        Some(aggs) => {
+            let context = AggContextParams::new(
+                AggregationLimitsGuard::default(),
+                shard.tantivy_index().tokenizers().clone(),
+            );
+            let collector = DistributedAggregationCollector::from_aggs(aggs.clone(), context);
+            Some(searcher.search(query, &collector)?)
+        }
+        None => None,
+    };
+    shard
+        .counters
+        .query_total
+        .fetch_add(1, AtomicOrdering::Relaxed);
+    shard.counters.query_time_micros.fetch_add(
+        started.elapsed().as_micros() as u64,
+        AtomicOrdering::Relaxed,
+    );
+    Ok(ShardResult {
+        index: index.clone(),
+        shard: shard.clone(),
+        searcher,
+        hits,
+        max_score,
+        aggs,
+    })
+}
+
+/// Executes a search over `indices` (blocking: call from a blocking thread).
+pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result<Value> {
+    let started = Instant::now();
+    let window = request.from + request.size;
+    for index in indices {
+        let max_window = index.meta.settings().max_result_window;
+        if window > max_window {
+            return Err(illegal(format!(
+                "Result window is too large, from + size must be less than or equal to: [{max_window}] but was [{window}]. See the scroll api for a more efficient way to request large data sets."
+            )));
+        }
+    }
+    if request.search_after.is_some() && request.sort.is_empty() {
+        return Err(illegal("search_after requires a sort"));
+    }
+    let now_millis = chrono::Utc::now().timestamp_millis();
+    let mut results = Vec::new();
+    let mut total_shards = 0;
+    let mut agg_request: Option<Aggregations> = None;
+    let mut specs_for_merge: Option<Vec<SortSpec>> = None;
+    for index in indices {
+        let mapping = index.meta.mapping();
+        let leaves = mapping.leaves();
+        let Some(first) = index.shards.first() else {
+            continue;
+        };
+        let ctx = QueryContext {
+            schema: &first.schema,
+            leaves: &leaves,
+            tokenizers: first.tantivy_index().tokenizers(),
+            now_millis,
+        };
+        let query: Box<dyn Query> = match &request.query {
+            Value::Null => Box::new(AllQuery),
+            body => query::to_query(&ctx, body)?,
+        };
+        let specs = sort_specs(request, &leaves)?;
+        let search_after = search_after_keys(request, &leaves)?;
+        let aggs = request
+            .aggs
+            .as_ref()
+            .map(|aggs| aggs::translate(&leaves, aggs))
+            .transpose()?;
+        if let (Some(previous), Some(current)) = (&agg_request, &aggs) {
+            if serde_json::to_value(previous).ok() != serde_json::to_value(current).ok() {
+                return Err(illegal(
+                    "aggregations resolve to different field types across the searched indices",
+                ));
+            }
+        }
+        if aggs.is_some() {
+            agg_request.clone_from(&aggs);
+        }
+        specs_for_merge.get_or_insert_with(|| specs.clone());
+        for shard in &index.shards {
+            total_shards += 1;
+            results.push(query_shard(
+                index,
+                shard,
+                query.as_ref(),
+                &specs,
+                search_after.clone(),
+                request,
+                aggs.as_ref(),
+            )?);
+        }
+    }
+    let specs = match specs_for_merge {
+        Some(specs) if !specs.is_empty() => specs,
+        _ => vec![SortSpec::Score { descending: true }],
+    };
+    let total: u64 = results.iter().map(|r| r.hits.total).sum();
+    let max_score = results.iter().filter_map(|r| r.max_score).reduce(f32::max);
+    let mut merged: Vec<MergedHit> = results
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            std::mem::take(&mut r.hits.hits)
+                .into_iter()
+                .map(move |hit| MergedHit { result: i, hit })
+        })
+        .collect();
+    merged.sort_by(|a, b| {
+        compare_keys(&specs, &a.hit.keys, &b.hit.keys)
+            .then_with(|| a.result.cmp(&b.result))
+            .then_with(|| a.hit.address.cmp(&b.hit.address))
+    });
+    let page: Vec<&MergedHit> = merged
+        .iter()
+        .skip(request.from)
+        .take(request.size)
+        .collect();
+    let explicit_sort = !request.sort.is_empty();
+    let mut hits = Vec::with_capacity(page.len());
+    for merged_hit in page {
+        let result = &results[merged_hit.result];
+        hits.push(fetch_hit(
+            result,
+            merged_hit.hit.address,
+            &merged_hit.hit,
+            request,
+            explicit_sort,
+        )?);
+    }
+    let mut hits_json = Map::new();
+    if let Some(limit) = request.track_total_hits {
+        let (value, relation) = if total > limit {
+            (limit, "gte")
+        } else {
+            (total, "eq")
+        };
+        hits_json.insert(
+            "total".into(),
+            json!({ "value": value, "relation": relation }),
+        );
+    }
+    let show_scores = (!explicit_sort || request.track_scores) && request.size > 0;
+    hits_json.insert(
+        "max_score".into(),
+        if show_scores {
+            json!(max_score)
+        } else {
+            Value::Null
+        },
+    );
+    hits_json.insert("hits".into(), Value::Array(hits));
+    let mut response = json!({
+        "took": started.elapsed().as_millis() as u64,
+        "timed_out": false,
+        "_shards": { "total": total_shards, "successful": total_shards, "skipped": 0, "failed": 0 },
+        "hits": hits_json,
+    });
+    if let Some(agg_request) = agg_request {
+        let mut intermediate: Option<IntermediateAggregationResults> = None;
+        for result in &mut results {
+            if let Some(part) = result.aggs.take() {
+                match &mut intermediate {
+                    Some(acc) => acc.merge_fruits(part)?,
+                    None => intermediate = Some(part),
+                }
+            }
+        }
+        let final_result = intermediate
+            .unwrap_or_default()
+            .into_final_result(agg_request, AggregationLimitsGuard::default())
+            .map_err(|err| Error::SearchPhase(format!("aggregation failed: {err}")))?;
+        response["aggregations"] =
+            serde_json::to_value(final_result).map_err(|err| Error::Internal(err.to_string()))?;
+    }
+    Ok(response)
+}
+
+fn fetch_hit(
+    result: &ShardResult,
+    address: DocAddress,
+    hit: &SortedHit,
+    request: &SearchRequest,
+    explicit_sort: bool,
+) -> Result<Value> {
+    let doc: TantivyDocument = result.searcher.doc(address)?;
+    let stored = result.shard.stored_doc(&doc);
+    let mut out = Map::new();
+    out.insert("_index".into(), json!(result.index.name()));
+    out.insert("_id".into(), json!(stored.id));
+    let score = if !explicit_sort || request.track_scores {
+        json!(hit.score)
+    } else {
+        Value::Null
+    };
+    out.insert("_score".into(), score);
+    if request.version {
+        out.insert("_version".into(), json!(stored.version));
+    }
+    if request.seq_no_primary_term {
+        out.insert("_seq_no".into(), json!(stored.seq_no));
+        out.insert("_primary_term".into(), json!(stored.primary_term));
+    }
+    if request.source.enabled {
+        let source: Value = serde_json::from_slice(&stored.source)
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        if let Some(filtered) = request.source.apply(source) {
+            out.insert("_source".into(), filtered);
+        }
+    }
+    if explicit_sort {
+        out.insert(
+            "sort".into(),
+            Value::Array(hit.keys.iter().map(sort_value_json).collect()),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// `_count`: the number of matching documents.
+pub fn count(indices: &[Arc<IndexService>], query: &Value) -> Result<Value> {
+    let now_millis = chrono::Utc::now().timestamp_millis();
+    let mut total = 0u64;
+    let mut shards = 0;
+    for index in indices {
+        let mapping = index.meta.mapping();
+        let leaves = mapping.leaves();
+        let Some(first) = index.shards.first() else {
+            continue;
+        };
+        let ctx = QueryContext {
+            schema: &first.schema,
+            leaves: &leaves,
+            tokenizers: first.tantivy_index().tokenizers(),
+            now_millis,
+        };
+        let query: Box<dyn Query> = match query {
+            Value::Null => Box::new(AllQuery),
+            body => query::to_query(&ctx, body)?,
+        };
+        for shard in &index.shards {
+            shards += 1;
+            total += shard.searcher().search(query.as_ref(), &Count)? as u64;
+        }
+    }
+    Ok(
+        json!({ "count": total, "_shards": { "total": shards, "successful": shards, "skipped": 0, "failed": 0 } }),
+    )
+}

@@ -1,0 +1,833 @@
+//! One shard copy: a tantivy index, its translog, sequence numbers and versions.
+//!
+//! The write path reads top to bottom in [`Shard::apply`]: resolve the current version, check
+//! concurrency conditions, parse against the mapping, assign `_seq_no` in the primary term,
+//! log, index, then (outside the lock) make the log durable. "Refresh" is a tantivy commit plus
+//! a reader reload; until then, realtime GETs are served from the live version map.
+
+pub mod schema;
+pub mod translog;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::TermQuery;
+use tantivy::schema::{IndexRecordOption, Value as _};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tokio::sync::watch;
+
+use self::schema::{DocMeta, ShardSchema};
+use self::translog::{LogPosition, OpKind, Translog, TranslogOp, TranslogSync};
+use crate::error::{Error, Result};
+use crate::mapping::Mapping;
+use crate::mapping::document::parse_document;
+
+/// Memory tantivy may buffer per shard before flushing a segment.
+const INDEXING_BUFFER_BYTES: usize = 64 << 20;
+
+/// Which shard copy this is: index name and shard number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardId {
+    pub index: String,
+    pub shard: u32,
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}][{}]", self.index, self.shard)
+    }
+}
+
+/// When the translog is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Before every write request is acknowledged.
+    Request,
+    /// In the background, every `sync_interval`.
+    Async,
+}
+
+/// Gives a shard the index's current mapping and lets it grow the mapping dynamically.
+pub trait MappingSource: Send + Sync {
+    fn current(&self) -> Arc<Mapping>;
+    /// Merges `grown` into the index mapping (persisting it) and returns the result.
+    fn grow(&self, grown: &Mapping) -> Result<Arc<Mapping>>;
+}
+
+/// One requested write, as the coordinator hands it to the owning shard.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Index {
+        id: String,
+        source: Value,
+        raw: Option<Vec<u8>>,
+        create: bool,
+        condition: Condition,
+    },
+    Delete {
+        id: String,
+        condition: Condition,
+    },
+    Update {
+        id: String,
+        doc: Option<Value>,
+        upsert: Option<Value>,
+        doc_as_upsert: bool,
+        condition: Condition,
+    },
+}
+
+impl WriteOp {
+    pub fn id(&self) -> &str {
+        match self {
+            WriteOp::Index { id, .. } | WriteOp::Delete { id, .. } | WriteOp::Update { id, .. } => {
+                id
+            }
+        }
+    }
+}
+
+/// Optimistic concurrency control: `if_seq_no` + `if_primary_term`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Condition {
+    pub if_seq_no: Option<i64>,
+    pub if_primary_term: Option<u64>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    Created,
+    Updated,
+    Deleted,
+    NotFound,
+    Noop,
+}
+
+impl WriteResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteResult::Created => "created",
+            WriteResult::Updated => "updated",
+            WriteResult::Deleted => "deleted",
+            WriteResult::NotFound => "not_found",
+            WriteResult::Noop => "noop",
+        }
+    }
+}
+
+/// The outcome of one successful write.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub id: String,
+    pub result: WriteResult,
+    pub seq_no: i64,
+    pub primary_term: u64,
+    pub version: i64,
+    /// The document after an update (for `_source` in update responses).
+    pub source: Option<Arc<Vec<u8>>>,
+}
+
+/// A stored document as GET returns it.
+#[derive(Debug, Clone)]
+pub struct StoredDoc {
+    pub id: String,
+    pub seq_no: i64,
+    pub primary_term: u64,
+    pub version: i64,
+    pub source: Arc<Vec<u8>>,
+}
+
+/// The latest state of a document written since the last refresh.
+#[derive(Debug, Clone)]
+struct LiveVersion {
+    seq_no: i64,
+    primary_term: u64,
+    version: i64,
+    /// `None` for a delete tombstone.
+    source: Option<Arc<Vec<u8>>>,
+}
+
+/// What the tantivy commit records about the translog (its payload).
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct CommitPayload {
+    /// Every operation up to this `_seq_no` is in the commit.
+    local_checkpoint: i64,
+    /// The translog generation to replay from.
+    translog_generation: u64,
+}
+
+/// Counters exposed by `_nodes/stats` and `_cat`.
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    pub index_total: AtomicU64,
+    pub index_failed: AtomicU64,
+    pub delete_total: AtomicU64,
+    pub get_total: AtomicU64,
+    pub query_total: AtomicU64,
+    pub query_time_micros: AtomicU64,
+    pub refresh_total: AtomicU64,
+    pub flush_total: AtomicU64,
+}
+
+/// A shard copy (today always the primary).
+pub struct Shard {
+    pub id: ShardId,
+    pub schema: ShardSchema,
+    index: Index,
+    reader: IndexReader,
+    state: Mutex<WriteState>,
+    sync: Arc<TranslogSync>,
+    refreshed_seq_no: watch::Sender<i64>,
+    needs_refresh: AtomicBool,
+    pub counters: ShardCounters,
+    path: PathBuf,
+}
+
+struct WriteState {
+    writer: IndexWriter<TantivyDocument>,
+    translog: Translog,
+    max_seq_no: i64,
+    primary_term: u64,
+    live: HashMap<String, LiveVersion>,
+    /// Set after an I/O failure mid-write: the copy refuses writes until restarted.
+    failure: Option<String>,
+}
+
+/// The current version of a document, whether live or committed.
+struct Current {
+    seq_no: i64,
+    primary_term: u64,
+    version: i64,
+    source: Option<Arc<Vec<u8>>>,
+}
+
+impl Shard {
+    /// Opens (or creates) the shard under `path`, replaying the translog past the last commit.
+    pub fn open(
+        id: ShardId,
+        path: &Path,
+        primary_term: u64,
+        mappings: &dyn MappingSource,
+    ) -> Result<Shard> {
+        let index_dir = path.join("index");
+        std::fs::create_dir_all(&index_dir)?;
+        let schema = ShardSchema::build();
+        let directory = MmapDirectory::open(&index_dir)
+            .map_err(|err| Error::Internal(format!("opening {}: {err}", index_dir.display())))?;
+        let index = Index::open_or_create(directory, schema.schema.clone())?;
+        schema::register_tokenizers(&index);
+        let payload: CommitPayload = index
+            .load_metas()?
+            .payload
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(CommitPayload {
+                local_checkpoint: -1,
+                translog_generation: 1,
+            });
+        let shard_name = id.to_string();
+        let (translog, report) = Translog::open(
+            &path.join("translog"),
+            payload.translog_generation,
+            &shard_name,
+        )?;
+        let writer = index.writer_with_num_threads(1, INDEXING_BUFFER_BYTES)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let sync = translog.sync_handle();
+        let (refreshed_seq_no, _) = watch::channel(payload.local_checkpoint);
+        let shard = Shard {
+            id,
+            schema,
+            index,
+            reader,
+            state: Mutex::new(WriteState {
+                writer,
+                translog,
+                max_seq_no: payload.local_checkpoint,
+                primary_term,
+                live: HashMap::new(),
+                failure: None,
+            }),
+            sync,
+            refreshed_seq_no,
+            needs_refresh: AtomicBool::new(false),
+            counters: ShardCounters::default(),
+            path: path.to_path_buf(),
+        };
+        let replayed = shard.replay(report.operations, payload.local_checkpoint, mappings)?;
+        if replayed > 0 || report.truncated_bytes > 0 {
+            tracing::info!(shard = %shard.id, replayed, truncated_bytes = report.truncated_bytes, "recovered shard from translog");
+            shard.refresh()?;
+        }
+        Ok(shard)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, WriteState>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::Internal(format!("shard {} write lock poisoned", self.id)))
+    }
+
+    fn replay(
+        &self,
+        operations: Vec<TranslogOp>,
+        checkpoint: i64,
+        mappings: &dyn MappingSource,
+    ) -> Result<usize> {
+        let mut state = self.lock()?;
+        let mut replayed = 0;
+        for op in operations {
+            state.max_seq_no = state.max_seq_no.max(op.seq_no);
+            if op.seq_no <= checkpoint {
+                continue;
+            }
+            let id_term = Term::from_field_text(self.schema.id, &op.id);
+            state.writer.delete_term(id_term);
+            if op.kind == OpKind::Index {
+                let source: Value = serde_json::from_slice(&op.source).map_err(|err| {
+                    Error::Internal(format!(
+                        "translog op {} of {} has invalid source: {err}",
+                        op.seq_no, self.id
+                    ))
+                })?;
+                let mut parsed = parse_document(&mappings.current(), &source)?;
+                if let Some(grown) = parsed.updated_mapping.take() {
+                    mappings.grow(&grown)?;
+                }
+                let meta = DocMeta {
+                    seq_no: op.seq_no,
+                    version: op.version,
+                    primary_term: op.primary_term,
+                };
+                state
+                    .writer
+                    .add_document(self.schema.document(&op.id, &op.source, meta, &parsed))?;
+            }
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// Applies a batch of writes in order; each op succeeds or fails on its own. Returns once
+    /// every successful op is durable as `durability` requires.
+    pub fn apply(
+        &self,
+        ops: Vec<WriteOp>,
+        mappings: &dyn MappingSource,
+        durability: Durability,
+    ) -> Result<Vec<Result<WriteOutcome>>> {
+        let (outcomes, position) = {
+            let mut state = self.lock()?;
+            if let Some(failure) = &state.failure {
+                return Err(Error::Internal(format!(
+                    "shard {} is failed: {failure}",
+                    self.id
+                )));
+            }
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for op in ops {
+                let outcome = self.apply_one(&mut state, op, mappings);
+                if let Err(Error::Io(err)) = &outcome {
+                    state.failure = Some(err.to_string());
+                }
+                outcomes.push(outcome);
+            }
+            let position = match state.translog.flush_buffer() {
+                Ok(position) => position,
+                Err(err) => {
+                    state.failure = Some(err.to_string());
+                    return Err(err);
+                }
+            };
+            (outcomes, position)
+        };
+        self.needs_refresh.store(true, Ordering::Release);
+        if durability == Durability::Request && outcomes.iter().any(|o| o.is_ok()) {
+            self.sync.sync_to(position)?;
+        }
+        Ok(outcomes)
+    }
+
+    fn apply_one(
+        &self,
+        state: &mut WriteState,
+        op: WriteOp,
+        mappings: &dyn MappingSource,
+    ) -> Result<WriteOutcome> {
+        let current = self.current_version(state, op.id())?;
+        let live_doc = current.as_ref().filter(|c| c.source.is_some());
+        match op {
+            WriteOp::Index {
+                id,
+                source,
+                raw,
+                create,
+                condition,
+            } => {
+                if create {
+                    if let Some(existing) = live_doc {
+                        return Err(self.conflict(
+                            &id,
+                            format!(
+                                "document already exists (current version [{}])",
+                                existing.version
+                            ),
+                        ));
+                    }
+                }
+                self.check_condition(&id, condition, live_doc)?;
+                let raw = match raw {
+                    Some(raw) => raw,
+                    None => serde_json::to_vec(&source)
+                        .map_err(|err| Error::Internal(err.to_string()))?,
+                };
+                let result = if live_doc.is_some() {
+                    WriteResult::Updated
+                } else {
+                    WriteResult::Created
+                };
+                self.index_document(state, id, source, raw, current.as_ref(), result, mappings)
+            }
+            WriteOp::Update {
+                id,
+                doc,
+                upsert,
+                doc_as_upsert,
+                condition,
+            } => {
+                self.check_condition(&id, condition, live_doc)?;
+                let Some(existing) = live_doc else {
+                    let initial = match (upsert, doc_as_upsert, doc) {
+                        (Some(upsert), _, _) => upsert,
+                        (None, true, Some(doc)) => doc,
+                        _ => {
+                            return Err(Error::DocumentMissing {
+                                index: self.id.index.clone(),
+                                id,
+                            });
+                        }
+                    };
+                    let raw = serde_json::to_vec(&initial)
+                        .map_err(|err| Error::Internal(err.to_string()))?;
+                    return self.index_document(
+                        state,
+                        id,
+                        initial,
+                        raw,
+                        current.as_ref(),
+                        WriteResult::Created,
+                        mappings,
+                    );
+                };
+                let existing_source = existing.source.clone().unwrap_or_default();
+                let mut merged: Value =
+                    serde_json::from_slice(&existing_source).map_err(|err| {
+                        Error::Internal(format!("stored source of [{id}] is not JSON: {err}"))
+                    })?;
+                let Some(partial) = doc else {
+                    return Err(Error::IllegalArgument(
+                        "Validation Failed: 1: script or doc is missing;".into(),
+                    ));
+                };
+                let changed = merge_json(&mut merged, &partial);
+                if !changed {
+                    return Ok(WriteOutcome {
+                        id,
+                        result: WriteResult::Noop,
+                        seq_no: existing.seq_no,
+                        primary_term: existing.primary_term,
+                        version: existing.version,
+                        source: Some(existing_source),
+                    });
+                }
+                let raw =
+                    serde_json::to_vec(&merged).map_err(|err| Error::Internal(err.to_string()))?;
+                self.index_document(
+                    state,
+                    id,
+                    merged,
+                    raw,
+                    current.as_ref(),
+                    WriteResult::Updated,
+                    mappings,
+                )
+            }
+            WriteOp::Delete { id, condition } => {
+                self.check_condition(&id, condition, live_doc)?;
+                let version = current.as_ref().map_or(1, |c| c.version + 1);
+                let result = if live_doc.is_some() {
+                    WriteResult::Deleted
+                } else {
+                    WriteResult::NotFound
+                };
+                let seq_no = state.max_seq_no + 1;
+                let primary_term = state.primary_term;
+                state.translog.append(&TranslogOp {
+                    kind: OpKind::Delete,
+                    seq_no,
+                    primary_term,
+                    version,
+                    id: id.clone(),
+                    source: Vec::new(),
+                })?;
+                state.max_seq_no = seq_no;
+                state
+                    .writer
+                    .delete_term(Term::from_field_text(self.schema.id, &id));
+                state.live.insert(
+                    id.clone(),
+                    LiveVersion {
+                        seq_no,
+                        primary_term,
+                        version,
+                        source: None,
+                    },
+                );
+                self.counters.delete_total.fetch_add(1, Ordering::Relaxed);
+                Ok(WriteOutcome {
+                    id,
+                    result,
+                    seq_no,
+                    primary_term,
+                    version,
+                    source: None,
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn index_document(
+        &self,
+        state: &mut WriteState,
+        id: String,
+        source: Value,
+        raw: Vec<u8>,
+        current: Option<&Current>,
+        result: WriteResult,
+        mappings: &dyn MappingSource,
+    ) -> Result<WriteOutcome> {
+        if id.is_empty() || id.len() > 512 {
+            return Err(Error::IllegalArgument(format!(
+                "id [{id}] is too long or empty, must be between 1 and 512 bytes"
+            )));
+        }
+        let mut parsed = parse_document(&mappings.current(), &source).inspect_err(|_| {
+            self.counters.index_failed.fetch_add(1, Ordering::Relaxed);
+        })?;
+        if let Some(grown) = parsed.updated_mapping.take() {
+            let merged = mappings.grow(&grown)?;
+            // Another writer may have mapped a field differently in between: parse again
+            // against what was actually committed.
+            parsed = parse_document(&merged, &source)?;
+        }
+        let version = current.map_or(1, |c| if c.source.is_some() { c.version + 1 } else { 1 });
+        let seq_no = state.max_seq_no + 1;
+        let primary_term = state.primary_term;
+        let meta = DocMeta {
+            seq_no,
+            version,
+            primary_term,
+        };
+        let document = self.schema.document(&id, &raw, meta, &parsed);
+        state.translog.append(&TranslogOp {
+            kind: OpKind::Index,
+            seq_no,
+            primary_term,
+            version,
+            id: id.clone(),
+            source: raw.clone(),
+        })?;
+        state.max_seq_no = seq_no;
+        state
+            .writer
+            .delete_term(Term::from_field_text(self.schema.id, &id));
+        state.writer.add_document(document)?;
+        let source = Arc::new(raw);
+        state.live.insert(
+            id.clone(),
+            LiveVersion {
+                seq_no,
+                primary_term,
+                version,
+                source: Some(source.clone()),
+            },
+        );
+        self.counters.index_total.fetch_add(1, Ordering::Relaxed);
+        Ok(WriteOutcome {
+            id,
+            result,
+            seq_no,
+            primary_term,
+            version,
+            source: Some(source),
+        })
+    }
+
+    fn conflict(&self, id: &str, reason: String) -> Error {
+        Error::VersionConflict {
+            index: self.id.index.clone(),
+            id: id.to_string(),
+            reason,
+        }
+    }
+
+    fn check_condition(
+        &self,
+        id: &str,
+        condition: Condition,
+        current: Option<&Current>,
+    ) -> Result<()> {
+        let (Some(if_seq_no), Some(if_primary_term)) =
+            (condition.if_seq_no, condition.if_primary_term)
+        else {
+            if condition.if_seq_no.is_some() || condition.if_primary_term.is_some() {
+                return Err(Error::IllegalArgument(
+                    "if_seq_no and if_primary_term must be used together".into(),
+                ));
+            }
+            return Ok(());
+        };
+        match current {
+            Some(doc) if doc.seq_no == if_seq_no && doc.primary_term == if_primary_term => Ok(()),
+            Some(doc) => Err(self.conflict(id, format!(
+                "required seqNo [{if_seq_no}], primary term [{if_primary_term}]. current document has seqNo [{}] and primary term [{}]",
+                doc.seq_no, doc.primary_term
+            ))),
+            None => Err(self.conflict(id, format!(
+                "required seqNo [{if_seq_no}], primary term [{if_primary_term}]. but no document was found"
+            ))),
+        }
+    }
+
+    fn current_version(&self, state: &WriteState, id: &str) -> Result<Option<Current>> {
+        if let Some(live) = state.live.get(id) {
+            return Ok(Some(Current {
+                seq_no: live.seq_no,
+                primary_term: live.primary_term,
+                version: live.version,
+                source: live.source.clone(),
+            }));
+        }
+        Ok(self
+            .committed_doc(&self.reader.searcher(), id)?
+            .map(|doc| Current {
+                seq_no: doc.seq_no,
+                primary_term: doc.primary_term,
+                version: doc.version,
+                source: Some(doc.source),
+            }))
+    }
+
+    fn committed_doc(&self, searcher: &Searcher, id: &str) -> Result<Option<StoredDoc>> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.schema.id, id),
+            IndexRecordOption::Basic,
+        );
+        let hits = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
+        let Some((_, address)) = hits.first() else {
+            return Ok(None);
+        };
+        let doc: TantivyDocument = searcher.doc(*address)?;
+        Ok(Some(self.stored_doc(&doc)))
+    }
+
+    /// Reads the stored fields of a tantivy document.
+    pub fn stored_doc(&self, doc: &TantivyDocument) -> StoredDoc {
+        let text = |field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let int = |field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_i64())
+                .unwrap_or_default()
+        };
+        StoredDoc {
+            id: text(self.schema.id),
+            seq_no: int(self.schema.seq_no),
+            version: int(self.schema.version),
+            primary_term: doc
+                .get_first(self.schema.primary_term)
+                .and_then(|v| v.as_u64())
+                .unwrap_or_default(),
+            source: Arc::new(
+                doc.get_first(self.schema.source)
+                    .and_then(|v| v.as_bytes())
+                    .unwrap_or_default()
+                    .to_vec(),
+            ),
+        }
+    }
+
+    /// Realtime GET: sees every acknowledged write, refreshed or not.
+    pub fn get(&self, id: &str) -> Result<Option<StoredDoc>> {
+        self.counters.get_total.fetch_add(1, Ordering::Relaxed);
+        let searcher = {
+            let state = self.lock()?;
+            if let Some(live) = state.live.get(id) {
+                return Ok(live.source.clone().map(|source| StoredDoc {
+                    id: id.to_string(),
+                    seq_no: live.seq_no,
+                    primary_term: live.primary_term,
+                    version: live.version,
+                    source,
+                }));
+            }
+            // Taken under the lock: a refresh cannot slip in between the map miss and the read.
+            self.reader.searcher()
+        };
+        self.committed_doc(&searcher, id)
+    }
+
+    /// The point-in-time view searches run against.
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    pub fn tantivy_index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Makes every write so far searchable (a tantivy commit plus a reader reload).
+    pub fn refresh(&self) -> Result<()> {
+        let mut state = self.lock()?;
+        self.commit_locked(&mut state)
+    }
+
+    /// Refreshes only if something was written since the last refresh.
+    pub fn refresh_if_needed(&self) -> Result<bool> {
+        if !self.needs_refresh.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.refresh()?;
+        Ok(true)
+    }
+
+    fn commit_locked(&self, state: &mut WriteState) -> Result<()> {
+        self.needs_refresh.store(false, Ordering::Release);
+        let payload = CommitPayload {
+            local_checkpoint: state.max_seq_no,
+            translog_generation: state.translog.generation(),
+        };
+        let payload =
+            serde_json::to_string(&payload).map_err(|err| Error::Internal(err.to_string()))?;
+        let mut prepared = state.writer.prepare_commit()?;
+        prepared.set_payload(&payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        state.live.clear();
+        self.counters.refresh_total.fetch_add(1, Ordering::Relaxed);
+        self.refreshed_seq_no.send_replace(state.max_seq_no);
+        Ok(())
+    }
+
+    /// Commits and trims the translog: after a flush, start-up replays nothing.
+    pub fn flush(&self) -> Result<()> {
+        let mut state = self.lock()?;
+        state.translog.roll_and_trim()?;
+        self.commit_locked(&mut state)?;
+        self.counters.flush_total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fsyncs the translog (for `async` durability, called periodically).
+    pub fn sync_translog(&self) -> Result<()> {
+        let position = {
+            let mut state = self.lock()?;
+            state.translog.flush_buffer()?
+        };
+        self.sync.sync_to(position)
+    }
+
+    /// Waits until a refresh has made `seq_no` searchable (`refresh=wait_for`).
+    pub async fn wait_for_refresh(&self, seq_no: i64) {
+        let mut receiver = self.refreshed_seq_no.subscribe();
+        // The sender lives as long as the shard, which the caller holds.
+        let _ = receiver.wait_for(|refreshed| *refreshed >= seq_no).await;
+    }
+
+    /// The highest `_seq_no` assigned.
+    pub fn max_seq_no(&self) -> i64 {
+        self.lock().map(|state| state.max_seq_no).unwrap_or(-1)
+    }
+
+    pub fn primary_term(&self) -> u64 {
+        self.lock()
+            .map(|state| state.primary_term)
+            .unwrap_or_default()
+    }
+
+    /// Translog operation count and bytes.
+    pub fn translog_stats(&self) -> (u64, u64) {
+        self.lock()
+            .map(|state| (state.translog.operations(), state.translog.size_in_bytes()))
+            .unwrap_or_default()
+    }
+
+    /// Bytes on disk for this copy (index and translog).
+    pub fn store_size(&self) -> u64 {
+        dir_size(&self.path)
+    }
+
+    /// Last position handed to the OS (for a final sync at shutdown).
+    pub fn log_position(&self) -> Result<LogPosition> {
+        let mut state = self.lock()?;
+        state.translog.flush_buffer()
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Deep-merges `partial` into `target` as a partial-document update does; returns whether
+/// anything changed (so unchanged updates are a `noop`).
+pub fn merge_json(target: &mut Value, partial: &Value) -> bool {
+    match (target, partial) {
+        (Value::Object(target), Value::Object(partial)) => {
+            let mut changed = false;
+            for (key, value) in partial {
+                match target.get_mut(key) {
+                    Some(existing) if existing.is_object() && value.is_object() => {
+                        changed |= merge_json(existing, value);
+                    }
+                    Some(existing) if existing == value => {}
+                    _ => {
+                        target.insert(key.clone(), value.clone());
+                        changed = true;
+                    }
+                }
+            }
+            changed
+        }
+        (target, partial) => {
+            let changed = target != partial;
+            *target = partial.clone();
+            changed
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The write-ahead log of a shard copy: every operation is framed with its length and a CRC32C
+//! checksum and appended to the current generation file; a torn or corrupt tail found at
+//! start-up is cut, never replayed.
+//!
+//! Frame: `[len: u32 LE][crc32c(payload): u32 LE][payload]`; payload:
+//! `[kind: u8][seq_no: i64][primary_term: u64][version: i64][id_len: u32][id][source_len: u32][source]`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::Error;
+
+const FILE_MAGIC: &[u8; 8] = b"SHTLOG01";
+const MAX_FRAME_LEN: usize = 1 << 30;
+
+/// One logged operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslogOp {
+    pub kind: OpKind,
+    pub seq_no: i64,
+    pub primary_term: u64,
+    pub version: i64,
+    pub id: String,
+    pub source: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Index = 1,
+    Delete = 2,
+}
+
+/// What start-up found in the log.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Operations read from the retained generations, in log order.
+    pub operations: Vec<TranslogOp>,
+    /// Bytes cut from a torn or corrupt tail.
+    pub truncated_bytes: u64,
+}
+
+/// Where a batch's bytes end; durability means "synced up to here".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    pub generation: u64,
+    pub offset: u64,
+}
+
+/// The appending side; owned by the shard's write state.
+pub struct Translog {
+    dir: PathBuf,
+    generation: u64,
+    writer: BufWriter<File>,
+    offset: u64,
+    operations: u64,
+    sync: std::sync::Arc<TranslogSync>,
+}
+
+/// The fsync side, shared so that many writers' batches are made durable by one `fsync`
+/// (group commit) without holding the shard's write lock.
+pub struct TranslogSync {
+    state: Mutex<SyncState>,
+    written_generation: AtomicU64,
+    written_offset: AtomicU64,
+}
+
+struct SyncState {
+    file: File,
+    synced: LogPosition,
+}
+
+impl TranslogSync {
+    /// Makes everything up to `target` durable; returns at once when it already is.
+    pub fn sync_to(&self, target: LogPosition) -> Result<(), Error> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| Error::Internal("translog sync lock poisoned".into()))?;
+        if state.synced >= target {
+            return Ok(());
+        }
+        let written = LogPosition {
+            generation: self.written_generation.load(Ordering::Acquire),
+            offset: self.written_offset.load(Ordering::Acquire),
+        };
+        state.file.sync_data()?;
+        state.synced = written;
+        Ok(())
+    }
+}
+
+fn generation_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("translog-{generation:020}.tlog"))
+}
+
+fn list_generations(dir: &Path) -> Result<Vec<u64>, Error> {
+    let mut generations = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(number) = name
+            .strip_prefix("translog-")
+            .and_then(|rest| rest.strip_suffix(".tlog"))
+        {
+            if let Ok(generation) = number.parse() {
+                generations.push(generation);
+            }
+        }
+    }
+    generations.sort_unstable();
+    Ok(generations)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl Translog {
+    /// Opens the log in `dir`, reading every generation from `first_generation` on. Older
+    /// generations are already covered by a tantivy commit and are deleted.
+    pub fn open(
+        dir: &Path,
+        first_generation: u64,
+        shard: &str,
+    ) -> Result<(Translog, RecoveryReport), Error> {
+        std::fs::create_dir_all(dir)?;
+        let generations = list_generations(dir)?;
+        let mut report = RecoveryReport::default();
+        for generation in &generations {
+            if *generation < first_generation {
+                std::fs::remove_file(generation_path(dir, *generation))?;
+            }
+        }
+        let retained: Vec<u64> = generations
+            .into_iter()
+            .filter(|g| *g >= first_generation)
+            .collect();
+        let last = retained.last().copied();
+        for generation in &retained {
+            let path = generation_path(dir, *generation);
+            let is_last = Some(*generation) == last;
+            let (ops, valid_len, file_len) = read_generation(&path)?;
+            if valid_len < file_len {
+                if !is_last {
+                    return Err(Error::TranslogCorrupted {
+                        shard: shard.to_string(),
+                        reason: format!(
+                            "generation {generation} is damaged at byte {valid_len} and later generations exist"
+                        ),
+                    });
+                }
+                tracing::warn!(
+                    shard,
+                    generation,
+                    offset = valid_len,
+                    cut_bytes = file_len - valid_len,
+                    "translog tail is torn or corrupt; cutting it"
+                );
+                report.truncated_bytes += file_len - valid_len;
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(valid_len)?;
+                file.sync_all()?;
+            }
+            report.operations.extend(ops);
+        }
+        let generation = last.unwrap_or(first_generation.max(1));
+        let path = generation_path(dir, generation);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let mut offset = file.seek(SeekFrom::End(0))?;
+        if offset < FILE_MAGIC.len() as u64 {
+            file.set_len(0)?;
+            file.write_all(FILE_MAGIC)?;
+            file.sync_all()?;
+            sync_dir(dir)?;
+            offset = FILE_MAGIC.len() as u64;
+        }
+        let operations = report.operations.len() as u64;
+        let sync = std::sync::Arc::new(TranslogSync {
+            state: Mutex::new(SyncState {
+                file: file.try_clone()?,
+                synced: LogPosition { generation, offset },
+            }),
+            written_generation: AtomicU64::new(generation),
+            written_offset: AtomicU64::new(offset),
+        });
+        let translog = Translog {
+            dir: dir.to_path_buf(),
+            generation,
+            writer: BufWriter::with_capacity(1 << 16, file),
+            offset,
+            operations,
+            sync,
+        };
+        Ok((translog, report))
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn sync_handle(&self) -> std::sync::Arc<TranslogSync> {
+        self.sync.clone()
+    }
+
+    /// Number of operations in the retained generations.
+    pub fn operations(&self) -> u64 {
+        self.operations
+    }
+
+    /// Bytes in the retained generations.
+    pub fn size_in_bytes(&self) -> u64 {
+        list_generations(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|g| std::fs::metadata(generation_path(&self.dir, g)).ok())
+            .map(|meta| meta.len())
+            .sum::<u64>()
+            .max(self.offset)
+    }
+
+    /// Buffers one operation; [`Translog::flush_buffer`] hands it to the OS.
+    pub fn append(&mut self, op: &TranslogOp) -> Result<(), Error> {
+        let payload = encode(op);
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        self.writer.write_all(&header)?;
+        self.writer.write_all(&payload)?;
+        self.offset += (header.len() + payload.len()) as u64;
+        self.operations += 1;
+        Ok(())
+    }
+
+    /// Writes buffered frames to the file and returns the position a sync must reach.
+    pub fn flush_buffer(&mut self) -> Result<LogPosition, Error> {
+        self.writer.flush()?;
+        self.sync
+            .written_offset
+            .store(self.offset, Ordering::Release);
+        Ok(LogPosition {
+            generation: self.generation,
+            offset: self.offset,
+        })
+    }
+
+    /// Starts a new generation and deletes the older ones: called after a tantivy commit that
+    /// covers every operation logged so far.
+    pub fn roll_and_trim(&mut self) -> Result<(), Error> {
+        let position = self.flush_buffer()?;
+        self.sync.sync_to(position)?;
+        let next = self.generation + 1;
+        let path = generation_path(&self.dir, next);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(FILE_MAGIC)?;
+        file.sync_all()?;
+        sync_dir(&self.dir)?;
+        {
+            let mut state = self
+                .sync
+                .state
+                .lock()
+                .map_err(|_| Error::Internal("translog sync lock poisoned".into()))?;
+            state.file = file.try_clone()?;
+            state.synced = LogPosition {
+                generation: next,
+                offset: FILE_MAGIC.len() as u64,
+            };
+            self.sync.written_generation.store(next, Ordering::Release);
+            self.sync
+                .written_offset
+                .store(FILE_MAGIC.len() as u64, Ordering::Release);
+        }
+        self.writer = BufWriter::with_capacity(1 << 16, file);
+        self.generation = next;
+        self.offset = FILE_MAGIC.len() as u64;
+        self.operations = 0;
+        for generation in list_generations(&self.dir)? {
+            if generation < next {
+                std::fs::remove_file(generation_path(&self.dir, generation))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode(op: &TranslogOp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33 + op.id.len() + op.source.len());
+    out.push(op.kind as u8);
+    out.extend_from_slice(&op.seq_no.to_le_bytes());
+    out.extend_from_slice(&op.primary_term.to_le_bytes());
+    out.extend_from_slice(&op.version.to_le_bytes());
+    out.extend_from_slice(&(op.id.len() as u32).to_le_bytes());
+    out.extend_from_slice(op.id.as_bytes());
+    out.extend_from_slice(&(op.source.len() as u32).to_le_bytes());
+    out.extend_from_slice(&op.source);
+    out
+}
+
+fn decode(payload: &[u8]) -> Option<TranslogOp> {
+    let mut cursor = payload;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if cursor.len() < n {
+            return None;
+        }
+        let (head, tail) = cursor.split_at(n);
+        cursor = tail;
+        Some(head)
+    };
+    let kind = match take(1)?[0] {
+        1 => OpKind::Index,
+        2 => OpKind::Delete,
+        _ => return None,
+    };
+    let seq_no = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let primary_term = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let version = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let id_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let id = String::from_utf8(take(id_len)?.to_vec()).ok()?;
+    let source_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let source = take(source_len)?.to_vec();
+    Some(TranslogOp {
+        kind,
+        seq_no,
+        primary_term,
+        version,
+        id,
+        source,
+    })
+}
+
+/// Reads the valid prefix of one generation: its operations, the byte length of that prefix,
+/// and the file's length.
+fn read_generation(path: &Path) -> Result<(Vec<TranslogOp>, u64, u64), Error> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let file_len = bytes.len() as u64;
+    if bytes.len() < FILE_MAGIC.len() || &bytes[..FILE_MAGIC.len()] != FILE_MAGIC {
+        return Ok((Vec::new(), 0, file_len));
+    }
+    let mut ops = Vec::new();
+    let mut offset = FILE_MAGIC.len();
+    while offset + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([
+            bytes[offset],
+            bytes[offset + 1],
+            bytes[offset + 2],
+            bytes[offset + 3],
+        ]) as usize;
+        let crc = u32::from_le_bytes([
+            bytes[offset + 4],
+            bytes[offset + 5],
+            bytes[offset + 6],
+            bytes[offset + 7],
+        ]);
+        let end = offset + 8 + len;
+        if len > MAX_FRAME_LEN || end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[offset + 8..end];
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        let Some(op) = decode(payload) else { break };
+        ops.push(op);
+        offset = end;
+    }
+    Ok((ops, offset as u64, file_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(seq_no: i64) -> TranslogOp {
+        TranslogOp {
+            kind: OpKind::Index,
+            seq_no,
+            primary_term: 1,
+            version: 1,
+            id: format!("doc-{seq_no}"),
+            source: br#"{"a":1}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn appended_operations_are_read_back_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, report) = Translog::open(dir.path(), 1, "t[0]").expect("open");
+        assert!(report.operations.is_empty());
+        for seq_no in 0..5 {
+            log.append(&op(seq_no)).expect("append");
+        }
+        let position = log.flush_buffer().expect("flush");
+        log.sync_handle().sync_to(position).expect("sync");
+        drop(log);
+        let (_, report) = Translog::open(dir.path(), 1, "t[0]").expect("reopen");
+        assert_eq!(report.operations, (0..5).map(op).collect::<Vec<_>>());
+        assert_eq!(report.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn torn_and_corrupt_tails_are_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Translog::open(dir.path(), 1, "t[0]").expect("open");
+        for seq_no in 0..3 {
+            log.append(&op(seq_no)).expect("append");
+        }
+        log.flush_buffer().expect("flush");
+        drop(log);
+        let path = generation_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let len = bytes.len();
+        bytes[len - 3] ^= 0xff; // flip a byte inside the last frame
+        bytes.extend_from_slice(&[7, 0, 0]); // and leave half a header after it
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut log, report) = Translog::open(dir.path(), 1, "t[0]").expect("reopen");
+        assert_eq!(report.operations, vec![op(0), op(1)]);
+        assert!(report.truncated_bytes > 3);
+        log.append(&op(2)).expect("append after cut");
+        log.flush_buffer().expect("flush");
+        drop(log);
+        let (_, report) = Translog::open(dir.path(), 1, "t[0]").expect("reopen");
+        assert_eq!(report.operations, vec![op(0), op(1), op(2)]);
+    }
+
+    #[test]
+    fn roll_and_trim_drops_covered_generations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Translog::open(dir.path(), 1, "t[0]").expect("open");
+        log.append(&op(0)).expect("append");
+        log.roll_and_trim().expect("roll");
+        log.append(&op(1)).expect("append");
+        log.flush_buffer().expect("flush");
+        assert_eq!(log.generation(), 2);
+        drop(log);
+        let (_, report) = Translog::open(dir.path(), 2, "t[0]").expect("reopen");
+        assert_eq!(report.operations, vec![op(1)]);
+    }
+}
