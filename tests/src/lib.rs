@@ -1,1 +1,212 @@
-//! x
+//! Test harness: starts real `shoal` processes on 127.0.0.1 with their own data directories,
+//! talks HTTP to them, and kills, stops or restarts them.
+//!
+//! Integration tests pass the node binary as `env!("CARGO_BIN_EXE_shoal-node")`: that binary
+//! is built from the same entry point as `host`'s `shoal` (`shoal::cli::main`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub mod http_logs;
+
+/// A running (or stopped) node process.
+pub struct Node {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    pub base_url: String,
+    /// Everything the node logged to stderr, for assertions on log lines.
+    pub log: Arc<Mutex<Vec<String>>>,
+    client: reqwest::blocking::Client,
+}
+
+/// An HTTP answer: status and parsed JSON (or `Value::String` for text bodies).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Node {
+    /// Starts a node on a free port with `data_dir`, waiting until it serves HTTP.
+    pub fn start(binary: &str, data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Node> {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let mut node = Node {
+            binary: PathBuf::from(binary),
+            data_dir: data_dir.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            base_url: String::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+            client,
+        };
+        node.launch()?;
+        Ok(node)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(&self.binary)
+            .arg("start")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--transport-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    if event["message"] == "node started" {
+                        let _ =
+                            address_tx.send(event["http"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                if let Ok(mut log) = log.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                let log = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                bail!("node did not start; log:\n{log}");
+            }
+        };
+        self.base_url = format!("http://{address}");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the process dies with no chance to flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again on the same data directory (new port).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|log| log.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
+    }
+
+    /// Sends a request with an optional JSON body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        self.raw(method, path, bytes, "application/json")
+    }
+
+    /// Sends raw bytes (NDJSON for `_bulk`).
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut builder = self
+            .client
+            .request(method, format!("{}{}", self.base_url, path));
+        if let Some(body) = body {
+            builder = builder.header("content-type", content_type).body(body);
+        }
+        match builder.send() {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let text = response.text().unwrap_or_default();
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                Reply { status, body }
+            }
+            Err(err) => Reply {
+                status: 0,
+                body: Value::String(err.to_string()),
+            },
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None)
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        self.request("PUT", path, Some(body))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.request("POST", path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path, None)
+    }
+
+    /// `_bulk` with NDJSON lines built from JSON values.
+    pub fn bulk(&self, path: &str, lines: &[Value]) -> Reply {
+        let mut body = Vec::new();
+        for line in lines {
+            body.extend(serde_json::to_vec(line).unwrap_or_default());
+            body.push(b'\n');
+        }
+        self.raw("POST", path, Some(body), "application/x-ndjson")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,18 @@
+//! End-to-end tests: each starts a real node process and drives it over HTTP.
+
+mod compat;
+mod documents;
+mod durability;
+mod indices;
+mod search;
+
+use shoal_tests::Node;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
+
+/// A fresh node in its own temporary data directory (kept alive by the returned guard).
+pub fn fresh_node(extra_args: &[&str]) -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(BIN, &dir.path().join("data"), extra_args).expect("node starts");
+    (dir, node)
+}
