@@ -37,10 +37,10 @@ fn load_identity(data_dir: &std::path::Path) -> Result<NodeIdentity> {
     let state_dir = data_dir.join("_state");
     std::fs::create_dir_all(&state_dir)?;
     let path = state_dir.join("node.json");
-    if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(identity) = serde_json::from_slice(&bytes) {
-            return Ok(identity);
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(identity) = serde_json::from_slice(&bytes)
+    {
+        return Ok(identity);
     }
     let identity = NodeIdentity {
         node_id: new_uuid(),
@@ -166,15 +166,11 @@ async fn refresh_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         }
         let result = tokio::task::spawn_blocking(move || {
             for (shard, refresh, sync) in due {
-                if refresh {
-                    if let Err(err) = shard.refresh_if_needed() {
-                        tracing::error!(shard = %shard.id, error = %err, "scheduled refresh failed");
-                    }
+                if refresh && let Err(err) = shard.refresh_if_needed() {
+                    tracing::error!(shard = %shard.id, error = %err, "scheduled refresh failed");
                 }
-                if sync {
-                    if let Err(err) = shard.sync_translog() {
-                        tracing::error!(shard = %shard.id, error = %err, "translog sync failed");
-                    }
+                if sync && let Err(err) = shard.sync_translog() {
+                    tracing::error!(shard = %shard.id, error = %err, "translog sync failed");
                 }
             }
         })

@@ -1,1 +1,282 @@
-fn main() {}
+//! Single-node benchmark: bulk ingest and search latency through Shoal's REST API versus raw
+//! tantivy indexing and searching the same documents in-process, measured in one run.
+//!
+//! `cargo bench -p shoal-tests --bench single_node` (documents: `SHOAL_BENCH_DOCS`, default
+//! 200000; search iterations: `SHOAL_BENCH_SEARCHES`, default 300).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shoal_tests::Node;
+use shoal_tests::http_logs;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{FAST, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT};
+use tantivy::{Index, TantivyDocument, Term};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Raw {
+    index: Index,
+    timestamp: tantivy::schema::Field,
+    request: tantivy::schema::Field,
+    status: tantivy::schema::Field,
+    source: tantivy::schema::Field,
+}
+
+/// Raw tantivy with a typed schema, one indexing thread and the same buffer as a Shoal shard,
+/// storing `_source` as Shoal does.
+fn raw_ingest(lines: &[Vec<u8>], dir: &Path) -> (Raw, Duration) {
+    let mut builder = Schema::builder();
+    let timestamp = builder.add_i64_field("@timestamp", INDEXED | FAST);
+    let clientip = builder.add_text_field("clientip", STRING | FAST);
+    let request = builder.add_text_field("request", TEXT);
+    let status = builder.add_u64_field("status", INDEXED | FAST);
+    let size = builder.add_u64_field("size", FAST);
+    let source = builder.add_bytes_field("_source", STORED);
+    let index = Index::create_in_dir(dir, builder.build()).expect("raw index");
+    let started = Instant::now();
+    let mut writer = index
+        .writer_with_num_threads::<TantivyDocument>(1, 64 << 20)
+        .expect("writer");
+    for line in lines {
+        let value: Value = serde_json::from_slice(line).expect("json");
+        let mut doc = TantivyDocument::new();
+        doc.add_i64(timestamp, value["@timestamp"].as_i64().unwrap_or(0));
+        doc.add_text(clientip, value["clientip"].as_str().unwrap_or(""));
+        doc.add_text(request, value["request"].as_str().unwrap_or(""));
+        doc.add_u64(status, value["status"].as_u64().unwrap_or(0));
+        doc.add_u64(size, value["size"].as_u64().unwrap_or(0));
+        doc.add_bytes(source, line);
+        writer.add_document(doc).expect("add");
+    }
+    writer.commit().expect("commit");
+    let elapsed = started.elapsed();
+    writer.wait_merging_threads().expect("merge");
+    (
+        Raw {
+            index,
+            timestamp,
+            request,
+            status,
+            source,
+        },
+        elapsed,
+    )
+}
+
+fn main() {
+    let doc_count = env_usize("SHOAL_BENCH_DOCS", 200_000);
+    let searches = env_usize("SHOAL_BENCH_SEARCHES", 300);
+    let start_seconds = 1_700_000_000;
+    let docs = http_logs::generate(42, doc_count, start_seconds);
+    let lines: Vec<Vec<u8>> = docs
+        .iter()
+        .map(|d| serde_json::to_vec(&d.to_json()).expect("json"))
+        .collect();
+    let raw_json_bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    println!(
+        "single-node benchmark: {doc_count} http_logs documents, {:.1} MB raw JSON",
+        raw_json_bytes as f64 / 1e6
+    );
+
+    // Raw tantivy baseline.
+    let raw_dir = scratch.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).expect("mkdir");
+    let (raw, raw_elapsed) = raw_ingest(&lines, &raw_dir);
+    let raw_rate = doc_count as f64 / raw_elapsed.as_secs_f64();
+
+    // Shoal over REST: 1 shard, no replicas, fsync per bulk (durability=request, the default).
+    let node = Node::start(
+        env!("CARGO_BIN_EXE_shoal-node"),
+        &scratch.path().join("shoal"),
+        &[],
+    )
+    .expect("node");
+    let created = node.put("/logs", &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": http_logs::mapping()}));
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let bodies: Vec<Vec<u8>> = lines
+        .chunks(5000)
+        .map(|chunk| {
+            let mut body = Vec::new();
+            for line in chunk {
+                body.extend_from_slice(b"{\"index\":{}}\n");
+                body.extend_from_slice(line);
+                body.push(b'\n');
+            }
+            body
+        })
+        .collect();
+    let started = Instant::now();
+    for body in bodies {
+        let reply = node.raw("POST", "/logs/_bulk", Some(body), "application/x-ndjson");
+        assert_eq!(
+            reply.body["errors"], false,
+            "bulk failed: {:?}",
+            reply.status
+        );
+    }
+    node.post("/logs/_refresh", &json!({}));
+    let shoal_elapsed = started.elapsed();
+    let shoal_rate = doc_count as f64 / shoal_elapsed.as_secs_f64();
+    node.post("/logs/_flush", &json!({}));
+    let shoal_size: u64 = node.get("/_cat/indices/logs?format=json&bytes=b").body[0]["store.size"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let raw_size = dir_size(&raw_dir);
+
+    println!("\n== ingest (bulk of 5000, 1 shard, fsync per bulk) ==");
+    println!(
+        "raw tantivy : {raw_rate:>10.0} docs/s ({:.2} s)",
+        raw_elapsed.as_secs_f64()
+    );
+    println!(
+        "shoal REST  : {shoal_rate:>10.0} docs/s ({:.2} s)",
+        shoal_elapsed.as_secs_f64()
+    );
+    println!(
+        "ratio shoal/raw ingest: {:.2}x (goal >= 0.8x)",
+        shoal_rate / raw_rate
+    );
+    println!("\n== index size ==");
+    println!(
+        "raw JSON {:.1} MB | shoal {:.1} MB ({:.0}% of raw) | raw tantivy {:.1} MB ({:.0}%)",
+        raw_json_bytes as f64 / 1e6,
+        shoal_size as f64 / 1e6,
+        shoal_size as f64 * 100.0 / raw_json_bytes as f64,
+        raw_size as f64 / 1e6,
+        raw_size as f64 * 100.0 / raw_json_bytes as f64
+    );
+
+    // Search: the same queries both ways, top 10 with their stored source plus an exact count.
+    let window_start = (start_seconds + 3600) * 1000;
+    let window_end = (start_seconds + 7200) * 1000;
+    let reader = raw.index.reader().expect("reader");
+    let searcher = reader.searcher();
+    let raw_queries: Vec<(&str, Box<dyn Query>, Value)> = vec![
+        (
+            "term status=404",
+            Box::new(TermQuery::new(
+                Term::from_field_u64(raw.status, 404),
+                IndexRecordOption::Basic,
+            )),
+            json!({"query": {"term": {"status": 404}}}),
+        ),
+        (
+            "match request=english",
+            Box::new(TermQuery::new(
+                Term::from_field_text(raw.request, "english"),
+                IndexRecordOption::WithFreqs,
+            )),
+            json!({"query": {"match": {"request": "english"}}}),
+        ),
+        (
+            "range @timestamp 1h",
+            Box::new(RangeQuery::new(
+                std::ops::Bound::Included(Term::from_field_i64(raw.timestamp, window_start)),
+                std::ops::Bound::Excluded(Term::from_field_i64(raw.timestamp, window_end)),
+            )),
+            json!({"query": {"range": {"@timestamp": {"gte": window_start, "lt": window_end}}}}),
+        ),
+        (
+            "bool match+filter",
+            Box::new(BooleanQuery::new(vec![
+                (
+                    Occur::Must,
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(raw.request, "images"),
+                        IndexRecordOption::WithFreqs,
+                    )) as Box<dyn Query>,
+                ),
+                (
+                    Occur::Must,
+                    Box::new(TermQuery::new(
+                        Term::from_field_u64(raw.status, 200),
+                        IndexRecordOption::Basic,
+                    )),
+                ),
+            ])),
+            json!({"query": {"bool": {"must": {"match": {"request": "images"}}, "filter": {"term": {"status": 200}}}}}),
+        ),
+    ];
+    println!("\n== search latency ({searches} runs each, top 10 + source + exact count) ==");
+    let mut ratio_product = 1.0;
+    for (name, query, body) in &raw_queries {
+        let expected = searcher.search(query.as_ref(), &Count).expect("count");
+        let mut raw_samples = Vec::with_capacity(searches);
+        let mut shoal_samples = Vec::with_capacity(searches);
+        let mut body = body.clone();
+        body["track_total_hits"] = json!(true);
+        for _ in 0..searches {
+            let started = Instant::now();
+            let (top, count) = searcher
+                .search(
+                    query.as_ref(),
+                    &(TopDocs::with_limit(10).order_by_score(), Count),
+                )
+                .expect("search");
+            for (_, address) in &top {
+                let doc: TantivyDocument = searcher.doc(*address).expect("doc");
+                std::hint::black_box(doc.get_first(raw.source));
+            }
+            std::hint::black_box(count);
+            raw_samples.push(started.elapsed());
+
+            let started = Instant::now();
+            let reply = node.post("/logs/_search", &body);
+            shoal_samples.push(started.elapsed());
+            assert_eq!(
+                reply.body["hits"]["total"]["value"].as_u64(),
+                Some(expected as u64),
+                "{name}: hit counts differ"
+            );
+        }
+        let (raw_p50, raw_p99) = (
+            percentile(&mut raw_samples, 0.5),
+            percentile(&mut raw_samples, 0.99),
+        );
+        let (shoal_p50, shoal_p99) = (
+            percentile(&mut shoal_samples, 0.5),
+            percentile(&mut shoal_samples, 0.99),
+        );
+        let ratio = shoal_p50.as_secs_f64() / raw_p50.as_secs_f64();
+        ratio_product *= ratio;
+        println!(
+            "{name:<22} hits {expected:>7} | raw p50 {:>8.3} ms p99 {:>8.3} ms | shoal p50 {:>8.3} ms p99 {:>8.3} ms | p50 ratio {ratio:.2}x",
+            raw_p50.as_secs_f64() * 1e3,
+            raw_p99.as_secs_f64() * 1e3,
+            shoal_p50.as_secs_f64() * 1e3,
+            shoal_p99.as_secs_f64() * 1e3
+        );
+    }
+    let geo_mean = ratio_product.powf(1.0 / raw_queries.len() as f64);
+    println!("search p50 ratio shoal/raw (geometric mean): {geo_mean:.2}x (goal <= 1.3x)");
+}

@@ -20,6 +20,7 @@ pub struct Node {
     binary: PathBuf,
     data_dir: PathBuf,
     extra_args: Vec<String>,
+    envs: Vec<(String, String)>,
     child: Option<Child>,
     pub base_url: String,
     /// Everything the node logged to stderr, for assertions on log lines.
@@ -37,6 +38,16 @@ pub struct Reply {
 impl Node {
     /// Starts a node on a free port with `data_dir`, waiting until it serves HTTP.
     pub fn start(binary: &str, data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Node> {
+        Node::start_with_env(binary, data_dir, extra_args, &[])
+    }
+
+    /// Like [`Node::start`], with extra environment variables (`SHOAL_*` settings).
+    pub fn start_with_env(
+        binary: &str,
+        data_dir: &Path,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Node> {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;
@@ -44,6 +55,10 @@ impl Node {
             binary: PathBuf::from(binary),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             base_url: String::new(),
             log: Arc::new(Mutex::new(Vec::new())),
@@ -68,6 +83,7 @@ impl Node {
             ])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -78,11 +94,10 @@ impl Node {
         let log = self.log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    if event["message"] == "node started" {
-                        let _ =
-                            address_tx.send(event["http"].as_str().unwrap_or_default().to_string());
-                    }
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["message"] == "node started"
+                {
+                    let _ = address_tx.send(event["http"].as_str().unwrap_or_default().to_string());
                 }
                 if let Ok(mut log) = log.lock() {
                     log.push(line);

@@ -14,6 +14,13 @@ use crate::index::IndexService;
 use crate::indices::new_uuid;
 use crate::shard::{Condition, Shard, WriteOp, WriteOutcome, WriteResult};
 
+/// An item's outcome, with the index it was written to.
+type ItemResult = Result<(Arc<IndexService>, WriteOutcome)>;
+/// One shard's share of a bulk request: (position in the request, op), in order.
+type ShardBatch = (Arc<IndexService>, Arc<Shard>, Vec<(usize, WriteOp)>);
+/// Shards of one index to refresh, with the highest `_seq_no` written to each.
+type RefreshGroup = (Arc<IndexService>, Vec<(Arc<Shard>, i64)>);
+
 /// One parsed bulk item.
 struct Item {
     action: &'static str,
@@ -106,12 +113,14 @@ fn parse_items(body: &[u8], default_index: Option<&str>) -> Result<Vec<Item>> {
             },
             (action, Some(Ok((source, raw)))) => {
                 if source.is_object() {
-                    let create = action == "create" || id.is_none();
+                    let auto_id = id.is_none();
+                    let create = action == "create" || auto_id;
                     Ok(WriteOp::Index {
                         id: id.unwrap_or_else(new_uuid),
                         source,
                         raw: Some(raw),
                         create,
+                        auto_id,
                         condition,
                     })
                 } else {
@@ -131,12 +140,7 @@ fn parse_items(body: &[u8], default_index: Option<&str>) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-fn item_json(
-    action: &str,
-    index: &str,
-    id: &str,
-    result: &Result<(Arc<IndexService>, WriteOutcome)>,
-) -> Value {
+fn item_json(action: &str, index: &str, id: &str, result: &ItemResult) -> Value {
     let body = match result {
         Ok((index, outcome)) => {
             let mut body = outcome_json(index, outcome);
@@ -159,16 +163,12 @@ pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Resul
     let started = Instant::now();
     let items = parse_items(&request.body, default_index)?;
     let count = items.len();
-    let mut results: Vec<Option<Result<(Arc<IndexService>, WriteOutcome)>>> =
-        (0..count).map(|_| None).collect();
+    let mut results: Vec<Option<ItemResult>> = (0..count).map(|_| None).collect();
     let mut ids: Vec<String> = Vec::with_capacity(count);
     let mut actions = Vec::with_capacity(count);
     let mut index_names = Vec::with_capacity(count);
     // Group per shard, keeping each shard's items in request order.
-    let mut groups: BTreeMap<
-        (String, u32),
-        (Arc<IndexService>, Arc<Shard>, Vec<(usize, WriteOp)>),
-    > = BTreeMap::new();
+    let mut groups: BTreeMap<(String, u32), ShardBatch> = BTreeMap::new();
     for (position, item) in items.into_iter().enumerate() {
         actions.push(item.action);
         index_names.push(item.index.clone());
@@ -220,8 +220,7 @@ pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Resul
             }
         }
     }
-    let mut by_index: BTreeMap<String, (Arc<IndexService>, Vec<(Arc<Shard>, i64)>)> =
-        BTreeMap::new();
+    let mut by_index: BTreeMap<String, RefreshGroup> = BTreeMap::new();
     for (index, shard, seq_no) in refresh_targets {
         by_index
             .entry(index.meta.uuid.clone())

@@ -71,10 +71,10 @@ fn status_rank(status: &str) -> u8 {
 
 pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<Reply> {
     let wanted = request.param("wait_for_status").map(str::to_string);
-    if let Some(wanted) = &wanted {
-        if !["green", "yellow", "red"].contains(&wanted.as_str()) {
-            return Err(illegal(format!("unknown health status [{wanted}]")));
-        }
+    if let Some(wanted) = &wanted
+        && !["green", "yellow", "red"].contains(&wanted.as_str())
+    {
+        return Err(illegal(format!("unknown health status [{wanted}]")));
     }
     let timeout = match request.param("timeout") {
         Some(text) => parse_time_value(text)?.unwrap_or(Duration::ZERO),

@@ -117,12 +117,14 @@ pub(super) async fn index(
     }
     let create = create || request.param("op_type") == Some("create") || id.is_none();
     let index = index_for_write(&request, name)?;
+    let auto_id = id.is_none();
     let id = id.map(str::to_string).unwrap_or_else(new_uuid);
     let op = WriteOp::Index {
         id,
         source,
         raw: Some(request.body.to_vec()),
         create,
+        auto_id,
         condition: condition(&request)?,
     };
     let routing = request.param("routing").map(str::to_string);

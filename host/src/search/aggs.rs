@@ -74,25 +74,24 @@ fn translate_params(
         return Ok(Value::Object(params));
     };
     params.insert("field".into(), Value::String(field_column(leaves, &field)?));
-    if kind == "date_histogram" {
-        if let Some(calendar) = params
+    if kind == "date_histogram"
+        && let Some(calendar) = params
             .remove("calendar_interval")
             .or_else(|| params.remove("interval"))
-        {
-            let fixed = match calendar.as_str().unwrap_or_default() {
-                "minute" | "1m" => "1m",
-                "hour" | "1h" => "1h",
-                "day" | "1d" => "1d",
-                "week" | "1w" => "7d",
-                other if other.ends_with(['s', 'm', 'h', 'd']) && !other.ends_with("M") => other,
-                other => {
-                    return Err(Error::IllegalArgument(format!(
-                        "calendar_interval [{other}] is not supported yet; use a fixed_interval such as 1d"
-                    )));
-                }
-            };
-            params.insert("fixed_interval".into(), Value::String(fixed.to_string()));
-        }
+    {
+        let fixed = match calendar.as_str().unwrap_or_default() {
+            "minute" | "1m" => "1m",
+            "hour" | "1h" => "1h",
+            "day" | "1d" => "1d",
+            "week" | "1w" => "7d",
+            other if other.ends_with(['s', 'm', 'h', 'd']) && !other.ends_with("M") => other,
+            other => {
+                return Err(Error::IllegalArgument(format!(
+                    "calendar_interval [{other}] is not supported yet; use a fixed_interval such as 1d"
+                )));
+            }
+        };
+        params.insert("fixed_interval".into(), Value::String(fixed.to_string()));
     }
     if let Some(LeafKind::Value(ValueType::Date { .. })) = leaves.get(&field) {
         // Range bounds on dates may be given as date strings.

@@ -253,10 +253,10 @@ impl SegmentCollector for SortedTopSegmentCollector {
             .iter()
             .map(|source| source.value(doc, score, self.segment))
             .collect();
-        if let Some(after) = &self.search_after {
-            if compare_keys(&self.specs, &keys, after) != Ordering::Greater {
-                return;
-            }
+        if let Some(after) = &self.search_after
+            && compare_keys(&self.specs, &keys, after) != Ordering::Greater
+        {
+            return;
         }
         self.hits.push(SortedHit {
             keys,

@@ -421,20 +421,8 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
     let mut agg_request: Option<Aggregations> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
     for index in indices {
-        let mapping = index.meta.mapping();
-        let leaves = mapping.leaves();
-        let Some(first) = index.shards.first() else {
+        let Some((query, leaves)) = index_query(index, &request.query, now_millis)? else {
             continue;
-        };
-        let ctx = QueryContext {
-            schema: &first.schema,
-            leaves: &leaves,
-            tokenizers: first.tantivy_index().tokenizers(),
-            now_millis,
-        };
-        let query: Box<dyn Query> = match &request.query {
-            Value::Null => Box::new(AllQuery),
-            body => query::to_query(&ctx, body)?,
         };
         let specs = sort_specs(request, &leaves)?;
         let search_after = search_after_keys(request, &leaves)?;
@@ -443,12 +431,12 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
             .as_ref()
             .map(|aggs| aggs::translate(&leaves, aggs))
             .transpose()?;
-        if let (Some(previous), Some(current)) = (&agg_request, &aggs) {
-            if serde_json::to_value(previous).ok() != serde_json::to_value(current).ok() {
-                return Err(illegal(
-                    "aggregations resolve to different field types across the searched indices",
-                ));
-            }
+        if let (Some(previous), Some(current)) = (&agg_request, &aggs)
+            && serde_json::to_value(previous).ok() != serde_json::to_value(current).ok()
+        {
+            return Err(illegal(
+                "aggregations resolve to different field types across the searched indices",
+            ));
         }
         if aggs.is_some() {
             agg_request.clone_from(&aggs);
@@ -593,26 +581,36 @@ fn fetch_hit(
     Ok(Value::Object(out))
 }
 
+/// A query translated for one index, with that index's leaf fields.
+type IndexQuery = (Box<dyn Query>, HashMap<String, LeafKind>);
+
+/// Translates `query` for one index; `None` for an index without shards.
+fn index_query(index: &IndexService, query: &Value, now_millis: i64) -> Result<Option<IndexQuery>> {
+    let leaves = index.meta.mapping().leaves();
+    let Some(first) = index.shards.first() else {
+        return Ok(None);
+    };
+    let ctx = QueryContext {
+        schema: &first.schema,
+        leaves: &leaves,
+        tokenizers: first.tantivy_index().tokenizers(),
+        now_millis,
+    };
+    let translated: Box<dyn Query> = match query {
+        Value::Null => Box::new(AllQuery),
+        body => query::to_query(&ctx, body)?,
+    };
+    Ok(Some((translated, leaves)))
+}
+
 /// `_count`: the number of matching documents.
 pub fn count(indices: &[Arc<IndexService>], query: &Value) -> Result<Value> {
     let now_millis = chrono::Utc::now().timestamp_millis();
     let mut total = 0u64;
     let mut shards = 0;
     for index in indices {
-        let mapping = index.meta.mapping();
-        let leaves = mapping.leaves();
-        let Some(first) = index.shards.first() else {
+        let Some((query, _)) = index_query(index, query, now_millis)? else {
             continue;
-        };
-        let ctx = QueryContext {
-            schema: &first.schema,
-            leaves: &leaves,
-            tokenizers: first.tantivy_index().tokenizers(),
-            now_millis,
-        };
-        let query: Box<dyn Query> = match query {
-            Value::Null => Box::new(AllQuery),
-            body => query::to_query(&ctx, body)?,
         };
         for shard in &index.shards {
             shards += 1;

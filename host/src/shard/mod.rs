@@ -64,11 +64,14 @@ pub trait MappingSource: Send + Sync {
 /// One requested write, as the coordinator hands it to the owning shard.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
+    /// `auto_id`: the id was generated for this request, so no earlier version can exist and
+    /// the version lookup is skipped (Elasticsearch's append-only optimisation).
     Index {
         id: String,
         source: Value,
         raw: Option<Vec<u8>>,
         create: bool,
+        auto_id: bool,
         condition: Condition,
     },
     Delete {
@@ -365,7 +368,10 @@ impl Shard {
         op: WriteOp,
         mappings: &dyn MappingSource,
     ) -> Result<WriteOutcome> {
-        let current = self.current_version(state, op.id())?;
+        let current = match &op {
+            WriteOp::Index { auto_id: true, .. } => None,
+            _ => self.current_version(state, op.id())?,
+        };
         let live_doc = current.as_ref().filter(|c| c.source.is_some());
         match op {
             WriteOp::Index {
@@ -374,17 +380,16 @@ impl Shard {
                 raw,
                 create,
                 condition,
+                ..
             } => {
-                if create {
-                    if let Some(existing) = live_doc {
-                        return Err(self.conflict(
-                            &id,
-                            format!(
-                                "document already exists (current version [{}])",
-                                existing.version
-                            ),
-                        ));
-                    }
+                if create && let Some(existing) = live_doc {
+                    return Err(self.conflict(
+                        &id,
+                        format!(
+                            "document already exists (current version [{}])",
+                            existing.version
+                        ),
+                    ));
                 }
                 self.check_condition(&id, condition, live_doc)?;
                 let raw = match raw {

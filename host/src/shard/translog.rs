@@ -104,10 +104,9 @@ fn list_generations(dir: &Path) -> Result<Vec<u64>, Error> {
         if let Some(number) = name
             .strip_prefix("translog-")
             .and_then(|rest| rest.strip_suffix(".tlog"))
+            && let Ok(generation) = number.parse()
         {
-            if let Ok(generation) = number.parse() {
-                generations.push(generation);
-            }
+            generations.push(generation);
         }
     }
     generations.sort_unstable();

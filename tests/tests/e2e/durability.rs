@@ -55,12 +55,11 @@ fn stream_writes(base_url: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<(
         };
         for item in reply["items"].as_array().into_iter().flatten() {
             let result = &item["index"];
-            if result["status"].as_u64() == Some(201) || result["status"].as_u64() == Some(200) {
-                if let (Some(id), Some(seq_no)) =
+            if (result["status"].as_u64() == Some(201) || result["status"].as_u64() == Some(200))
+                && let (Some(id), Some(seq_no)) =
                     (result["_id"].as_str(), result["_seq_no"].as_i64())
-                {
-                    acked.lock().expect("lock").push((id.to_string(), seq_no));
-                }
+            {
+                acked.lock().expect("lock").push((id.to_string(), seq_no));
             }
         }
     }

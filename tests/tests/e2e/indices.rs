@@ -281,3 +281,44 @@ fn unknown_routes_and_oversized_bodies_are_refused() {
     assert_eq!(broken.status, 400);
     assert_eq!(broken.body["error"]["type"], "parsing_exception");
 }
+
+#[test]
+fn config_file_environment_and_flags_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("shoal.toml");
+    std::fs::write(
+        &config,
+        "node_name = \"from-file\"\ncluster_name = \"file-cluster\"\nzone = \"zone-a\"\n",
+    )
+    .expect("write config");
+    let config_arg = config.to_string_lossy().to_string();
+    let node = shoal_tests::Node::start_with_env(
+        crate::BIN,
+        &dir.path().join("data"),
+        &["--config", &config_arg, "--node-name", "from-flag"],
+        &[("SHOAL_CLUSTER_NAME", "env-cluster")],
+    )
+    .expect("node starts");
+    let root = node.get("/");
+    assert_eq!(root.body["name"], "from-flag", "flags win over the file");
+    assert_eq!(
+        root.body["cluster_name"], "env-cluster",
+        "the environment wins over the file"
+    );
+    assert_eq!(
+        node.get("/_cat/nodes?format=json&h=zone").body,
+        json!([{"zone": "zone-a"}])
+    );
+
+    std::fs::write(&config, "node_nmae = \"typo\"\n").expect("write config");
+    let refused = shoal_tests::Node::start(
+        crate::BIN,
+        &dir.path().join("data2"),
+        &["--config", &config_arg],
+    );
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("node_nmae"),
+        "an unknown key is refused by name: {message}"
+    );
+}
