@@ -220,6 +220,14 @@ impl IndexMeta {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Cheaper than cloning all settings, for per-document response headers.
+    pub fn number_of_replicas(&self) -> u32 {
+        self.settings
+            .read()
+            .map(|s| s.number_of_replicas)
+            .unwrap_or_default()
+    }
+
     pub fn mapping(&self) -> Arc<Mapping> {
         self.mapping.read().map(|m| m.clone()).unwrap_or_default()
     }

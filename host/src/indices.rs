@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ids::new_uuid;
 use crate::index::{IndexService, parse_create_body, validate_index_name};
 
 /// All indices this node holds.
@@ -185,12 +186,6 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
         }
     }
     true
-}
-
-/// A URL-safe random identifier like Elasticsearch's (22 characters).
-pub fn new_uuid() -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod index;
 pub mod indices;
 pub mod mapping;

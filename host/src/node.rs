@@ -12,8 +12,9 @@ use tokio::sync::watch;
 
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
+use crate::ids::new_uuid;
 use crate::index::write_atomically;
-use crate::indices::{Indices, new_uuid};
+use crate::indices::Indices;
 use crate::shard::Durability;
 
 /// Identity that survives restarts, stored in `data/_state/node.json`.

@@ -91,6 +91,36 @@ fn raw_ingest(lines: &[Vec<u8>], dir: &Path) -> (Raw, Duration) {
     )
 }
 
+/// Shoal's storage model in-process (schema, mapping, document conversion) with no HTTP and no
+/// translog: separates the cost of the JSON-field schema from the cost of the request path.
+fn shoal_storage_ingest(lines: &[Vec<u8>], dir: &Path) -> Duration {
+    use shoal::mapping::Mapping;
+    use shoal::mapping::document::parse_document;
+    use shoal::shard::schema::{DocMeta, ShardSchema, register_tokenizers};
+    let schema = ShardSchema::build();
+    let index = Index::create_in_dir(dir, schema.schema.clone()).expect("index");
+    register_tokenizers(&index);
+    let mapping = Mapping::parse(&http_logs::mapping()).expect("mapping");
+    let started = Instant::now();
+    let mut writer = index
+        .writer_with_num_threads::<TantivyDocument>(1, 64 << 20)
+        .expect("writer");
+    for (seq_no, line) in lines.iter().enumerate() {
+        let value: Value = serde_json::from_slice(line).expect("json");
+        let parsed = parse_document(&mapping, &value).expect("parse");
+        let meta = DocMeta {
+            seq_no: seq_no as i64,
+            version: 1,
+            primary_term: 1,
+        };
+        writer
+            .add_document(schema.document(&seq_no.to_string(), line, meta, &parsed))
+            .expect("add");
+    }
+    writer.commit().expect("commit");
+    started.elapsed()
+}
+
 fn main() {
     let doc_count = env_usize("SHOAL_BENCH_DOCS", 200_000);
     let searches = env_usize("SHOAL_BENCH_SEARCHES", 300);
@@ -113,6 +143,11 @@ fn main() {
     let (raw, raw_elapsed) = raw_ingest(&lines, &raw_dir);
     let raw_rate = doc_count as f64 / raw_elapsed.as_secs_f64();
 
+    let storage_dir = scratch.path().join("storage");
+    std::fs::create_dir_all(&storage_dir).expect("mkdir");
+    let storage_elapsed = shoal_storage_ingest(&lines, &storage_dir);
+    let storage_rate = doc_count as f64 / storage_elapsed.as_secs_f64();
+
     // Shoal over REST: 1 shard, no replicas, fsync per bulk (durability=request, the default).
     let node = Node::start(
         env!("CARGO_BIN_EXE_shoal-node"),
@@ -120,7 +155,12 @@ fn main() {
         &[],
     )
     .expect("node");
-    let created = node.put("/logs", &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}, "mappings": http_logs::mapping()}));
+    let refresh_interval =
+        std::env::var("SHOAL_BENCH_REFRESH").unwrap_or_else(|_| "1s".to_string());
+    let created = node.put(
+        "/logs",
+        &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": refresh_interval}, "mappings": http_logs::mapping()}),
+    );
     assert_eq!(created.status, 200, "{:?}", created.body);
     let bodies: Vec<Vec<u8>> = lines
         .chunks(5000)
@@ -157,6 +197,10 @@ fn main() {
     println!(
         "raw tantivy : {raw_rate:>10.0} docs/s ({:.2} s)",
         raw_elapsed.as_secs_f64()
+    );
+    println!(
+        "shoal schema, in-process, no HTTP/translog: {storage_rate:>10.0} docs/s ({:.2} s)",
+        storage_elapsed.as_secs_f64()
     );
     println!(
         "shoal REST  : {shoal_rate:>10.0} docs/s ({:.2} s)",

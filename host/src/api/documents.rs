@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 
 use super::{Reply, Request, blocking, ok};
 use crate::error::{Error, Result, illegal, parsing};
+use crate::ids::new_document_id;
 use crate::index::IndexService;
-use crate::indices::new_uuid;
 use crate::search::source_filter::SourceFilter;
 use crate::shard::{Condition, WriteOp, WriteOutcome, WriteResult};
 
@@ -37,7 +37,7 @@ pub(super) fn condition(request: &Request) -> Result<Condition> {
 
 /// The `_shards` header of a write response: replicas are not assigned on one node.
 pub(super) fn shards_header(index: &IndexService) -> Value {
-    let replicas = index.meta.settings().number_of_replicas;
+    let replicas = index.meta.number_of_replicas();
     json!({ "total": 1 + replicas, "successful": 1, "failed": 0 })
 }
 
@@ -118,7 +118,7 @@ pub(super) async fn index(
     let create = create || request.param("op_type") == Some("create") || id.is_none();
     let index = index_for_write(&request, name)?;
     let auto_id = id.is_none();
-    let id = id.map(str::to_string).unwrap_or_else(new_uuid);
+    let id = id.map(str::to_string).unwrap_or_else(new_document_id);
     let op = WriteOp::Index {
         id,
         source,

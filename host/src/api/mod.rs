@@ -107,6 +107,8 @@ pub(crate) enum Reply {
     Text(u16, String),
     /// Status only, for HEAD.
     Empty(u16),
+    /// JSON already serialized.
+    Raw(u16, Vec<u8>),
 }
 
 fn percent_decode(segment: &str) -> String {
@@ -177,6 +179,20 @@ async fn dispatch(
             response
         }
         Ok(Reply::Empty(status)) => empty(status),
+        Ok(Reply::Raw(status, _)) if is_head => empty(status),
+        Ok(Reply::Raw(status, bytes)) if pretty => {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            json_response(status, &value, true)
+        }
+        Ok(Reply::Raw(status, bytes)) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         Err(err) => {
             if err.status() >= 500 {
                 tracing::error!(error = %err, method = %method, path = uri.path(), "request failed");

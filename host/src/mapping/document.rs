@@ -147,7 +147,7 @@ impl Parser<'_> {
         for (sub_name, sub) in &field.multi_fields {
             self.index_leaf(&format!("{path}.{sub_name}"), &sub.field_type, value)?;
         }
-        self.doc.field_names.push(path.to_string());
+        // Exact values are found by their fast column; `_field_names` serves text and objects.
         let mut parent = path;
         while let Some((prefix, _)) = parent.rsplit_once('.') {
             self.doc.field_names.push(prefix.to_string());
@@ -184,7 +184,6 @@ impl Parser<'_> {
                         .entry(path.to_string())
                         .or_default()
                         .push(indexed);
-                    self.doc.field_names.push(path.to_string());
                 }
             }
         }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tantivy::query::{
     AllQuery, AutomatonWeight, BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery,
-    EmptyQuery, EnableScoring, Occur, PhraseQuery, Query, RangeQuery, TermQuery, Weight,
+    EmptyQuery, EnableScoring, ExistsQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
+    Weight,
 };
 use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputBound, UserInputLeaf};
 use tantivy::schema::{Field, IndexRecordOption};
@@ -306,11 +307,17 @@ fn id_query(ctx: &QueryContext<'_>, id: &str) -> BoxQuery {
 }
 
 fn exists_query(ctx: &QueryContext<'_>, field: &str) -> BoxQuery {
-    let term = Term::from_field_text(ctx.schema.field_names, field);
-    Box::new(ConstScoreQuery::new(
-        Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-        1.0,
-    ))
+    let query: BoxQuery = match ctx.leaves.get(field) {
+        Some(LeafKind::Value(_)) => Box::new(ExistsQuery::new(
+            crate::search::aggs::column_name(field),
+            false,
+        )),
+        _ => {
+            let term = Term::from_field_text(ctx.schema.field_names, field);
+            Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+        }
+    };
+    Box::new(ConstScoreQuery::new(query, 1.0))
 }
 
 fn terms_query(ctx: &QueryContext<'_>, body: &Value) -> Result<BoxQuery> {

@@ -23,7 +23,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDo
 use tokio::sync::watch;
 
 use self::schema::{DocMeta, ShardSchema};
-use self::translog::{LogPosition, OpKind, Translog, TranslogOp, TranslogSync};
+use self::translog::{LogPosition, OpKind, OpRecord, Translog, TranslogOp, TranslogSync};
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::mapping::document::parse_document;
@@ -379,8 +379,8 @@ impl Shard {
                 source,
                 raw,
                 create,
+                auto_id,
                 condition,
-                ..
             } => {
                 if create && let Some(existing) = live_doc {
                     return Err(self.conflict(
@@ -402,7 +402,16 @@ impl Shard {
                 } else {
                     WriteResult::Created
                 };
-                self.index_document(state, id, source, raw, current.as_ref(), result, mappings)
+                self.index_document(
+                    state,
+                    id,
+                    source,
+                    raw,
+                    current.as_ref(),
+                    result,
+                    mappings,
+                    auto_id,
+                )
             }
             WriteOp::Update {
                 id,
@@ -433,6 +442,7 @@ impl Shard {
                         current.as_ref(),
                         WriteResult::Created,
                         mappings,
+                        false,
                     );
                 };
                 let existing_source = existing.source.clone().unwrap_or_default();
@@ -466,6 +476,7 @@ impl Shard {
                     current.as_ref(),
                     WriteResult::Updated,
                     mappings,
+                    false,
                 )
             }
             WriteOp::Delete { id, condition } => {
@@ -478,13 +489,13 @@ impl Shard {
                 };
                 let seq_no = state.max_seq_no + 1;
                 let primary_term = state.primary_term;
-                state.translog.append(&TranslogOp {
+                state.translog.append(OpRecord {
                     kind: OpKind::Delete,
                     seq_no,
                     primary_term,
                     version,
-                    id: id.clone(),
-                    source: Vec::new(),
+                    id: &id,
+                    source: &[],
                 })?;
                 state.max_seq_no = seq_no;
                 state
@@ -522,6 +533,7 @@ impl Shard {
         current: Option<&Current>,
         result: WriteResult,
         mappings: &dyn MappingSource,
+        append_only: bool,
     ) -> Result<WriteOutcome> {
         if id.is_empty() || id.len() > 512 {
             return Err(Error::IllegalArgument(format!(
@@ -546,18 +558,22 @@ impl Shard {
             primary_term,
         };
         let document = self.schema.document(&id, &raw, meta, &parsed);
-        state.translog.append(&TranslogOp {
+        state.translog.append(OpRecord {
             kind: OpKind::Index,
             seq_no,
             primary_term,
             version,
-            id: id.clone(),
-            source: raw.clone(),
+            id: &id,
+            source: &raw,
         })?;
         state.max_seq_no = seq_no;
-        state
-            .writer
-            .delete_term(Term::from_field_text(self.schema.id, &id));
+        if !append_only {
+            // An auto-generated id cannot exist yet: skipping the delete spares tantivy a term
+            // lookup per document at commit time.
+            state
+                .writer
+                .delete_term(Term::from_field_text(self.schema.id, &id));
+        }
         state.writer.add_document(document)?;
         let source = Arc::new(raw);
         state.live.insert(

@@ -7,8 +7,7 @@
 //! booleans). The mapping, not the schema, says which of them holds a field.
 
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema,
-    TextFieldIndexing,
+    FAST, Field, IndexRecordOption, JsonObjectOptions, STORED, STRING, Schema, TextFieldIndexing,
 };
 use tantivy::tokenizer::{
     LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, WhitespaceTokenizer,
@@ -50,7 +49,7 @@ impl ShardSchema {
         let mut builder = Schema::builder();
         let id = builder.add_text_field("_id", STRING | STORED);
         let source = builder.add_bytes_field("_source", STORED);
-        let seq_no = builder.add_i64_field("_seq_no", INDEXED | FAST | STORED);
+        let seq_no = builder.add_i64_field("_seq_no", FAST | STORED);
         let version = builder.add_i64_field("_version", STORED);
         let primary_term = builder.add_u64_field("_primary_term", STORED);
         let field_names = builder.add_text_field("_field_names", STRING);

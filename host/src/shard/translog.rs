@@ -27,6 +27,30 @@ pub struct TranslogOp {
     pub source: Vec<u8>,
 }
 
+/// A borrowed operation to append (no copy of the source).
+#[derive(Debug, Clone, Copy)]
+pub struct OpRecord<'a> {
+    pub kind: OpKind,
+    pub seq_no: i64,
+    pub primary_term: u64,
+    pub version: i64,
+    pub id: &'a str,
+    pub source: &'a [u8],
+}
+
+impl TranslogOp {
+    pub fn record(&self) -> OpRecord<'_> {
+        OpRecord {
+            kind: self.kind,
+            seq_no: self.seq_no,
+            primary_term: self.primary_term,
+            version: self.version,
+            id: &self.id,
+            source: &self.source,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
     Index = 1,
@@ -226,14 +250,33 @@ impl Translog {
     }
 
     /// Buffers one operation; [`Translog::flush_buffer`] hands it to the OS.
-    pub fn append(&mut self, op: &TranslogOp) -> Result<(), Error> {
-        let payload = encode(op);
-        let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        self.writer.write_all(&header)?;
-        self.writer.write_all(&payload)?;
-        self.offset += (header.len() + payload.len()) as u64;
+    pub fn append(&mut self, op: OpRecord<'_>) -> Result<(), Error> {
+        let kind = [op.kind as u8];
+        let seq_no = op.seq_no.to_le_bytes();
+        let primary_term = op.primary_term.to_le_bytes();
+        let version = op.version.to_le_bytes();
+        let id_len = (op.id.len() as u32).to_le_bytes();
+        let source_len = (op.source.len() as u32).to_le_bytes();
+        let parts: [&[u8]; 8] = [
+            &kind,
+            &seq_no,
+            &primary_term,
+            &version,
+            &id_len,
+            op.id.as_bytes(),
+            &source_len,
+            op.source,
+        ];
+        let payload_len: usize = parts.iter().map(|part| part.len()).sum();
+        let crc = parts
+            .iter()
+            .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
+        self.writer.write_all(&(payload_len as u32).to_le_bytes())?;
+        self.writer.write_all(&crc.to_le_bytes())?;
+        for part in parts {
+            self.writer.write_all(part)?;
+        }
+        self.offset += (8 + payload_len) as u64;
         self.operations += 1;
         Ok(())
     }
@@ -292,19 +335,6 @@ impl Translog {
         }
         Ok(())
     }
-}
-
-fn encode(op: &TranslogOp) -> Vec<u8> {
-    let mut out = Vec::with_capacity(33 + op.id.len() + op.source.len());
-    out.push(op.kind as u8);
-    out.extend_from_slice(&op.seq_no.to_le_bytes());
-    out.extend_from_slice(&op.primary_term.to_le_bytes());
-    out.extend_from_slice(&op.version.to_le_bytes());
-    out.extend_from_slice(&(op.id.len() as u32).to_le_bytes());
-    out.extend_from_slice(op.id.as_bytes());
-    out.extend_from_slice(&(op.source.len() as u32).to_le_bytes());
-    out.extend_from_slice(&op.source);
-    out
 }
 
 fn decode(payload: &[u8]) -> Option<TranslogOp> {
@@ -399,7 +429,7 @@ mod tests {
         let (mut log, report) = Translog::open(dir.path(), 1, "t[0]").expect("open");
         assert!(report.operations.is_empty());
         for seq_no in 0..5 {
-            log.append(&op(seq_no)).expect("append");
+            log.append(op(seq_no).record()).expect("append");
         }
         let position = log.flush_buffer().expect("flush");
         log.sync_handle().sync_to(position).expect("sync");
@@ -414,7 +444,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Translog::open(dir.path(), 1, "t[0]").expect("open");
         for seq_no in 0..3 {
-            log.append(&op(seq_no)).expect("append");
+            log.append(op(seq_no).record()).expect("append");
         }
         log.flush_buffer().expect("flush");
         drop(log);
@@ -427,7 +457,7 @@ mod tests {
         let (mut log, report) = Translog::open(dir.path(), 1, "t[0]").expect("reopen");
         assert_eq!(report.operations, vec![op(0), op(1)]);
         assert!(report.truncated_bytes > 3);
-        log.append(&op(2)).expect("append after cut");
+        log.append(op(2).record()).expect("append after cut");
         log.flush_buffer().expect("flush");
         drop(log);
         let (_, report) = Translog::open(dir.path(), 1, "t[0]").expect("reopen");
@@ -438,9 +468,9 @@ mod tests {
     fn roll_and_trim_drops_covered_generations() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Translog::open(dir.path(), 1, "t[0]").expect("open");
-        log.append(&op(0)).expect("append");
+        log.append(op(0).record()).expect("append");
         log.roll_and_trim().expect("roll");
-        log.append(&op(1)).expect("append");
+        log.append(op(1).record()).expect("append");
         log.flush_buffer().expect("flush");
         assert_eq!(log.generation(), 2);
         drop(log);
