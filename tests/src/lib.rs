@@ -164,6 +164,34 @@ impl Node {
         self.raw(method, path, bytes, "application/json")
     }
 
+    /// Sends raw bytes and returns the status and the unparsed response body (for load
+    /// generators that must not spend the CPU they measure on parsing responses).
+    pub fn raw_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> (u16, Vec<u8>) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let sent = self
+            .client
+            .request(method, format!("{}{}", self.base_url, path))
+            .header("content-type", content_type)
+            .body(body)
+            .send();
+        match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (
+                    status,
+                    response.bytes().map(|b| b.to_vec()).unwrap_or_default(),
+                )
+            }
+            Err(err) => (0, err.to_string().into_bytes()),
+        }
+    }
+
     /// Sends raw bytes (NDJSON for `_bulk`).
     pub fn raw(
         &self,

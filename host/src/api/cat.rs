@@ -190,6 +190,7 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
                 size(shard.store_size(), raw),
                 ip.clone(),
                 node.config.node_name.clone(),
+                shard.segment_count().to_string(),
             ]);
             for _ in 0..replicas {
                 rows.push(vec![
@@ -201,13 +202,22 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
                     String::new(),
                     String::new(),
                     String::new(),
+                    String::new(),
                 ]);
             }
         }
     }
     Ok((
         vec![
-            "index", "shard", "prirep", "state", "docs", "store", "ip", "node",
+            "index",
+            "shard",
+            "prirep",
+            "state",
+            "docs",
+            "store",
+            "ip",
+            "node",
+            "segments.count",
         ],
         rows,
     ))

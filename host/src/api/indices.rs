@@ -137,3 +137,27 @@ pub(super) async fn refresh(request: Request, expression: &str) -> Result<Reply>
 pub(super) async fn flush(request: Request, expression: &str) -> Result<Reply> {
     for_each_shard(request, expression, true).await
 }
+
+pub(super) async fn force_merge(request: Request, expression: &str) -> Result<Reply> {
+    let max_segments = match request.param("max_num_segments") {
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            crate::error::illegal(format!("failed to parse [max_num_segments] value [{text}]"))
+        })?,
+        None => 1,
+    };
+    let targets = request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?;
+    let total: usize = targets.iter().map(|index| index.shards.len()).sum();
+    blocking(move || {
+        for index in &targets {
+            for shard in &index.shards {
+                shard.force_merge(max_segments)?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    ok(json!({ "_shards": { "total": total, "successful": total, "failed": 0 } }))
+}

@@ -240,6 +240,8 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         (&M::POST | &M::GET, [index, "_refresh"]) => indices::refresh(request, index).await,
         (&M::POST | &M::GET, ["_flush"]) => indices::flush(request, "_all").await,
         (&M::POST | &M::GET, [index, "_flush"]) => indices::flush(request, index).await,
+        (&M::POST, ["_forcemerge"]) => indices::force_merge(request, "_all").await,
+        (&M::POST, [index, "_forcemerge"]) => indices::force_merge(request, index).await,
         (&M::GET, ["_mapping"]) => indices::get_mapping(&request, "_all"),
         (&M::GET, [index, "_mapping"]) => indices::get_mapping(&request, index),
         (&M::PUT | &M::POST, [index, "_mapping"]) => indices::put_mapping(&request, index),

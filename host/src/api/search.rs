@@ -19,7 +19,9 @@ pub(super) async fn search(request: Request, expression: &str) -> Result<Reply> 
     let body = request.json()?;
     let search_request = SearchRequest::parse(&body, &request.params)?;
     let response = blocking(move || search::execute(&indices, &search_request)).await?;
-    ok(response)
+    let bytes = serde_json::to_vec(&response)
+        .map_err(|err| crate::error::Error::Internal(err.to_string()))?;
+    Ok(Reply::Raw(200, bytes))
 }
 
 pub(super) async fn count(request: Request, expression: &str) -> Result<Reply> {

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Instant;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tantivy::aggregation::agg_req::Aggregations;
 use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
@@ -401,7 +403,7 @@ fn query_shard(
 }
 
 /// Executes a search over `indices` (blocking: call from a blocking thread).
-pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result<Value> {
+pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result<SearchResponse> {
     let started = Instant::now();
     let window = request.from + request.size;
     for index in indices {
@@ -492,34 +494,21 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
             explicit_sort,
         )?);
     }
-    let mut hits_json = Map::new();
-    if let Some(limit) = request.track_total_hits {
-        let (value, relation) = if total > limit {
-            (limit, "gte")
+    let total = request.track_total_hits.map(|limit| {
+        if total > limit {
+            TotalHits {
+                value: limit,
+                relation: "gte",
+            }
         } else {
-            (total, "eq")
-        };
-        hits_json.insert(
-            "total".into(),
-            json!({ "value": value, "relation": relation }),
-        );
-    }
-    let show_scores = (!explicit_sort || request.track_scores) && request.size > 0;
-    hits_json.insert(
-        "max_score".into(),
-        if show_scores {
-            json!(max_score)
-        } else {
-            Value::Null
-        },
-    );
-    hits_json.insert("hits".into(), Value::Array(hits));
-    let mut response = json!({
-        "took": started.elapsed().as_millis() as u64,
-        "timed_out": false,
-        "_shards": { "total": total_shards, "successful": total_shards, "skipped": 0, "failed": 0 },
-        "hits": hits_json,
+            TotalHits {
+                value: total,
+                relation: "eq",
+            }
+        }
     });
+    let show_scores = (!explicit_sort || request.track_scores) && request.size > 0;
+    let mut aggregations = None;
     if let Some(agg_request) = agg_request {
         let mut intermediate: Option<IntermediateAggregationResults> = None;
         for result in &mut results {
@@ -534,10 +523,82 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
             .unwrap_or_default()
             .into_final_result(agg_request, AggregationLimitsGuard::default())
             .map_err(|err| Error::SearchPhase(format!("aggregation failed: {err}")))?;
-        response["aggregations"] =
-            serde_json::to_value(final_result).map_err(|err| Error::Internal(err.to_string()))?;
+        aggregations = Some(
+            serde_json::to_value(final_result).map_err(|err| Error::Internal(err.to_string()))?,
+        );
     }
-    Ok(response)
+    Ok(SearchResponse {
+        took: started.elapsed().as_millis() as u64,
+        timed_out: false,
+        shards: ShardsSummary {
+            total: total_shards,
+            successful: total_shards,
+            skipped: 0,
+            failed: 0,
+        },
+        hits: HitsSection {
+            total,
+            max_score: if show_scores { max_score } else { None },
+            hits,
+        },
+        aggregations,
+    })
+}
+
+/// A search response, serialized straight to bytes (stored `_source` is embedded as is).
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    pub took: u64,
+    pub timed_out: bool,
+    #[serde(rename = "_shards")]
+    pub shards: ShardsSummary,
+    pub hits: HitsSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Value>,
+}
+
+/// `_shards` of a search response.
+#[derive(Debug, Serialize)]
+pub struct ShardsSummary {
+    pub total: usize,
+    pub successful: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HitsSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<TotalHits>,
+    pub max_score: Option<f32>,
+    pub hits: Vec<Hit>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TotalHits {
+    pub value: u64,
+    pub relation: &'static str,
+}
+
+/// One search hit.
+#[derive(Debug, Serialize)]
+pub struct Hit {
+    #[serde(rename = "_index")]
+    pub index: String,
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "_score")]
+    pub score: Option<f32>,
+    #[serde(rename = "_version", skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    #[serde(rename = "_seq_no", skip_serializing_if = "Option::is_none")]
+    pub seq_no: Option<i64>,
+    #[serde(rename = "_primary_term", skip_serializing_if = "Option::is_none")]
+    pub primary_term: Option<u64>,
+    #[serde(rename = "_source", skip_serializing_if = "Option::is_none")]
+    pub source: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<Vec<Value>>,
 }
 
 fn fetch_hit(
@@ -546,39 +607,37 @@ fn fetch_hit(
     hit: &SortedHit,
     request: &SearchRequest,
     explicit_sort: bool,
-) -> Result<Value> {
+) -> Result<Hit> {
     let doc: TantivyDocument = result.searcher.doc(address)?;
     let stored = result.shard.stored_doc(&doc);
-    let mut out = Map::new();
-    out.insert("_index".into(), json!(result.index.name()));
-    out.insert("_id".into(), json!(stored.id));
-    let score = if !explicit_sort || request.track_scores {
-        json!(hit.score)
+    let source = if !request.source.enabled {
+        None
+    } else if request.source.is_everything() {
+        // Stored sources are the JSON a client sent: embed them without a parse/serialize trip.
+        let text = String::from_utf8(stored.source.to_vec())
+            .map_err(|err| Error::Internal(err.to_string()))?;
+        Some(RawValue::from_string(text).map_err(|err| Error::Internal(err.to_string()))?)
     } else {
-        Value::Null
-    };
-    out.insert("_score".into(), score);
-    if request.version {
-        out.insert("_version".into(), json!(stored.version));
-    }
-    if request.seq_no_primary_term {
-        out.insert("_seq_no".into(), json!(stored.seq_no));
-        out.insert("_primary_term".into(), json!(stored.primary_term));
-    }
-    if request.source.enabled {
         let source: Value = serde_json::from_slice(&stored.source)
             .map_err(|err| Error::Internal(err.to_string()))?;
-        if let Some(filtered) = request.source.apply(source) {
-            out.insert("_source".into(), filtered);
+        match request.source.apply(source) {
+            Some(filtered) => Some(
+                serde_json::value::to_raw_value(&filtered)
+                    .map_err(|err| Error::Internal(err.to_string()))?,
+            ),
+            None => None,
         }
-    }
-    if explicit_sort {
-        out.insert(
-            "sort".into(),
-            Value::Array(hit.keys.iter().map(sort_value_json).collect()),
-        );
-    }
-    Ok(Value::Object(out))
+    };
+    Ok(Hit {
+        index: result.index.name().to_string(),
+        score: (!explicit_sort || request.track_scores).then_some(hit.score),
+        version: request.version.then_some(stored.version),
+        seq_no: request.seq_no_primary_term.then_some(stored.seq_no),
+        primary_term: request.seq_no_primary_term.then_some(stored.primary_term),
+        source,
+        sort: explicit_sort.then(|| hit.keys.iter().map(sort_value_json).collect()),
+        id: stored.id,
+    })
 }
 
 /// A query translated for one index, with that index's leaf fields.

@@ -6,6 +6,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use tantivy::columnar::NumericalValue;
 use tantivy::query::{
     AllQuery, AutomatonWeight, BooleanQuery, BoostQuery, ConstScoreQuery, DisjunctionMaxQuery,
     EmptyQuery, EnableScoring, ExistsQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
@@ -230,7 +231,49 @@ fn value_equals(
             term.append_type_and_fast_value(flag);
             Ok(Box::new(TermQuery::new(term, IndexRecordOption::Basic)))
         }
-        _ => {
+        ValueType::Integer { .. } | ValueType::Float { .. } => {
+            let exact_integer = value.as_i64().or_else(|| {
+                value
+                    .as_str()
+                    .and_then(|text| text.trim().parse::<i64>().ok())
+            });
+            if let (ValueType::Integer { .. }, Some(exact)) = (value_type, exact_integer) {
+                let mut term = json_term(field, path);
+                term.append_type_and_fast_value(exact);
+                return Ok(Box::new(TermQuery::new(term, IndexRecordOption::Basic)));
+            }
+            let number = match value {
+                Value::Number(number) => number.as_f64(),
+                Value::String(text) => text.trim().parse::<f64>().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                parsing(format!(
+                    "failed to parse [{}] as a number for field [{path}]",
+                    value_text(value)
+                ))
+            })?;
+            let stored = match value_type {
+                ValueType::Float {
+                    single_precision: true,
+                } => f64::from(number as f32),
+                ValueType::Integer { .. } if number.fract() != 0.0 => {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                _ => number,
+            };
+            // The inverted index holds numbers normalised (integral floats as i64), so the
+            // term is built the same way; this is a posting-list lookup, not a column scan.
+            let mut term = json_term(field, path);
+            match NumericalValue::F64(stored).normalize() {
+                NumericalValue::I64(n) => term.append_type_and_fast_value(n),
+                NumericalValue::U64(n) => term.append_type_and_fast_value(n),
+                NumericalValue::F64(n) => term.append_type_and_fast_value(n),
+            }
+            Ok(Box::new(TermQuery::new(term, IndexRecordOption::Basic)))
+        }
+        ValueType::Date { .. } => {
+            // Dates are indexed at second precision; the fast column keeps milliseconds.
             let bound = numeric_bound(ctx, path, value_type, value, false)?;
             let upper = numeric_bound(ctx, path, value_type, value, true)?;
             Ok(Box::new(ConstScoreQuery::new(

@@ -92,6 +92,11 @@ impl SourceFilter {
         Some(filter)
     }
 
+    /// True when the whole source is returned unchanged.
+    pub fn is_everything(&self) -> bool {
+        self.enabled && self.includes.is_empty() && self.excludes.is_empty()
+    }
+
     /// Applies the filter; `None` means `_source` is left out of the response.
     pub fn apply(&self, source: Value) -> Option<Value> {
         if !self.enabled {

@@ -765,6 +765,26 @@ impl Shard {
         Ok(())
     }
 
+    /// Merges the shard's segments into one when it has more than `max_segments`
+    /// (`_forcemerge`); writes to this shard wait meanwhile.
+    pub fn force_merge(&self, max_segments: usize) -> Result<usize> {
+        let mut state = self.lock()?;
+        self.commit_locked(&mut state)?;
+        let segments = self.index.searchable_segment_ids()?;
+        if segments.len() <= max_segments.max(1) {
+            return Ok(segments.len());
+        }
+        state.writer.merge(&segments).wait()?;
+        state.writer.garbage_collect_files().wait()?;
+        self.reader.reload()?;
+        Ok(self.index.searchable_segment_ids()?.len())
+    }
+
+    /// Segments currently searchable.
+    pub fn segment_count(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
     /// Fsyncs the translog (for `async` durability, called periodically).
     pub fn sync_translog(&self) -> Result<()> {
         let position = {

@@ -322,3 +322,40 @@ fn config_file_environment_and_flags_layer() {
         "an unknown key is refused by name: {message}"
     );
 }
+
+#[test]
+fn force_merge_leaves_one_segment_and_every_document() {
+    let (_dir, node) = fresh_node(&[]);
+    node.put(
+        "/fm",
+        &json!({"settings": {"number_of_replicas": 0, "refresh_interval": "-1"}}),
+    );
+    for batch in 0..4 {
+        let lines: Vec<_> = (0..10)
+            .flat_map(|i| {
+                [
+                    json!({"index": {"_id": format!("{batch}-{i}")}}),
+                    json!({"batch": batch, "i": i}),
+                ]
+            })
+            .collect();
+        node.bulk("/fm/_bulk?refresh=true", &lines);
+    }
+    let segments = |node: &shoal_tests::Node| -> u64 {
+        let shards = node.get("/_cat/shards/fm?format=json");
+        shards.body[0]["segments.count"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no segments.count in {:?}", shards.body))
+    };
+    assert!(segments(&node) >= 2, "each refresh wrote a segment");
+    let merged = node.post("/fm/_forcemerge?max_num_segments=1", &json!({}));
+    assert_eq!(merged.status, 200, "{:?}", merged.body);
+    assert_eq!(segments(&node), 1);
+    assert_eq!(node.post("/fm/_count", &json!({})).body["count"], 40);
+    assert_eq!(
+        node.post("/fm/_forcemerge?max_num_segments=lots", &json!({}))
+            .status,
+        400
+    );
+}

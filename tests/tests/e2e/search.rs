@@ -445,3 +445,47 @@ fn search_spans_several_indices() {
         150
     );
 }
+
+#[test]
+fn exact_numeric_terms_match_as_indexed() {
+    let (_dir, node) = fresh_node(&[]);
+    node.put("/n", &json!({"mappings": {"properties": {
+        "d": {"type": "double"}, "f": {"type": "float"}, "l": {"type": "long"}, "b": {"type": "boolean"}
+    }}}));
+    let docs = [
+        json!({"d": 2.0, "f": 0.1, "l": 9_007_199_254_740_993_i64, "b": true}),
+        json!({"d": 2.5, "f": 3, "l": -4, "b": false}),
+    ];
+    let lines: Vec<Value> = docs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| [json!({"index": {"_id": i.to_string()}}), d.clone()])
+        .collect();
+    node.bulk("/n/_bulk?refresh=true", &lines);
+    let hits =
+        |query: Value| ids(&node.post("/n/_search", &json!({"query": query, "sort": ["_doc"]})));
+    assert_eq!(
+        hits(json!({"term": {"d": 2}})),
+        ["0"],
+        "an integral double matches its integer form"
+    );
+    assert_eq!(hits(json!({"term": {"d": 2.5}})), ["1"]);
+    assert_eq!(
+        hits(json!({"term": {"f": 0.1}})),
+        ["0"],
+        "float terms are compared at single precision"
+    );
+    assert_eq!(hits(json!({"term": {"f": "3"}})), ["1"]);
+    assert_eq!(
+        hits(json!({"term": {"l": 9_007_199_254_740_993_i64}})),
+        ["0"],
+        "longs beyond 2^53 stay exact"
+    );
+    assert_eq!(hits(json!({"term": {"l": 4.5}})), Vec::<String>::new());
+    assert_eq!(hits(json!({"term": {"b": false}})), ["1"]);
+    assert_eq!(hits(json!({"range": {"d": {"gt": 2}}})), ["1"]);
+    assert_eq!(
+        hits(json!({"terms": {"l": [-4, 9_007_199_254_740_993_i64]}})),
+        ["0", "1"]
+    );
+}
