@@ -42,6 +42,8 @@ pub enum Error {
     NoHandler { uri: String, method: String },
     #[error("{0}")]
     SearchPhase(String),
+    #[error("{0}")]
+    ResourceNotFound(String),
     #[error("timed out waiting for {0}")]
     Timeout(String),
     #[error("translog of shard [{shard}] is corrupted: {reason}")]
@@ -72,6 +74,7 @@ impl Error {
             Error::ContentTooLong { .. } => "content_too_long_exception",
             Error::NoHandler { .. } => "no_handler_found_exception",
             Error::SearchPhase(_) => "search_phase_execution_exception",
+            Error::ResourceNotFound(_) => "resource_not_found_exception",
             Error::Timeout(_) => "timeout_exception",
             Error::TranslogCorrupted { .. } => "translog_corrupted_exception",
             Error::ShuttingDown => "node_closed_exception",
@@ -82,9 +85,10 @@ impl Error {
     /// The HTTP status Elasticsearch answers this error with.
     pub fn status(&self) -> u16 {
         match self {
-            Error::IndexNotFound(_) | Error::DocumentMissing { .. } | Error::NoHandler { .. } => {
-                404
-            }
+            Error::IndexNotFound(_)
+            | Error::DocumentMissing { .. }
+            | Error::NoHandler { .. }
+            | Error::ResourceNotFound(_) => 404,
             Error::IndexAlreadyExists { .. }
             | Error::InvalidIndexName { .. }
             | Error::Parsing(_)

@@ -17,6 +17,7 @@ use crate::units::{format_time_value, parse_time_value};
 
 /// Index settings Shoal understands; anything else is refused rather than silently ignored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct IndexSettings {
     pub number_of_shards: u32,
     pub number_of_replicas: u32,
@@ -27,6 +28,9 @@ pub struct IndexSettings {
     /// The field time-series pruning reads (`index.time_series.timestamp_field`).
     pub timestamp_field: String,
     pub max_result_window: usize,
+    /// The pruning plugin searches of this index consult (`index.plugins.pruning`); `None`
+    /// (`"none"`) searches every shard.
+    pub pruning_plugin: Option<String>,
 }
 
 impl Default for IndexSettings {
@@ -39,6 +43,7 @@ impl Default for IndexSettings {
             translog_sync_interval: Duration::from_secs(5),
             timestamp_field: "@timestamp".to_string(),
             max_result_window: 10_000,
+            pruning_plugin: Some("time-series-pruning".to_string()),
         }
     }
 }
@@ -156,6 +161,10 @@ impl IndexSettings {
                 "max_result_window" => {
                     settings.max_result_window = setting_u32(&key, &value, 1)? as usize
                 }
+                "plugins.pruning" => {
+                    let name = setting_string(&key, &value)?;
+                    settings.pruning_plugin = (!name.is_empty() && name != "none").then_some(name);
+                }
                 // Accepted for compatibility with clients that always send them.
                 "uuid" | "creation_date" | "provided_name" | "version.created" => {}
                 other => {
@@ -181,6 +190,7 @@ impl IndexSettings {
                 },
                 "time_series": { "timestamp_field": self.timestamp_field },
                 "max_result_window": self.max_result_window.to_string(),
+                "plugins": { "pruning": self.pruning_plugin.as_deref().unwrap_or("none") },
                 "uuid": meta.uuid,
                 "creation_date": meta.creation_date.to_string(),
                 "provided_name": meta.name,

@@ -8,6 +8,7 @@
 //! - [`indices`] / [`index`]: the index registry, settings, mappings and document routing.
 //! - [`shard`]: one tantivy index per shard with its translog, sequence numbers and versions.
 //! - [`mapping`]: field types, dynamic mapping, date parsing.
+//! - [`plugins`]: the WebAssembly plugin host (wasmtime) and the policy call sites.
 //! - [`node`]: wiring, background refresh, graceful shutdown; [`cli`] and [`config`] at the edge.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod index;
 pub mod indices;
 pub mod mapping;
 pub mod node;
+pub mod plugins;
 pub mod routing;
 pub mod search;
 pub mod shard;

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids::new_uuid;
 use crate::index::write_atomically;
 use crate::indices::Indices;
+use crate::plugins::PluginHost;
 use crate::shard::Durability;
 
 /// Identity that survives restarts, stored in `data/_state/node.json`.
@@ -29,6 +30,7 @@ pub struct NodeState {
     pub config: NodeConfig,
     pub identity: NodeIdentity,
     pub indices: Indices,
+    pub plugins: PluginHost,
     pub started: Instant,
     /// Held for the node's lifetime: a second node on the same data directory is refused.
     _data_lock: std::fs::File,
@@ -75,10 +77,13 @@ impl NodeState {
         let data_lock = lock_data_dir(&config.data_dir)?;
         let identity = load_identity(&config.data_dir)?;
         let indices = Indices::load(&config.data_dir)?;
+        let plugins = PluginHost::new()
+            .map_err(|err| Error::Internal(format!("starting the plugin host: {err}")))?;
         Ok(NodeState {
             config,
             identity,
             indices,
+            plugins,
             started: Instant::now(),
             _data_lock: data_lock,
         })

@@ -6,6 +6,7 @@ mod cat;
 mod cluster;
 mod documents;
 mod indices;
+mod plugins;
 mod search;
 
 use std::collections::HashMap;
@@ -242,6 +243,10 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         (&M::POST | &M::GET, [index, "_flush"]) => indices::flush(request, index).await,
         (&M::POST, ["_forcemerge"]) => indices::force_merge(request, "_all").await,
         (&M::POST, [index, "_forcemerge"]) => indices::force_merge(request, index).await,
+        (&M::GET, ["_plugins"]) => plugins::list(&request),
+        (&M::GET, ["_plugins", name]) => plugins::get(&request, name),
+        (&M::POST, ["_plugins", name, "_enable"]) => plugins::set_enabled(&request, name, true),
+        (&M::POST, ["_plugins", name, "_disable"]) => plugins::set_enabled(&request, name, false),
         (&M::GET, ["_mapping"]) => indices::get_mapping(&request, "_all"),
         (&M::GET, [index, "_mapping"]) => indices::get_mapping(&request, index),
         (&M::PUT | &M::POST, [index, "_mapping"]) => indices::put_mapping(&request, index),

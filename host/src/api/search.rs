@@ -18,7 +18,17 @@ pub(super) async fn search(request: Request, expression: &str) -> Result<Reply> 
     let indices = targets(&request, expression)?;
     let body = request.json()?;
     let search_request = SearchRequest::parse(&body, &request.params)?;
-    let response = blocking(move || search::execute(&indices, &search_request)).await?;
+    let node = request.node.clone();
+    let expression = expression.to_string();
+    let response = blocking(move || {
+        let scope = search::SearchScope {
+            indices: &indices,
+            expression: &expression,
+            plugins: Some(&node.plugins),
+        };
+        search::execute(&scope, &search_request)
+    })
+    .await?;
     let bytes = serde_json::to_vec(&response)
         .map_err(|err| crate::error::Error::Internal(err.to_string()))?;
     Ok(Reply::Raw(200, bytes))

@@ -3,6 +3,7 @@
 
 pub mod aggs;
 pub mod collector;
+pub mod prune;
 pub mod query;
 pub mod source_filter;
 
@@ -31,6 +32,8 @@ use self::source_filter::SourceFilter;
 use crate::error::{Error, Result, illegal, parsing};
 use crate::index::IndexService;
 use crate::mapping::{LeafKind, ValueType};
+use crate::plugins::PluginHost;
+use crate::plugins::pruning::{PruneCandidate, select_shards, shard_time_stats};
 use crate::shard::Shard;
 
 /// A parsed search request (body and URL parameters combined).
@@ -231,6 +234,82 @@ impl SearchRequest {
     }
 }
 
+/// A shard to search, with the view the search reads.
+struct ShardTarget {
+    index: Arc<IndexService>,
+    shard: Arc<Shard>,
+    searcher: Searcher,
+}
+
+/// Time-series pruning: asks each index's pruning plugin (`index.plugins.pruning`) which
+/// shards can match the query's required time range. Any failure keeps every shard.
+fn prune_targets(
+    targets: &[ShardTarget],
+    query: &Value,
+    plugins: &PluginHost,
+    expression: &str,
+    now_millis: i64,
+) -> Vec<bool> {
+    let mut keep = vec![true; targets.len()];
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (position, target) in targets.iter().enumerate() {
+        let settings = target.index.meta.settings();
+        let Some(plugin) = settings.pruning_plugin else {
+            continue;
+        };
+        // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
+        match target
+            .index
+            .meta
+            .mapping()
+            .leaves()
+            .get(&settings.timestamp_field)
+        {
+            Some(LeafKind::Value(ValueType::Date { .. } | ValueType::Integer { .. })) | None => {}
+            Some(_) => continue,
+        }
+        groups
+            .entry((plugin, settings.timestamp_field))
+            .or_default()
+            .push(position);
+    }
+    for ((plugin_name, field), positions) in groups {
+        let Some(range) = prune::required_time_range(query, &field, now_millis) else {
+            continue;
+        };
+        let Some(plugin) = plugins.get(&plugin_name).filter(|plugin| plugin.enabled()) else {
+            continue;
+        };
+        let column = aggs::column_name(&field);
+        let candidates: Vec<PruneCandidate> = positions
+            .iter()
+            .map(|&position| {
+                let target = &targets[position];
+                PruneCandidate {
+                    index: target.index.name().to_string(),
+                    shard: target.shard.id.shard,
+                    stats: shard_time_stats(&target.searcher, &column),
+                }
+            })
+            .collect();
+        match select_shards(&plugin, expression, &field, range, &candidates) {
+            Ok(selected) => {
+                for &position in &positions {
+                    keep[position] = false;
+                }
+                for chosen in selected {
+                    keep[positions[chosen]] = true;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(plugin = plugin_name.as_str(), error = %err, "pruning failed; searching every shard")
+            }
+        }
+    }
+    keep
+}
+
 /// One shard's query-phase result.
 struct ShardResult {
     index: Arc<IndexService>,
@@ -316,8 +395,7 @@ fn sort_value_json(value: &SortValue) -> Value {
 
 /// Runs the query phase on one shard.
 fn query_shard(
-    index: &Arc<IndexService>,
-    shard: &Arc<Shard>,
+    target: ShardTarget,
     query: &dyn Query,
     specs: &[SortSpec],
     search_after: Option<Vec<SortValue>>,
@@ -325,7 +403,11 @@ fn query_shard(
     aggs: Option<&Aggregations>,
 ) -> Result<ShardResult> {
     let started = Instant::now();
-    let searcher = shard.searcher();
+    let ShardTarget {
+        index,
+        shard,
+        searcher,
+    } = target;
     let limit = request.from + request.size;
     let score_sorted = specs.is_empty();
     let (hits, max_score) = if score_sorted && search_after.is_none() {
@@ -393,8 +475,8 @@ fn query_shard(
         AtomicOrdering::Relaxed,
     );
     Ok(ShardResult {
-        index: index.clone(),
-        shard: shard.clone(),
+        index,
+        shard,
         searcher,
         hits,
         max_score,
@@ -402,8 +484,17 @@ fn query_shard(
     })
 }
 
-/// Executes a search over `indices` (blocking: call from a blocking thread).
-pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result<SearchResponse> {
+/// Where a search runs: the indices it resolved to, the expression the user wrote, and the
+/// plugin host (for time-series pruning).
+pub struct SearchScope<'a> {
+    pub indices: &'a [Arc<IndexService>],
+    pub expression: &'a str,
+    pub plugins: Option<&'a PluginHost>,
+}
+
+/// Executes a search (blocking: call from a blocking thread).
+pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<SearchResponse> {
+    let indices = scope.indices;
     let started = Instant::now();
     let window = request.from + request.size;
     for index in indices {
@@ -418,8 +509,31 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
         return Err(illegal("search_after requires a sort"));
     }
     let now_millis = chrono::Utc::now().timestamp_millis();
+    // Pin one point-in-time view per shard: pruning decides on the same view the query reads.
+    let targets: Vec<ShardTarget> = indices
+        .iter()
+        .flat_map(|index| {
+            index.shards.iter().map(|shard| ShardTarget {
+                index: index.clone(),
+                shard: shard.clone(),
+                searcher: shard.searcher(),
+            })
+        })
+        .collect();
+    let keep = match scope.plugins {
+        Some(plugins) => prune_targets(
+            &targets,
+            &request.query,
+            plugins,
+            scope.expression,
+            now_millis,
+        ),
+        None => vec![true; targets.len()],
+    };
+    let total_shards = targets.len();
+    let skipped_shards = keep.iter().filter(|kept| !**kept).count();
+    let mut targets = targets.into_iter().zip(keep);
     let mut results = Vec::new();
-    let mut total_shards = 0;
     let mut agg_request: Option<Aggregations> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
     for index in indices {
@@ -444,11 +558,15 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
             agg_request.clone_from(&aggs);
         }
         specs_for_merge.get_or_insert_with(|| specs.clone());
-        for shard in &index.shards {
-            total_shards += 1;
+        for _ in 0..index.shards.len() {
+            let Some((target, kept)) = targets.next() else {
+                break;
+            };
+            if !kept {
+                continue;
+            }
             results.push(query_shard(
-                index,
-                shard,
+                target,
                 query.as_ref(),
                 &specs,
                 search_after.clone(),
@@ -533,7 +651,7 @@ pub fn execute(indices: &[Arc<IndexService>], request: &SearchRequest) -> Result
         shards: ShardsSummary {
             total: total_shards,
             successful: total_shards,
-            skipped: 0,
+            skipped: skipped_shards,
             failed: 0,
         },
         hits: HitsSection {

@@ -4,6 +4,7 @@ mod compat;
 mod documents;
 mod durability;
 mod indices;
+mod pruning;
 mod search;
 
 use shoal_tests::Node;

@@ -1,0 +1,205 @@
+//! Time-series pruning: the host's mechanism (cheap per-shard timestamp bounds) and the call
+//! into the pruning plugin that decides which shards a search visits. On any plugin failure
+//! the search visits every shard (fail-open): pruning may only ever save work.
+
+use tantivy::columnar::{ColumnType, MonotonicallyMappableToU64};
+use tantivy::{DateTime, Searcher};
+
+use super::bindings::pruning::exports::shoal::plugin::pruning::{PruneRequest, ShardStats};
+use super::bindings::types::{PluginError as WitError, TimeRange};
+use super::{InstanceExports, Plugin, PluginError, PluginKind};
+
+/// Timestamp bounds and size of one shard, read from its fast column's segment metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardTimeStats {
+    pub doc_count: u64,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+}
+
+/// Reads min/max of `column` (a date or integer column) over every segment of `searcher`.
+/// Deleted documents may widen the bounds, which only makes pruning more conservative.
+pub fn shard_time_stats(searcher: &Searcher, column: &str) -> ShardTimeStats {
+    let mut stats = ShardTimeStats {
+        doc_count: searcher.num_docs(),
+        ..ShardTimeStats::default()
+    };
+    for segment in searcher.segment_readers() {
+        let Ok(Some((values, column_type))) = segment.fast_fields().u64_lenient(column) else {
+            continue;
+        };
+        if values.values.num_vals() == 0 {
+            continue;
+        }
+        let to_millis = |raw: u64| match column_type {
+            ColumnType::DateTime => Some(DateTime::from_u64(raw).into_timestamp_millis()),
+            ColumnType::I64 => Some(i64::from_u64(raw)),
+            ColumnType::U64 => i64::try_from(raw).ok(),
+            ColumnType::F64 => Some(f64::from_u64(raw) as i64),
+            _ => None,
+        };
+        let (Some(min), Some(max)) = (to_millis(values.min_value()), to_millis(values.max_value()))
+        else {
+            continue;
+        };
+        stats.min = Some(stats.min.map_or(min, |m| m.min(min)));
+        stats.max = Some(stats.max.map_or(max, |m| m.max(max)));
+    }
+    stats
+}
+
+/// One shard as the pruning plugin sees it.
+#[derive(Debug, Clone)]
+pub struct PruneCandidate {
+    pub index: String,
+    pub shard: u32,
+    pub stats: ShardTimeStats,
+}
+
+/// Asks `plugin` which of `candidates` to search; returns their positions.
+pub fn select_shards(
+    plugin: &Plugin,
+    index_pattern: &str,
+    timestamp_field: &str,
+    range: (Option<i64>, Option<i64>),
+    candidates: &[PruneCandidate],
+) -> Result<Vec<usize>, PluginError> {
+    if plugin.kind != PluginKind::Pruning {
+        return Err(PluginError::WrongKind {
+            plugin: plugin.name.clone(),
+            expected: PluginKind::Pruning,
+        });
+    }
+    let request = PruneRequest {
+        index_pattern: index_pattern.to_string(),
+        timestamp_field: timestamp_field.to_string(),
+        query_range: TimeRange {
+            min: range.0,
+            max: range.1,
+        },
+        shards: candidates
+            .iter()
+            .map(|candidate| ShardStats {
+                index: candidate.index.clone(),
+                shard: candidate.shard,
+                doc_count: candidate.stats.doc_count,
+                min_timestamp: candidate.stats.min,
+                max_timestamp: candidate.stats.max,
+            })
+            .collect(),
+    };
+    let answer = plugin.call(|instance| match &instance.exports {
+        InstanceExports::Pruning(exports) => exports
+            .shoal_plugin_pruning()
+            .call_select_shards(&mut instance.store, &request),
+        InstanceExports::Other => Err(wasmtime::Error::msg("instance is not a pruning plugin")),
+    })?;
+    let positions = answer.map_err(|err| {
+        plugin.count_returned_error();
+        let reason = match err {
+            WitError::InvalidInput(reason) => format!("invalid input: {reason}"),
+            WitError::Unavailable(reason) => format!("unavailable: {reason}"),
+            WitError::Internal(reason) => reason,
+        };
+        PluginError::Returned {
+            plugin: plugin.name.clone(),
+            reason,
+        }
+    })?;
+    let mut selected = Vec::with_capacity(positions.len());
+    for position in positions {
+        let position = position as usize;
+        if position >= candidates.len() {
+            plugin.count_returned_error();
+            return Err(PluginError::Returned {
+                plugin: plugin.name.clone(),
+                reason: format!(
+                    "selected shard position {position} but only {} shards were offered",
+                    candidates.len()
+                ),
+            });
+        }
+        selected.push(position);
+    }
+    selected.sort_unstable();
+    selected.dedup();
+    Ok(selected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::PluginHost;
+
+    fn candidate(shard: u32, min: Option<i64>, max: Option<i64>) -> PruneCandidate {
+        PruneCandidate {
+            index: "logs".into(),
+            shard,
+            stats: ShardTimeStats {
+                doc_count: 10,
+                min,
+                max,
+            },
+        }
+    }
+
+    #[test]
+    fn shipped_plugin_keeps_overlapping_shards_and_reports_errors_by_name() {
+        let host = PluginHost::new().expect("plugin host starts");
+        let plugin = host
+            .get("time-series-pruning")
+            .expect("shipped plugin is installed");
+        assert_eq!(plugin.kind, PluginKind::Pruning);
+        let candidates = [
+            candidate(0, Some(0), Some(99)),
+            candidate(1, Some(100), Some(199)),
+            candidate(2, None, None),
+            candidate(3, Some(150), Some(300)),
+        ];
+        let kept = select_shards(
+            &plugin,
+            "logs-*",
+            "@timestamp",
+            (Some(120), Some(160)),
+            &candidates,
+        )
+        .expect("answer");
+        assert_eq!(kept, vec![1, 3]);
+        let open_ended = select_shards(
+            &plugin,
+            "logs-*",
+            "@timestamp",
+            (None, Some(100)),
+            &candidates,
+        )
+        .expect("answer");
+        assert_eq!(open_ended, vec![0, 1]);
+
+        let refused = select_shards(
+            &plugin,
+            "logs-*",
+            "@timestamp",
+            (Some(10), Some(5)),
+            &candidates,
+        );
+        let message = refused
+            .expect_err("an empty range is invalid input")
+            .to_string();
+        assert!(
+            message.contains("time-series-pruning") && message.contains("invalid input"),
+            "{message}"
+        );
+        assert_eq!(plugin.describe()["stats"]["errors"], 1);
+        assert_eq!(plugin.describe()["stats"]["calls"], 3);
+
+        plugin.set_enabled(false);
+        let disabled = select_shards(
+            &plugin,
+            "logs-*",
+            "@timestamp",
+            (Some(0), Some(1)),
+            &candidates,
+        );
+        assert!(matches!(disabled, Err(PluginError::Disabled { .. })));
+    }
+}

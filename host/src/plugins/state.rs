@@ -1,0 +1,74 @@
+//! What a plugin instance's store holds: its (empty by default) WASI context, resource table,
+//! memory limits, and the host imports every plugin may call.
+
+use std::time::Instant;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{host, types::LogLevel};
+
+/// Per-instance state.
+pub struct PluginState {
+    pub plugin: String,
+    pub config: String,
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub started: Instant,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = self.plugin.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn monotonic_now(&mut self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn wall_clock_now(&mut self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        tracing::trace!(
+            plugin = self.plugin.as_str(),
+            counter = name,
+            delta,
+            "plugin counter"
+        );
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) {
+        tracing::trace!(
+            plugin = self.plugin.as_str(),
+            gauge = name,
+            value,
+            "plugin gauge"
+        );
+    }
+
+    fn config(&mut self) -> String {
+        self.config.clone()
+    }
+}
+
+impl super::bindings::types::Host for PluginState {}
