@@ -1,6 +1,7 @@
-//! Builds the plugins Shoal ships (`plugins/*`) as `wasm32-wasip2` components and leaves them
-//! in `OUT_DIR`, so the node embeds them and a fresh node has them with no extra step.
-//! Installs the `wasm32-wasip2` target with rustup when it is missing.
+//! Builds the plugins workspace (`plugins/`) as `wasm32-wasip2` components into
+//! `target/plugins`, and copies the ones Shoal ships into `OUT_DIR` so the node embeds them and
+//! a fresh node has them with no extra step. The test plugins stay in `target/plugins` for the
+//! end-to-end tests. Installs the `wasm32-wasip2` target with rustup when it is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,23 +17,44 @@ fn main() {
         .expect("host/ lives in the workspace root")
         .to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in ["wit", "plugin-sdk/src", "plugin-sdk/Cargo.toml"] {
+    for watched in [
+        "wit/plugin.wit",
+        "plugin-sdk/src/lib.rs",
+        "plugin-sdk/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     ensure_target();
+    let plugins_dir = root.join("plugins");
+    println!("cargo:rerun-if-changed={}", plugins_dir.display());
+    for entry in walk(&plugins_dir) {
+        println!("cargo:rerun-if-changed={}", entry.display());
+    }
+    let built = build_plugins(&root, &plugins_dir);
     for name in SHIPPED {
-        let plugin_dir = root.join("plugins").join(name);
-        println!(
-            "cargo:rerun-if-changed={}",
-            plugin_dir.join("src").display()
-        );
-        println!(
-            "cargo:rerun-if-changed={}",
-            plugin_dir.join("Cargo.toml").display()
-        );
-        let wasm = build_plugin(&root, &plugin_dir, name);
+        let wasm = built.join(format!("{}.wasm", name.replace('-', "_")));
         std::fs::copy(&wasm, out_dir.join(format!("{name}.wasm"))).expect("copy the built plugin");
     }
+}
+
+/// Every source file under `dir` (cargo's directory watch is not recursive for changes in files).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "target") {
+            continue;
+        }
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
 }
 
 fn cargo() -> Command {
@@ -50,23 +72,25 @@ fn cargo() -> Command {
     command
 }
 
-fn build_plugin(root: &Path, plugin_dir: &Path, name: &str) -> PathBuf {
+/// Builds every plugin; returns the directory holding the `.wasm` components.
+fn build_plugins(root: &Path, plugins_dir: &Path) -> PathBuf {
     let target_dir = root.join("target").join("plugins");
     let status = cargo()
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
-        .arg(plugin_dir.join("Cargo.toml"))
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--target",
+            TARGET,
+            "--manifest-path",
+        ])
+        .arg(plugins_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
         .status()
-        .unwrap_or_else(|err| panic!("running cargo to build plugin {name}: {err}"));
-    assert!(
-        status.success(),
-        "building plugin {name} for {TARGET} failed"
-    );
-    target_dir
-        .join(TARGET)
-        .join("release")
-        .join(format!("{}.wasm", name.replace('-', "_")))
+        .unwrap_or_else(|err| panic!("running cargo to build the plugins: {err}"));
+    assert!(status.success(), "building the plugins for {TARGET} failed");
+    target_dir.join(TARGET).join("release")
 }
 
 fn ensure_target() {

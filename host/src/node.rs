@@ -77,7 +77,7 @@ impl NodeState {
         let data_lock = lock_data_dir(&config.data_dir)?;
         let identity = load_identity(&config.data_dir)?;
         let indices = Indices::load(&config.data_dir)?;
-        let plugins = PluginHost::new()
+        let plugins = PluginHost::new(Some(config.data_dir.join("_plugins")))
             .map_err(|err| Error::Internal(format!("starting the plugin host: {err}")))?;
         Ok(NodeState {
             config,

@@ -15,6 +15,16 @@ use serde_json::Value;
 
 pub mod http_logs;
 
+/// The bytes of a plugin built from `plugins/` (by `host/build.rs`, for `wasm32-wasip2`),
+/// e.g. `test_plugin("test-trap")`.
+pub fn test_plugin(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::read(&path)
+        .unwrap_or_else(|err| panic!("plugin {} was not built: {err}", path.display()))
+}
+
 /// A running (or stopped) node process.
 pub struct Node {
     binary: PathBuf,

@@ -10,6 +10,7 @@ pub mod pruning;
 mod state;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -52,6 +53,17 @@ pub enum PluginKind {
 }
 
 impl PluginKind {
+    /// Parses the kind as users write it (`pruning`, `query-isolation`, ...).
+    pub fn parse(text: &str) -> Option<PluginKind> {
+        match text {
+            "pruning" => Some(PluginKind::Pruning),
+            "query-isolation" => Some(PluginKind::QueryIsolation),
+            "switchover" => Some(PluginKind::Switchover),
+            "repository" => Some(PluginKind::Repository),
+            _ => None,
+        }
+    }
+
     /// Default per-call deadline: policies sit on the request path, repositories move bytes.
     pub fn default_deadline(self) -> Duration {
         match self {
@@ -70,7 +82,7 @@ pub enum PluginError {
     Trap { plugin: String, reason: String },
     #[error("plugin [{plugin}] returned an error: {reason}")]
     Returned { plugin: String, reason: String },
-    #[error("plugin [{plugin}] is not a {expected:?} plugin")]
+    #[error("plugin [{plugin}] is not a {expected:?} plugin; it was not installed")]
     WrongKind {
         plugin: String,
         expected: PluginKind,
@@ -79,15 +91,64 @@ pub enum PluginError {
     Disabled { plugin: String },
     #[error("plugin [{plugin}] could not be loaded: {reason}")]
     Load { plugin: String, reason: String },
-    #[error("the plugin runtime could not start: {0}")]
+    #[error("plugin [{plugin}] is not installed")]
+    NotInstalled { plugin: String },
+    #[error("plugin runtime: {0}")]
     Runtime(String),
 }
 
 /// Resource limits of one plugin.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct PluginLimits {
     pub memory_bytes: usize,
     pub deadline: Duration,
+}
+
+impl PluginLimits {
+    /// 64 MiB of memory and the kind's default deadline.
+    pub fn default_for(kind: PluginKind) -> PluginLimits {
+        PluginLimits {
+            memory_bytes: 64 << 20,
+            deadline: kind.default_deadline(),
+        }
+    }
+}
+
+/// Everything `install` needs to know about a plugin version.
+pub struct InstallRequest<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub bytes: &'a [u8],
+    pub shipped: bool,
+    /// Refuse the component unless it is of this kind.
+    pub expected: Option<PluginKind>,
+    /// Changes to the plugin's limits (a new plugin starts from [`PluginLimits::default_for`]).
+    pub limits: LimitsOverride,
+}
+
+/// Limits given at upload; unset fields keep their current (or default) value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitsOverride {
+    pub memory_bytes: Option<usize>,
+    pub deadline: Option<Duration>,
+}
+
+impl LimitsOverride {
+    fn apply(self, base: PluginLimits) -> PluginLimits {
+        PluginLimits {
+            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            deadline: self.deadline.unwrap_or(base.deadline),
+        }
+    }
+}
+
+impl From<PluginLimits> for LimitsOverride {
+    fn from(limits: PluginLimits) -> LimitsOverride {
+        LimitsOverride {
+            memory_bytes: Some(limits.memory_bytes),
+            deadline: Some(limits.deadline),
+        }
+    }
 }
 
 /// A pre-linked component of a known kind.
@@ -133,7 +194,7 @@ pub struct Plugin {
     pub kind: PluginKind,
     pub shipped: bool,
     enabled: AtomicBool,
-    limits: PluginLimits,
+    limits: RwLock<PluginLimits>,
     config: RwLock<String>,
     current: RwLock<Arc<Loaded>>,
     stats: Stats,
@@ -144,7 +205,19 @@ pub struct PluginHost {
     engine: Engine,
     linker: Linker<PluginState>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// Where uploaded plugins and every plugin's state (enabled, config) are kept.
+    store_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
+}
+
+/// What survives a restart about a plugin.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct PersistedPlugin {
+    version: String,
+    enabled: bool,
+    config: String,
+    #[serde(default)]
+    limits: Option<PluginLimits>,
 }
 
 impl Drop for PluginHost {
@@ -169,8 +242,9 @@ fn engine() -> wasmtime::Result<Engine> {
 }
 
 impl PluginHost {
-    /// Starts the engine and its epoch ticker, and loads the shipped plugins.
-    pub fn new() -> Result<PluginHost, PluginError> {
+    /// Starts the engine and its epoch ticker, loads the shipped plugins, then the uploaded
+    /// ones and every plugin's saved state from `store_dir` (none: nothing persists).
+    pub fn new(store_dir: Option<PathBuf>) -> Result<PluginHost, PluginError> {
         let runtime = |err: wasmtime::Error| PluginError::Runtime(format!("{err:#}"));
         let engine = engine().map_err(runtime)?;
         let mut linker: Linker<PluginState> = Linker::new(&engine);
@@ -195,22 +269,181 @@ impl PluginHost {
             engine,
             linker,
             plugins: RwLock::new(BTreeMap::new()),
+            store_dir,
             ticker_stop,
         };
         for (name, version, bytes) in SHIPPED {
-            host.install(name, version, bytes, true)?;
+            host.install(InstallRequest {
+                name,
+                version,
+                bytes,
+                shipped: true,
+                expected: None,
+                limits: LimitsOverride::default(),
+            })?;
         }
+        host.load_persisted();
         Ok(host)
     }
 
+    fn plugin_dir(&self, name: &str) -> Option<PathBuf> {
+        self.store_dir.as_ref().map(|dir| dir.join(name))
+    }
+
+    /// Loads uploaded plugins and saved states; a plugin that no longer loads is logged and
+    /// skipped, never fatal.
+    fn load_persisted(&self) {
+        let Some(dir) = &self.store_dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let path = entry.path();
+            let Ok(bytes) = std::fs::read(path.join("plugin.json")) else {
+                continue;
+            };
+            let Ok(saved) = serde_json::from_slice::<PersistedPlugin>(&bytes) else {
+                tracing::warn!(plugin = name, "unreadable plugin state; ignoring it");
+                continue;
+            };
+            if let Ok(wasm) = std::fs::read(path.join("plugin.wasm"))
+                && let Err(err) = self.install(InstallRequest {
+                    name: &name,
+                    version: &saved.version,
+                    bytes: &wasm,
+                    shipped: false,
+                    expected: None,
+                    limits: saved.limits.map(LimitsOverride::from).unwrap_or_default(),
+                })
+            {
+                tracing::error!(plugin = name, error = %err, "stored plugin no longer loads; skipping it");
+                continue;
+            }
+            if let Some(plugin) = self.get(&name) {
+                plugin.set_enabled(saved.enabled);
+                if let Ok(mut config) = plugin.config.write() {
+                    *config = saved.config;
+                }
+            }
+        }
+    }
+
+    fn persist(&self, plugin: &Plugin, wasm: Option<&[u8]>) -> Result<(), PluginError> {
+        let Some(dir) = self.plugin_dir(&plugin.name) else {
+            return Ok(());
+        };
+        let io = |err: std::io::Error| {
+            PluginError::Runtime(format!("saving plugin [{}]: {err}", plugin.name))
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        if let Some(wasm) = wasm {
+            crate::index::write_atomically(&dir.join("plugin.wasm"), wasm)
+                .map_err(|err| PluginError::Runtime(err.to_string()))?;
+        }
+        let saved = PersistedPlugin {
+            version: plugin.loaded().version.clone(),
+            enabled: plugin.enabled(),
+            config: plugin.config.read().map(|c| c.clone()).unwrap_or_default(),
+            limits: Some(plugin.limits()),
+        };
+        let bytes = serde_json::to_vec_pretty(&saved)
+            .map_err(|err| PluginError::Runtime(err.to_string()))?;
+        crate::index::write_atomically(&dir.join("plugin.json"), &bytes)
+            .map_err(|err| PluginError::Runtime(err.to_string()))
+    }
+
+    /// Installs an uploaded plugin, or hot-replaces one of the same name and kind: calls in
+    /// flight finish on the old version, the next calls use the new one.
+    pub fn upload(&self, request: InstallRequest<'_>) -> Result<Arc<Plugin>, PluginError> {
+        let name = request.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(PluginError::Load {
+                plugin: name.to_string(),
+                reason: "plugin names are 1-64 characters of [a-z0-9_-]".into(),
+            });
+        }
+        if let Some(existing) = self.get(name)
+            && existing.shipped
+        {
+            return Err(PluginError::Load {
+                plugin: name.to_string(),
+                reason: "a shipped plugin cannot be replaced; upload under another name".into(),
+            });
+        }
+        let bytes = request.bytes;
+        let plugin = self.install(InstallRequest {
+            shipped: false,
+            ..request
+        })?;
+        self.persist(&plugin, Some(bytes))?;
+        Ok(plugin)
+    }
+
+    /// Enables or disables a plugin (and remembers it).
+    pub fn set_enabled(&self, name: &str, enabled: bool) -> Result<Arc<Plugin>, PluginError> {
+        let plugin = self.get(name).ok_or_else(|| PluginError::NotInstalled {
+            plugin: name.to_string(),
+        })?;
+        plugin.set_enabled(enabled);
+        self.persist(&plugin, None)?;
+        Ok(plugin)
+    }
+
+    /// Replaces a plugin's JSON config; instances created from now on see it.
+    pub fn set_config(&self, name: &str, config: String) -> Result<Arc<Plugin>, PluginError> {
+        let plugin = self.get(name).ok_or_else(|| PluginError::NotInstalled {
+            plugin: name.to_string(),
+        })?;
+        if let Ok(mut current) = plugin.config.write() {
+            *current = config;
+        }
+        // Pooled instances were built with the old config.
+        if let Ok(mut idle) = plugin.loaded().idle.lock() {
+            idle.clear();
+        }
+        self.persist(&plugin, None)?;
+        Ok(plugin)
+    }
+
+    /// Removes an uploaded plugin. Shipped plugins can only be disabled.
+    pub fn remove(&self, name: &str) -> Result<(), PluginError> {
+        let plugin = self.get(name).ok_or_else(|| PluginError::NotInstalled {
+            plugin: name.to_string(),
+        })?;
+        if plugin.shipped {
+            return Err(PluginError::Load {
+                plugin: name.to_string(),
+                reason: "a shipped plugin cannot be removed; disable it instead".into(),
+            });
+        }
+        self.plugins
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(dir) = self.plugin_dir(name) {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|err| PluginError::Runtime(format!("removing plugin [{name}]: {err}")))?;
+        }
+        tracing::info!(plugin = name, "plugin removed");
+        Ok(())
+    }
+
     /// Compiles and installs (or hot-replaces) a plugin; its kind is read from its exports.
-    pub fn install(
-        &self,
-        name: &str,
-        version: &str,
-        bytes: &[u8],
-        shipped: bool,
-    ) -> Result<Arc<Plugin>, PluginError> {
+    pub fn install(&self, request: InstallRequest<'_>) -> Result<Arc<Plugin>, PluginError> {
+        let InstallRequest {
+            name,
+            version,
+            bytes,
+            shipped,
+            expected,
+            limits,
+        } = request;
         let load_error = |reason: String| PluginError::Load {
             plugin: name.to_string(),
             reason,
@@ -219,6 +452,18 @@ impl PluginHost {
         let component =
             Component::new(&self.engine, bytes).map_err(|err| load_error(format!("{err:#}")))?;
         let (kind, pre) = self.classify(&component).map_err(load_error)?;
+        if expected.is_some_and(|expected| expected != kind) {
+            return Err(PluginError::WrongKind {
+                plugin: name.to_string(),
+                expected: expected.unwrap_or(kind),
+            });
+        }
+        if let Some(existing) = self.get(name).filter(|existing| existing.kind != kind) {
+            return Err(load_error(format!(
+                "it is a {:?} plugin; a replacement must be a {:?} plugin too",
+                kind, existing.kind
+            )));
+        }
         let sha256 = hex(&Sha256::digest(bytes));
         let loaded = Arc::new(Loaded {
             version: version.to_string(),
@@ -230,6 +475,8 @@ impl PluginHost {
         let plugin = match plugins.get(name) {
             Some(existing) if existing.kind == kind => {
                 // Hot replace: calls in flight finish on the old version they hold.
+                let current = existing.limits();
+                *existing.limits.write().unwrap_or_else(|p| p.into_inner()) = limits.apply(current);
                 *existing.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
                 existing.clone()
             }
@@ -239,10 +486,7 @@ impl PluginHost {
                     kind,
                     shipped,
                     enabled: AtomicBool::new(true),
-                    limits: PluginLimits {
-                        memory_bytes: 64 << 20,
-                        deadline: kind.default_deadline(),
-                    },
+                    limits: RwLock::new(limits.apply(PluginLimits::default_for(kind))),
                     config: RwLock::new("{}".to_string()),
                     current: RwLock::new(loaded),
                     stats: Stats::default(),
@@ -298,6 +542,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Plugin {
+    pub fn limits(&self) -> PluginLimits {
+        *self.limits.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
@@ -315,7 +563,7 @@ impl Plugin {
 
     fn instantiate(&self, loaded: &Loaded) -> Result<Instance, PluginError> {
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
+            .memory_size(self.limits().memory_bytes)
             .instances(8)
             .trap_on_grow_failure(true)
             .build();
@@ -363,7 +611,7 @@ impl Plugin {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+        (self.limits().deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
     }
 
     /// Runs `call` on a pooled instance under the plugin's deadline and memory cap. A failed
@@ -406,7 +654,7 @@ impl Plugin {
                         self.stats.deadlines.fetch_add(1, Ordering::Relaxed);
                         PluginError::Deadline {
                             plugin: self.name.clone(),
-                            deadline_ms: self.limits.deadline.as_millis(),
+                            deadline_ms: self.limits().deadline.as_millis(),
                         }
                     }
                     _ => {
@@ -463,7 +711,8 @@ impl Plugin {
             "sha256": loaded.sha256,
             "state": if self.enabled() { "enabled" } else { "disabled" },
             "shipped": self.shipped,
-            "limits": { "memory_bytes": self.limits.memory_bytes, "deadline_ms": self.limits.deadline.as_millis() as u64 },
+            "limits": { "memory_bytes": self.limits().memory_bytes, "deadline_ms": self.limits().deadline.as_millis() as u64 },
+            "config": serde_json::from_str::<serde_json::Value>(&self.config.read().map(|c| c.clone()).unwrap_or_default()).unwrap_or_default(),
             "stats": {
                 "calls": self.stats.calls.load(Ordering::Relaxed),
                 "errors": self.stats.errors.load(Ordering::Relaxed),

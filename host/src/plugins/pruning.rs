@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn shipped_plugin_keeps_overlapping_shards_and_reports_errors_by_name() {
-        let host = PluginHost::new().expect("plugin host starts");
+        let host = PluginHost::new(None).expect("plugin host starts");
         let plugin = host
             .get("time-series-pruning")
             .expect("shipped plugin is installed");

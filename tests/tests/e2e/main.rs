@@ -4,6 +4,7 @@ mod compat;
 mod documents;
 mod durability;
 mod indices;
+mod plugins;
 mod pruning;
 mod search;
 

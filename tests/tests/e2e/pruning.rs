@@ -9,7 +9,7 @@ use crate::fresh_node;
 const DAY_MS: i64 = 86_400_000;
 const JAN_1_2024: i64 = 1_704_067_200_000;
 
-fn load_daily_indices(node: &Node, days: i64) {
+pub(crate) fn load_daily_indices(node: &Node, days: i64) {
     for day in 0..days {
         let index = format!("logs-2024.01.{:02}", day + 1);
         let created = node.put(
@@ -31,13 +31,13 @@ fn load_daily_indices(node: &Node, days: i64) {
     }
 }
 
-fn search(node: &Node, body: Value) -> Value {
+pub(crate) fn search(node: &Node, body: Value) -> Value {
     let reply = node.post("/logs-*/_search", &body);
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     reply.body
 }
 
-fn sorted_ids(body: &Value) -> Vec<String> {
+pub(crate) fn sorted_ids(body: &Value) -> Vec<String> {
     let mut ids: Vec<String> = body["hits"]["hits"]
         .as_array()
         .expect("hits")
