@@ -6,6 +6,7 @@
 //! Policy call sites live beside their mechanism ([`pruning`] for time-series pruning).
 
 pub mod bindings;
+pub mod check;
 pub mod pruning;
 mod state;
 
@@ -657,11 +658,21 @@ impl Plugin {
                             deadline_ms: self.limits().deadline.as_millis(),
                         }
                     }
-                    _ => {
+                    trap => {
                         self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                        // The trap itself says what happened; the wasm backtrace is noise here.
+                        let reason = match trap {
+                            Some(trap) => trap.to_string(),
+                            None => format!("{err:#}")
+                                .lines()
+                                .last()
+                                .unwrap_or_default()
+                                .trim()
+                                .to_string(),
+                        };
                         PluginError::Trap {
                             plugin: self.name.clone(),
-                            reason: format!("{err:#}"),
+                            reason,
                         }
                     }
                 };

@@ -1,5 +1,6 @@
 //! End-to-end tests: each starts a real node process and drives it over HTTP.
 
+mod cli;
 mod compat;
 mod documents;
 mod durability;

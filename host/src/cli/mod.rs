@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod plugin;
+
 use crate::config::{NodeConfig, Role};
 use crate::telemetry::{self, LogFormat};
 
@@ -26,6 +28,19 @@ struct Cli {
 enum Command {
     /// Run a node in the foreground until SIGTERM or Ctrl-C.
     Start(StartArgs),
+    /// Manage a node's plugins, or check a plugin component offline.
+    Plugin {
+        /// The node's HTTP address.
+        #[arg(
+            long,
+            env = "SHOAL_URL",
+            default_value = "http://127.0.0.1:9200",
+            global = true
+        )]
+        url: String,
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
 }
 
 /// Every flag is optional: unset flags fall back to `SHOAL_*` variables, then the config file,
@@ -113,6 +128,14 @@ pub fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("shoal: {err:#}");
                 tracing::error!(error = %format!("{err:#}"), "node failed");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Plugin { url, command } => match plugin::run(command, &url) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(err) => {
+                eprintln!("shoal plugin: {err:#}");
                 ExitCode::FAILURE
             }
         },

@@ -1,0 +1,246 @@
+//! The conformance kit behind `shoal plugin check FILE.wasm`: loads a component the way a node
+//! would, detects its kind, runs that kind's contract tests (including invalid inputs) and
+//! returns a report a plugin author can act on.
+
+use std::time::{Duration, Instant};
+
+use super::pruning::{PruneCandidate, ShardTimeStats, select_shards};
+use super::{InstallRequest, LimitsOverride, PluginHost, PluginKind};
+
+/// One contract test's outcome.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Everything `shoal plugin check` prints.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub file: String,
+    pub size_bytes: usize,
+    pub kind: Option<PluginKind>,
+    pub sha256: Option<String>,
+    pub compile: Duration,
+    pub load_error: Option<String>,
+    pub results: Vec<CheckResult>,
+}
+
+impl CheckReport {
+    pub fn passed(&self) -> bool {
+        self.load_error.is_none()
+            && !self.results.is_empty()
+            && self.results.iter().all(|r| r.passed)
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = format!("plugin check: {}\n", self.file);
+        out.push_str(&format!("  size:    {} bytes\n", self.size_bytes));
+        if let Some(sha256) = &self.sha256 {
+            out.push_str(&format!("  sha256:  {sha256}\n"));
+        }
+        match (&self.kind, &self.load_error) {
+            (_, Some(error)) => out.push_str(&format!(
+                "  FAIL  loads as a shoal:plugin@1 component: {error}\n"
+            )),
+            (Some(kind), None) => {
+                out.push_str(&format!(
+                    "  kind:    {kind:?} (compiled in {} ms)\n",
+                    self.compile.as_millis()
+                ));
+            }
+            (None, None) => {}
+        }
+        for result in &self.results {
+            let verdict = if result.passed { "PASS" } else { "FAIL" };
+            out.push_str(&format!("  {verdict}  {}", result.name));
+            if !result.detail.is_empty() {
+                out.push_str(&format!(": {}", result.detail));
+            }
+            out.push('\n');
+        }
+        let failed = self.results.iter().filter(|r| !r.passed).count()
+            + usize::from(self.load_error.is_some());
+        if self.passed() {
+            out.push_str(&format!("result: PASS ({} checks)\n", self.results.len()));
+        } else {
+            out.push_str(&format!("result: FAIL ({failed} failed)\n"));
+        }
+        out
+    }
+}
+
+/// Runs the kit on a component's bytes.
+pub fn check(file: &str, bytes: &[u8]) -> CheckReport {
+    let mut report = CheckReport {
+        file: file.to_string(),
+        size_bytes: bytes.len(),
+        kind: None,
+        sha256: None,
+        compile: Duration::ZERO,
+        load_error: None,
+        results: Vec::new(),
+    };
+    let host = match PluginHost::new(None) {
+        Ok(host) => host,
+        Err(err) => {
+            report.load_error = Some(err.to_string());
+            return report;
+        }
+    };
+    let started = Instant::now();
+    let name = std::path::Path::new(file)
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().to_string())
+        .unwrap_or_else(|| "plugin".into());
+    let install = InstallRequest {
+        name: &name,
+        version: "0.0.0",
+        bytes,
+        shipped: false,
+        expected: None,
+        limits: LimitsOverride::default(),
+    };
+    let plugin = match host.install(install) {
+        Ok(plugin) => plugin,
+        Err(err) => {
+            report.load_error = Some(err.to_string());
+            return report;
+        }
+    };
+    report.compile = started.elapsed();
+    report.kind = Some(plugin.kind);
+    report.sha256 = plugin.describe()["sha256"].as_str().map(str::to_string);
+    report.results = match plugin.kind {
+        PluginKind::Pruning => pruning_contract(&plugin),
+        kind => vec![CheckResult {
+            name: "contract tests for this kind",
+            passed: false,
+            detail: format!(
+                "the {kind:?} contract tests arrive with the host's {kind:?} call sites; only loading was checked"
+            ),
+        }],
+    };
+    report
+}
+
+fn shard(shard: u32, min: Option<i64>, max: Option<i64>) -> PruneCandidate {
+    PruneCandidate {
+        index: format!("logs-{shard}"),
+        shard,
+        stats: ShardTimeStats {
+            doc_count: 100,
+            min,
+            max,
+        },
+    }
+}
+
+fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    let mut record = |name: &'static str, outcome: Result<(), String>| {
+        results.push(CheckResult {
+            name,
+            passed: outcome.is_ok(),
+            detail: outcome.err().unwrap_or_default(),
+        });
+    };
+    let shards = vec![
+        shard(0, Some(0), Some(99)),
+        shard(1, Some(100), Some(199)),
+        shard(2, Some(200), Some(299)),
+    ];
+    let ask = |range: (Option<i64>, Option<i64>), candidates: &[PruneCandidate]| {
+        select_shards(plugin, "logs-*", "@timestamp", range, candidates)
+            .map_err(|err| err.to_string())
+    };
+
+    let first = ask((Some(120), Some(180)), &shards);
+    record(
+        "answers a well-formed request within its deadline",
+        first.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    record(
+        "keeps every shard that can match (pruning must never change results)",
+        first.clone().and_then(|kept| {
+            if kept.contains(&1) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "dropped shard 1 (100..199) for range 120..180; kept {kept:?}"
+                ))
+            }
+        }),
+    );
+    let boundaries = ask((Some(99), Some(200)), &shards);
+    record(
+        "keeps shards that touch the range at its bounds",
+        boundaries.and_then(|kept| {
+            if kept == vec![0, 1, 2] {
+                Ok(())
+            } else {
+                Err(format!(
+                    "range 99..200 touches all three shards; kept {kept:?}"
+                ))
+            }
+        }),
+    );
+    let open = ask((None, None), &shards);
+    record(
+        "keeps every shard for an unbounded range",
+        open.and_then(|kept| {
+            if kept.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("kept {kept:?}"))
+            }
+        }),
+    );
+    let again = ask((Some(120), Some(180)), &shards);
+    record(
+        "is deterministic",
+        match (&first, &again) {
+            (Ok(a), Ok(b)) if a == b => Ok(()),
+            (a, b) => Err(format!("first {a:?}, then {b:?}")),
+        },
+    );
+    record(
+        "accepts an empty shard list",
+        ask((Some(0), Some(10)), &[]).map(|_| ()),
+    );
+    let inverted = ask((Some(500), Some(10)), &shards);
+    record(
+        "handles an inverted (empty) range without trapping",
+        match inverted {
+            Ok(_) => Ok(()),
+            Err(message) if message.contains("returned an error") => Ok(()),
+            Err(message) => Err(message),
+        },
+    );
+    let missing = vec![
+        shard(0, None, None),
+        shard(1, Some(i64::MIN), Some(i64::MAX)),
+    ];
+    record(
+        "handles shards without timestamps and extreme bounds",
+        ask((Some(0), Some(1)), &missing).and_then(|kept| {
+            if kept.contains(&1) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "dropped the shard spanning all time; kept {kept:?}"
+                ))
+            }
+        }),
+    );
+    let many: Vec<PruneCandidate> = (0..10_000)
+        .map(|i| shard(i, Some(i64::from(i) * 10), Some(i64::from(i) * 10 + 9)))
+        .collect();
+    record(
+        "decides over 10,000 shards within its deadline",
+        ask((Some(5_000), Some(5_100)), &many).map(|_| ()),
+    );
+    results
+}

@@ -1,0 +1,124 @@
+//! The `shoal plugin` command line: the offline conformance kit and managing a live node.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{BIN, fresh_node};
+
+fn plugin_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+fn shoal(args: &[&str]) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn plugin_check_passes_shipped_plugins_and_fails_broken_ones() {
+    let shipped = plugin_path("time-series-pruning");
+    let (ok, report) = shoal(&["plugin", "check", shipped.to_str().expect("utf8 path")]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("kind:    Pruning") && report.contains("result: PASS"),
+        "{report}"
+    );
+    assert!(!report.contains("FAIL"), "{report}");
+
+    let (ok, report) = shoal(&[
+        "plugin",
+        "check",
+        plugin_path("test-trap").to_str().expect("utf8 path"),
+    ]);
+    assert!(!ok, "a trapping plugin fails the check");
+    assert!(
+        report.contains("FAIL") && report.contains("unreachable"),
+        "the report says why: {report}"
+    );
+
+    let (ok, report) = shoal(&[
+        "plugin",
+        "check",
+        plugin_path("test-loop-forever")
+            .to_str()
+            .expect("utf8 path"),
+    ]);
+    assert!(!ok);
+    assert!(report.contains("exceeded its 10 ms deadline"), "{report}");
+
+    let junk = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(junk.path(), b"definitely not wasm").expect("write");
+    let (ok, report) = shoal(&["plugin", "check", junk.path().to_str().expect("utf8 path")]);
+    assert!(!ok);
+    assert!(report.contains("could not be loaded"), "{report}");
+
+    let (ok, report) = shoal(&["plugin", "check", "/no/such/file.wasm"]);
+    assert!(!ok);
+    assert!(report.contains("reading /no/such/file.wasm"), "{report}");
+}
+
+#[test]
+fn plugin_commands_manage_a_running_node() {
+    let (_dir, node) = fresh_node(&[]);
+    let url = node.base_url.as_str();
+    let keep = plugin_path("test-keep-all");
+    let (ok, out) = shoal(&[
+        "plugin",
+        "install",
+        "keep",
+        keep.to_str().expect("utf8 path"),
+        "--version",
+        "1.2.3",
+        "--kind",
+        "pruning",
+        "--url",
+        url,
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("installed keep: pruning plugin, version 1.2.3"),
+        "{out}"
+    );
+    let (ok, out) = shoal(&["plugin", "list", "--url", url]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("keep") && out.contains("time-series-pruning") && out.contains("1.2.3"),
+        "{out}"
+    );
+    let (ok, out) = shoal(&["plugin", "disable", "keep", "--url", url]);
+    assert!(ok, "{out}");
+    assert_eq!(node.get("/_plugins/keep").body["state"], "disabled");
+    let (ok, _) = shoal(&["plugin", "enable", "keep", "--url", url]);
+    assert!(ok);
+    assert_eq!(node.get("/_plugins/keep").body["state"], "enabled");
+    let (ok, out) = shoal(&[
+        "plugin",
+        "install",
+        "bad",
+        keep.to_str().expect("utf8 path"),
+        "--kind",
+        "repository",
+        "--url",
+        url,
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("400") && out.contains("plugin [bad]"), "{out}");
+    let (ok, out) = shoal(&["plugin", "remove", "keep", "--url", url]);
+    assert!(ok, "{out}");
+    assert_eq!(node.get("/_plugins/keep").status, 404);
+    let (ok, out) = shoal(&["plugin", "remove", "time-series-pruning", "--url", url]);
+    assert!(!ok, "{out}");
+    let (ok, out) = shoal(&["plugin", "list", "--url", "http://127.0.0.1:9"]);
+    assert!(!ok);
+    assert!(out.contains("cannot reach the node"), "{out}");
+}
