@@ -611,6 +611,18 @@ impl Plugin {
         Ok(Instance { store, exports })
     }
 
+    /// Instantiates one instance ahead of the first call (kept if the pool has room).
+    pub fn prewarm(&self) -> Result<(), PluginError> {
+        let loaded = self.loaded();
+        let instance = self.instantiate(&loaded)?;
+        if let Ok(mut idle) = loaded.idle.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            idle.push(instance);
+        }
+        Ok(())
+    }
+
     fn deadline_ticks(&self) -> u64 {
         (self.limits().deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
     }

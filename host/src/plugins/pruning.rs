@@ -2,51 +2,11 @@
 //! into the pruning plugin that decides which shards a search visits. On any plugin failure
 //! the search visits every shard (fail-open): pruning may only ever save work.
 
-use tantivy::columnar::{ColumnType, MonotonicallyMappableToU64};
-use tantivy::{DateTime, Searcher};
+pub use crate::shard::time_stats::ShardTimeStats;
 
 use super::bindings::pruning::exports::shoal::plugin::pruning::{PruneRequest, ShardStats};
 use super::bindings::types::{PluginError as WitError, TimeRange};
 use super::{InstanceExports, Plugin, PluginError, PluginKind};
-
-/// Timestamp bounds and size of one shard, read from its fast column's segment metadata.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ShardTimeStats {
-    pub doc_count: u64,
-    pub min: Option<i64>,
-    pub max: Option<i64>,
-}
-
-/// Reads min/max of `column` (a date or integer column) over every segment of `searcher`.
-/// Deleted documents may widen the bounds, which only makes pruning more conservative.
-pub fn shard_time_stats(searcher: &Searcher, column: &str) -> ShardTimeStats {
-    let mut stats = ShardTimeStats {
-        doc_count: searcher.num_docs(),
-        ..ShardTimeStats::default()
-    };
-    for segment in searcher.segment_readers() {
-        let Ok(Some((values, column_type))) = segment.fast_fields().u64_lenient(column) else {
-            continue;
-        };
-        if values.values.num_vals() == 0 {
-            continue;
-        }
-        let to_millis = |raw: u64| match column_type {
-            ColumnType::DateTime => Some(DateTime::from_u64(raw).into_timestamp_millis()),
-            ColumnType::I64 => Some(i64::from_u64(raw)),
-            ColumnType::U64 => i64::try_from(raw).ok(),
-            ColumnType::F64 => Some(f64::from_u64(raw) as i64),
-            _ => None,
-        };
-        let (Some(min), Some(max)) = (to_millis(values.min_value()), to_millis(values.max_value()))
-        else {
-            continue;
-        };
-        stats.min = Some(stats.min.map_or(min, |m| m.min(min)));
-        stats.max = Some(stats.max.map_or(max, |m| m.max(max)));
-    }
-    stats
-}
 
 /// One shard as the pruning plugin sees it.
 #[derive(Debug, Clone)]

@@ -25,10 +25,16 @@ pub fn field_column(leaves: &HashMap<String, LeafKind>, path: &str) -> Result<St
     }
 }
 
-/// Translates an `aggs` object for one index's mapping into a tantivy request.
-pub fn translate(leaves: &HashMap<String, LeafKind>, aggs: &Value) -> Result<Aggregations> {
+/// Translates an `aggs` object for one index's mapping into a tantivy request; also returns
+/// the translated JSON, so requests for several indices can be compared cheaply.
+pub fn translate(
+    leaves: &HashMap<String, LeafKind>,
+    aggs: &Value,
+) -> Result<(Value, Aggregations)> {
     let translated = translate_level(leaves, aggs)?;
-    serde_json::from_value(translated).map_err(|err| parsing(format!("invalid aggregation: {err}")))
+    let request = serde_json::from_value(translated.clone())
+        .map_err(|err| parsing(format!("invalid aggregation: {err}")))?;
+    Ok((translated, request))
 }
 
 fn translate_level(leaves: &HashMap<String, LeafKind>, aggs: &Value) -> Result<Value> {

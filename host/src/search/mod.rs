@@ -31,9 +31,9 @@ use self::query::QueryContext;
 use self::source_filter::SourceFilter;
 use crate::error::{Error, Result, illegal, parsing};
 use crate::index::IndexService;
-use crate::mapping::{LeafKind, ValueType};
+use crate::mapping::{FieldType, LeafKind, ValueType};
 use crate::plugins::PluginHost;
-use crate::plugins::pruning::{PruneCandidate, select_shards, shard_time_stats};
+use crate::plugins::pruning::{PruneCandidate, select_shards};
 use crate::shard::Shard;
 
 /// A parsed search request (body and URL parameters combined).
@@ -253,26 +253,37 @@ fn prune_targets(
     let mut keep = vec![true; targets.len()];
     let mut groups: std::collections::BTreeMap<(String, String), Vec<usize>> =
         std::collections::BTreeMap::new();
+    // Settings and mapping are read once per index, not once per shard.
+    let mut eligible: std::collections::HashMap<&str, Option<(String, String)>> =
+        std::collections::HashMap::new();
     for (position, target) in targets.iter().enumerate() {
-        let settings = target.index.meta.settings();
-        let Some(plugin) = settings.pruning_plugin else {
-            continue;
-        };
-        // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
-        match target
-            .index
-            .meta
-            .mapping()
-            .leaves()
-            .get(&settings.timestamp_field)
-        {
-            Some(LeafKind::Value(ValueType::Date { .. } | ValueType::Integer { .. })) | None => {}
-            Some(_) => continue,
+        let group = eligible
+            .entry(target.index.meta.uuid.as_str())
+            .or_insert_with(|| {
+                let settings = target.index.meta.settings();
+                let plugin = settings.pruning_plugin?;
+                // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
+                match target
+                    .index
+                    .meta
+                    .mapping()
+                    .field(&settings.timestamp_field)
+                    .map(|f| &f.field_type)
+                {
+                    Some(
+                        FieldType::Date { .. }
+                        | FieldType::Long
+                        | FieldType::Integer
+                        | FieldType::Short
+                        | FieldType::Byte,
+                    )
+                    | None => Some((plugin, settings.timestamp_field)),
+                    Some(_) => None,
+                }
+            });
+        if let Some(key) = group.clone() {
+            groups.entry(key).or_default().push(position);
         }
-        groups
-            .entry((plugin, settings.timestamp_field))
-            .or_default()
-            .push(position);
     }
     for ((plugin_name, field), positions) in groups {
         let Some(range) = prune::required_time_range(query, &field, now_millis) else {
@@ -289,7 +300,7 @@ fn prune_targets(
                 PruneCandidate {
                     index: target.index.name().to_string(),
                     shard: target.shard.id.shard,
-                    stats: shard_time_stats(&target.searcher, &column),
+                    stats: target.shard.time_stats.get(&target.searcher, &column),
                 }
             })
             .collect();
@@ -534,9 +545,16 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
     let skipped_shards = keep.iter().filter(|kept| !**kept).count();
     let mut targets = targets.into_iter().zip(keep);
     let mut results = Vec::new();
-    let mut agg_request: Option<Aggregations> = None;
+    let mut agg_request: Option<(Value, Aggregations)> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
-    for index in indices {
+    for (position, index) in indices.iter().enumerate() {
+        let index_targets: Vec<(ShardTarget, bool)> =
+            targets.by_ref().take(index.shards.len()).collect();
+        // An index whose every shard was pruned needs no translation, except the first one, so
+        // that the response still has its aggregations (empty) and bad queries are refused.
+        if position > 0 && index_targets.iter().all(|(_, kept)| !kept) {
+            continue;
+        }
         let Some((query, leaves)) = index_query(index, &request.query, now_millis)? else {
             continue;
         };
@@ -547,21 +565,19 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
             .as_ref()
             .map(|aggs| aggs::translate(&leaves, aggs))
             .transpose()?;
-        if let (Some(previous), Some(current)) = (&agg_request, &aggs)
-            && serde_json::to_value(previous).ok() != serde_json::to_value(current).ok()
+        if let (Some((previous, _)), Some((current, _))) = (&agg_request, &aggs)
+            && previous != current
         {
             return Err(illegal(
                 "aggregations resolve to different field types across the searched indices",
             ));
         }
-        if aggs.is_some() {
+        if agg_request.is_none() {
             agg_request.clone_from(&aggs);
         }
+        let aggs = aggs.map(|(_, aggs)| aggs);
         specs_for_merge.get_or_insert_with(|| specs.clone());
-        for _ in 0..index.shards.len() {
-            let Some((target, kept)) = targets.next() else {
-                break;
-            };
+        for (target, kept) in index_targets {
             if !kept {
                 continue;
             }
@@ -639,7 +655,7 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
         }
         let final_result = intermediate
             .unwrap_or_default()
-            .into_final_result(agg_request, AggregationLimitsGuard::default())
+            .into_final_result(agg_request.1, AggregationLimitsGuard::default())
             .map_err(|err| Error::SearchPhase(format!("aggregation failed: {err}")))?;
         aggregations = Some(
             serde_json::to_value(final_result).map_err(|err| Error::Internal(err.to_string()))?,

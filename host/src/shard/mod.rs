@@ -6,6 +6,7 @@
 //! a reader reload; until then, realtime GETs are served from the live version map.
 
 pub mod schema;
+pub mod time_stats;
 pub mod translog;
 
 use std::collections::HashMap;
@@ -191,6 +192,8 @@ pub struct Shard {
     refreshed_seq_no: watch::Sender<i64>,
     needs_refresh: AtomicBool,
     pub counters: ShardCounters,
+    /// Timestamp bounds for pruning, recomputed only after a refresh.
+    pub time_stats: time_stats::TimeStatsCache,
     path: PathBuf,
 }
 
@@ -266,6 +269,7 @@ impl Shard {
             refreshed_seq_no,
             needs_refresh: AtomicBool::new(false),
             counters: ShardCounters::default(),
+            time_stats: time_stats::TimeStatsCache::default(),
             path: path.to_path_buf(),
         };
         let replayed = shard.replay(report.operations, payload.local_checkpoint, mappings)?;
