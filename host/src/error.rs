@@ -44,6 +44,8 @@ pub enum Error {
     SearchPhase(String),
     #[error("{0}")]
     ResourceNotFound(String),
+    #[error("{0}")]
+    PluginFailed(String),
     #[error("timed out waiting for {0}")]
     Timeout(String),
     #[error("translog of shard [{shard}] is corrupted: {reason}")]
@@ -75,6 +77,7 @@ impl Error {
             Error::NoHandler { .. } => "no_handler_found_exception",
             Error::SearchPhase(_) => "search_phase_execution_exception",
             Error::ResourceNotFound(_) => "resource_not_found_exception",
+            Error::PluginFailed(_) => "plugin_failure_exception",
             Error::Timeout(_) => "timeout_exception",
             Error::TranslogCorrupted { .. } => "translog_corrupted_exception",
             Error::ShuttingDown => "node_closed_exception",
@@ -99,7 +102,7 @@ impl Error {
             Error::VersionConflict { .. } => 409,
             Error::ContentTooLong { .. } => 413,
             Error::Timeout(_) => 408,
-            Error::ShuttingDown => 503,
+            Error::ShuttingDown | Error::PluginFailed(_) => 503,
             Error::TranslogCorrupted { .. }
             | Error::Io(_)
             | Error::Engine(_)

@@ -56,6 +56,29 @@ pub mod pruning {
 }
 
 /// Query-isolation plugins: admit queries into pools and cancel runaways.
+///
+/// ```no_run
+/// use shoal_plugin_sdk::query_isolation::*;
+///
+/// /// Sends expensive queries to the `slow` pool and cancels any that run past 30 s.
+/// struct ByCost;
+///
+/// impl QueryIsolationPlugin for ByCost {
+///     fn classify(query: QueryProfile) -> Result<Admission, PluginError> {
+///         if query.node_load > 2.0 {
+///             return Ok(Admission::Reject("node overloaded".into()));
+///         }
+///         let pool = if query.estimated_cost > 1e6 { "slow" } else { "fast" };
+///         Ok(Admission::Pool(pool.into()))
+///     }
+///     fn on_progress(_fingerprint: String, progress: Progress) -> Verdict {
+///         if progress.elapsed_ms > 30_000 { Verdict::Cancel } else { Verdict::Proceed }
+///     }
+///     fn on_complete(_stats: Completion) {}
+/// }
+///
+/// shoal_plugin_sdk::export_query_isolation_plugin!(ByCost);
+/// ```
 pub mod query_isolation {
     wit_bindgen::generate!({
         world: "query-isolation-plugin",
@@ -71,6 +94,29 @@ pub mod query_isolation {
 }
 
 /// Switchover plugins: rank shard copies and judge node health.
+///
+/// ```no_run
+/// use shoal_plugin_sdk::switchover::*;
+///
+/// /// Avoids nodes not heard from for a second; prefers the lowest latency.
+/// struct Fastest;
+///
+/// impl SwitchoverPlugin for Fastest {
+///     fn judge(nodes: Vec<NodeHealth>) -> Result<Vec<NodeState>, PluginError> {
+///         Ok(nodes
+///             .iter()
+///             .map(|n| if n.last_seen_ms > 1000 { NodeState::Isolated } else if n.error_rate > 0.1 { NodeState::Degraded } else { NodeState::Healthy })
+///             .collect())
+///     }
+///     fn rank_copies(_shard: String, copies: Vec<NodeHealth>) -> Result<Routing, PluginError> {
+///         let mut order: Vec<u32> = (0..copies.len() as u32).filter(|&i| copies[i as usize].last_seen_ms <= 1000).collect();
+///         order.sort_by(|&a, &b| copies[a as usize].ewma_latency_ms.total_cmp(&copies[b as usize].ewma_latency_ms));
+///         Ok(Routing { order, hedge_after_ms: Some(50) })
+///     }
+/// }
+///
+/// shoal_plugin_sdk::export_switchover_plugin!(Fastest);
+/// ```
 pub mod switchover {
     wit_bindgen::generate!({
         world: "switchover-plugin",
@@ -85,7 +131,70 @@ pub mod switchover {
     pub use self::shoal::plugin::types::PluginError;
 }
 
-/// Repository plugins: blob stores for snapshots.
+/// Repository plugins: blob stores for snapshots. A filesystem repository is granted exactly
+/// one preopened directory, mounted at `/repo`; std's `fs` works inside it and nowhere else.
+///
+/// ```no_run
+/// use shoal_plugin_sdk::repository::*;
+///
+/// struct Directory;
+///
+/// fn path(name: &str) -> String {
+///     format!("/repo/{name}")
+/// }
+///
+/// fn io(err: std::io::Error) -> RepositoryError {
+///     match err.kind() {
+///         std::io::ErrorKind::NotFound => RepositoryError::NotFound(err.to_string()),
+///         std::io::ErrorKind::PermissionDenied => RepositoryError::AccessDenied(err.to_string()),
+///         _ => RepositoryError::Unavailable(err.to_string()),
+///     }
+/// }
+///
+/// impl RepositoryPlugin for Directory {
+///     fn put_start(_: String, _: u64, _: String) -> Result<u64, RepositoryError> {
+///         Err(RepositoryError::Invalid("this example only supports whole-blob puts".into()))
+///     }
+///     fn put_chunk(_: u64, _: Vec<u8>) -> Result<(), RepositoryError> {
+///         Err(RepositoryError::Invalid("no upload in progress".into()))
+///     }
+///     fn put_finish(_: u64) -> Result<(), RepositoryError> {
+///         Err(RepositoryError::Invalid("no upload in progress".into()))
+///     }
+///     fn put(name: String, data: Vec<u8>, _sha256_hex: String) -> Result<(), RepositoryError> {
+///         std::fs::write(path(&name), data).map_err(io)
+///     }
+///     fn get(name: String, offset: u64, length: Option<u64>) -> Result<Vec<u8>, RepositoryError> {
+///         let bytes = std::fs::read(path(&name)).map_err(io)?;
+///         let start = (offset as usize).min(bytes.len());
+///         let end = length.map_or(bytes.len(), |l| (start + l as usize).min(bytes.len()));
+///         Ok(bytes[start..end].to_vec())
+///     }
+///     fn exists(name: String) -> Result<bool, RepositoryError> {
+///         Ok(std::fs::metadata(path(&name)).is_ok())
+///     }
+///     fn list_blobs(prefix: String) -> Result<Vec<BlobMeta>, RepositoryError> {
+///         let mut blobs = Vec::new();
+///         for entry in std::fs::read_dir("/repo").map_err(io)? {
+///             let entry = entry.map_err(io)?;
+///             let name = entry.file_name().to_string_lossy().to_string();
+///             if name.starts_with(&prefix) {
+///                 blobs.push(BlobMeta { name, size: entry.metadata().map_err(io)?.len() });
+///             }
+///         }
+///         Ok(blobs)
+///     }
+///     fn delete(name: String) -> Result<(), RepositoryError> {
+///         std::fs::remove_file(path(&name)).map_err(io)
+///     }
+///     fn verify() -> Result<(), RepositoryError> {
+///         Self::put("verify".into(), b"ok".to_vec(), String::new())?;
+///         Self::delete("verify".into())
+///     }
+/// }
+///
+/// shoal_plugin_sdk::export_repository_plugin!(Directory);
+/// ```
 pub mod repository {
     wit_bindgen::generate!({
         world: "repository-plugin",

@@ -98,7 +98,8 @@ pub(super) fn remove(request: &Request, name: &str) -> Result<Reply> {
     ok(json!({ "acknowledged": true }))
 }
 
-/// `max_memory` (`16mb`) and `deadline` (`50ms`) upload parameters; unset ones keep the
+/// `max_memory` (`16mb`), `deadline` (`50ms`) and `on_failure` (`open`/`closed`) upload
+/// parameters; unset ones keep the
 /// plugin's current (or default) limits.
 fn parse_limits(request: &Request) -> Result<LimitsOverride> {
     let memory_bytes = request
@@ -116,8 +117,19 @@ fn parse_limits(request: &Request) -> Result<LimitsOverride> {
                 })?,
         ),
     };
+    let fail_closed = match request.param("on_failure") {
+        None => None,
+        Some("open") => Some(false),
+        Some("closed") => Some(true),
+        Some(other) => {
+            return Err(Error::IllegalArgument(format!(
+                "[on_failure] must be open or closed, got [{other}]"
+            )));
+        }
+    };
     Ok(LimitsOverride {
         memory_bytes,
         deadline,
+        fail_closed,
     })
 }

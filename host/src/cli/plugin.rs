@@ -28,6 +28,9 @@ pub(super) enum PluginCommand {
         /// Per-call deadline, e.g. `20ms`.
         #[arg(long)]
         deadline: Option<String>,
+        /// `open` (fall back to built-in behaviour) or `closed` (fail the request).
+        #[arg(long)]
+        on_failure: Option<String>,
     },
     /// Remove an uploaded plugin.
     Remove { name: String },
@@ -88,6 +91,7 @@ pub(super) fn run(command: PluginCommand, url: &str) -> anyhow::Result<bool> {
             kind,
             max_memory,
             deadline,
+            on_failure,
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -95,6 +99,7 @@ pub(super) fn run(command: PluginCommand, url: &str) -> anyhow::Result<bool> {
             query.extend(kind.map(|k| ("kind", k)));
             query.extend(max_memory.map(|m| ("max_memory", m)));
             query.extend(deadline.map(|d| ("deadline", d)));
+            query.extend(on_failure.map(|f| ("on_failure", f)));
             let body = send(
                 client
                     .put(format!("{url}/_plugins/{name}"))

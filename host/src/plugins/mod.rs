@@ -98,19 +98,24 @@ pub enum PluginError {
     Runtime(String),
 }
 
-/// Resource limits of one plugin.
+/// Resource limits of one plugin, and what its callers do when a call fails.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct PluginLimits {
     pub memory_bytes: usize,
     pub deadline: Duration,
+    /// Fail-closed: a failed call fails the request instead of falling back to the built-in
+    /// behaviour (fail-open, the default for policies).
+    #[serde(default)]
+    pub fail_closed: bool,
 }
 
 impl PluginLimits {
-    /// 64 MiB of memory and the kind's default deadline.
+    /// 64 MiB of memory, the kind's default deadline; repositories fail closed, policies open.
     pub fn default_for(kind: PluginKind) -> PluginLimits {
         PluginLimits {
             memory_bytes: 64 << 20,
             deadline: kind.default_deadline(),
+            fail_closed: kind == PluginKind::Repository,
         }
     }
 }
@@ -132,6 +137,7 @@ pub struct InstallRequest<'a> {
 pub struct LimitsOverride {
     pub memory_bytes: Option<usize>,
     pub deadline: Option<Duration>,
+    pub fail_closed: Option<bool>,
 }
 
 impl LimitsOverride {
@@ -139,6 +145,7 @@ impl LimitsOverride {
         PluginLimits {
             memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
             deadline: self.deadline.unwrap_or(base.deadline),
+            fail_closed: self.fail_closed.unwrap_or(base.fail_closed),
         }
     }
 }
@@ -148,6 +155,7 @@ impl From<PluginLimits> for LimitsOverride {
         LimitsOverride {
             memory_bytes: Some(limits.memory_bytes),
             deadline: Some(limits.deadline),
+            fail_closed: Some(limits.fail_closed),
         }
     }
 }
@@ -450,8 +458,10 @@ impl PluginHost {
             reason,
         };
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|err| load_error(format!("{err:#}")))?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let (component, cached) = self
+            .compile(&sha256, bytes)
+            .map_err(|err| load_error(format!("{err:#}")))?;
         let (kind, pre) = self.classify(&component).map_err(load_error)?;
         if expected.is_some_and(|expected| expected != kind) {
             return Err(PluginError::WrongKind {
@@ -465,7 +475,6 @@ impl PluginHost {
                 kind, existing.kind
             )));
         }
-        let sha256 = hex(&Sha256::digest(bytes));
         let loaded = Arc::new(Loaded {
             version: version.to_string(),
             sha256,
@@ -496,8 +505,42 @@ impl PluginHost {
                 plugin
             }
         };
-        tracing::info!(plugin = name, version, kind = ?kind, compile_ms = started.elapsed().as_millis() as u64, "plugin installed");
+        tracing::info!(plugin = name, version, kind = ?kind, cached, load_ms = started.elapsed().as_millis() as u64, "plugin installed");
         Ok(plugin)
+    }
+
+    /// Compiles a component, or loads the machine code compiled for it earlier: the cache is
+    /// keyed by the source's sha256 and the engine's compatibility hash, so a restart (or the
+    /// same plugin under another name) does not recompile.
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+        let Some(cache_dir) = self.store_dir.as_ref().map(|dir| dir.join(".cache")) else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
+        let path = cache_dir.join(format!(
+            "{sha256}-{:016x}.cwasm",
+            std::hash::Hasher::finish(&hasher)
+        ));
+        if path.exists() {
+            match load_precompiled(&self.engine, &path) {
+                Ok(component) => return Ok((component, true)),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "ignoring unusable compiled plugin")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let saved = std::fs::create_dir_all(&cache_dir)
+            .map_err(|err| err.to_string())
+            .and_then(|()| component.serialize().map_err(|err| err.to_string()))
+            .and_then(|code| {
+                crate::index::write_atomically(&path, &code).map_err(|err| err.to_string())
+            });
+        if let Err(err) = saved {
+            tracing::warn!(path = %path.display(), error = err, "could not cache compiled plugin");
+        }
+        Ok((component, false))
     }
 
     fn classify(&self, component: &Component) -> Result<(PluginKind, KindPre), String> {
@@ -536,6 +579,16 @@ impl PluginHost {
             .cloned()
             .collect()
     }
+}
+
+/// Loads machine code this host compiled and wrote into its own data directory.
+#[allow(unsafe_code)]
+fn load_precompiled(engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime requires that deserialized code come from a trusted `serialize`. The
+    // file was written by `PluginHost::compile` under the node's data directory, named after
+    // the source's sha256 and this engine's compatibility hash; whoever can write there can
+    // already replace the node's data and binary.
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -734,7 +787,11 @@ impl Plugin {
             "sha256": loaded.sha256,
             "state": if self.enabled() { "enabled" } else { "disabled" },
             "shipped": self.shipped,
-            "limits": { "memory_bytes": self.limits().memory_bytes, "deadline_ms": self.limits().deadline.as_millis() as u64 },
+            "limits": {
+                "memory_bytes": self.limits().memory_bytes,
+                "deadline_ms": self.limits().deadline.as_millis() as u64,
+                "on_failure": if self.limits().fail_closed { "closed" } else { "open" },
+            },
             "config": serde_json::from_str::<serde_json::Value>(&self.config.read().map(|c| c.clone()).unwrap_or_default()).unwrap_or_default(),
             "stats": {
                 "calls": self.stats.calls.load(Ordering::Relaxed),

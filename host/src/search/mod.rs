@@ -242,14 +242,15 @@ struct ShardTarget {
 }
 
 /// Time-series pruning: asks each index's pruning plugin (`index.plugins.pruning`) which
-/// shards can match the query's required time range. Any failure keeps every shard.
+/// shards can match the query's required time range. A failure keeps every shard, unless the
+/// plugin fails closed: then the search is refused.
 fn prune_targets(
     targets: &[ShardTarget],
     query: &Value,
     plugins: &PluginHost,
     expression: &str,
     now_millis: i64,
-) -> Vec<bool> {
+) -> Result<Vec<bool>> {
     let mut keep = vec![true; targets.len()];
     let mut groups: std::collections::BTreeMap<(String, String), Vec<usize>> =
         std::collections::BTreeMap::new();
@@ -313,12 +314,17 @@ fn prune_targets(
                     keep[positions[chosen]] = true;
                 }
             }
+            Err(err) if plugin.limits().fail_closed => {
+                return Err(Error::PluginFailed(format!(
+                    "{err}; the plugin fails closed, so the search was refused"
+                )));
+            }
             Err(err) => {
                 tracing::warn!(plugin = plugin_name.as_str(), error = %err, "pruning failed; searching every shard")
             }
         }
     }
-    keep
+    Ok(keep)
 }
 
 /// One shard's query-phase result.
@@ -538,7 +544,7 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
             plugins,
             scope.expression,
             now_millis,
-        ),
+        )?,
         None => vec![true; targets.len()],
     };
     let total_shards = targets.len();

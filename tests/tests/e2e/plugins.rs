@@ -106,7 +106,7 @@ fn hostile_plugins_fail_only_their_call() {
 
 #[test]
 fn lifecycle_hot_replace_and_persistence() {
-    let (_dir, mut node) = fresh_node(&[]);
+    let (dir, mut node) = fresh_node(&[]);
     load_daily_indices(&node, 4);
 
     let bad_kind = upload(&node, "keep", "test-keep-all", "?kind=repository");
@@ -278,6 +278,17 @@ fn lifecycle_hot_replace_and_persistence() {
     );
 
     node.restart().expect("restart");
+    assert!(
+        node.log_contains("\"cached\":true"),
+        "a restart loads compiled plugins from the cache"
+    );
+    let cached = std::fs::read_dir(dir.path().join("data/_plugins/.cache"))
+        .expect("cache dir")
+        .count();
+    assert!(
+        cached >= 2,
+        "the shipped and uploaded plugins are cached, found {cached}"
+    );
     let keep = node.get("/_plugins/keep").body;
     assert_eq!(keep["version"], "2.0.0");
     assert_eq!(keep["state"], "disabled");
