@@ -4,6 +4,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Reply, Request, blocking, ok};
 use crate::error::{Error, Result};
+use crate::index::IndexService;
 use crate::mapping::Mapping;
 
 pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
@@ -15,15 +16,7 @@ pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
 }
 
 pub(super) fn get(request: &Request, expression: &str) -> Result<Reply> {
-    let mut out = Map::new();
-    for index in request
-        .node
-        .indices
-        .resolve(expression, request.flag("ignore_unavailable"))?
-    {
-        out.insert(index.name().to_string(), index.to_json());
-    }
-    ok(Value::Object(out))
+    per_index(request, expression, IndexService::to_json)
 }
 
 pub(super) fn exists(request: &Request, expression: &str) -> Result<Reply> {
@@ -51,19 +44,29 @@ pub(super) async fn delete(request: Request, expression: &str) -> Result<Reply> 
     ok(json!({ "acknowledged": true }))
 }
 
-pub(super) fn get_mapping(request: &Request, expression: &str) -> Result<Reply> {
+/// `{index: render(index)}` for every index the expression names.
+fn per_index(
+    request: &Request,
+    expression: &str,
+    render: impl Fn(&IndexService) -> Value,
+) -> Result<Reply> {
     let mut out = Map::new();
     for index in request
         .node
         .indices
         .resolve(expression, request.flag("ignore_unavailable"))?
     {
-        out.insert(
-            index.name().to_string(),
-            json!({ "mappings": index.meta.mapping().to_json() }),
-        );
+        out.insert(index.name().to_string(), render(&index));
     }
     ok(Value::Object(out))
+}
+
+pub(super) fn get_mapping(request: &Request, expression: &str) -> Result<Reply> {
+    per_index(
+        request,
+        expression,
+        |index| json!({ "mappings": index.meta.mapping().to_json() }),
+    )
 }
 
 pub(super) fn put_mapping(request: &Request, expression: &str) -> Result<Reply> {
@@ -81,18 +84,11 @@ pub(super) fn put_mapping(request: &Request, expression: &str) -> Result<Reply> 
 }
 
 pub(super) fn get_settings(request: &Request, expression: &str) -> Result<Reply> {
-    let mut out = Map::new();
-    for index in request
-        .node
-        .indices
-        .resolve(expression, request.flag("ignore_unavailable"))?
-    {
-        out.insert(
-            index.name().to_string(),
-            json!({ "settings": index.meta.settings().to_json(&index.meta) }),
-        );
-    }
-    ok(Value::Object(out))
+    per_index(
+        request,
+        expression,
+        |index| json!({ "settings": index.meta.settings().to_json(&index.meta) }),
+    )
 }
 
 pub(super) fn put_settings(request: &Request, expression: &str) -> Result<Reply> {

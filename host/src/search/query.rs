@@ -242,17 +242,7 @@ fn value_equals(
                 term.append_type_and_fast_value(exact);
                 return Ok(Box::new(TermQuery::new(term, IndexRecordOption::Basic)));
             }
-            let number = match value {
-                Value::Number(number) => number.as_f64(),
-                Value::String(text) => text.trim().parse::<f64>().ok(),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                parsing(format!(
-                    "failed to parse [{}] as a number for field [{path}]",
-                    value_text(value)
-                ))
-            })?;
+            let number = parse_number(path, value)?;
             let stored = match value_type {
                 ValueType::Float {
                     single_precision: true,
@@ -287,6 +277,21 @@ fn value_equals(
     }
 }
 
+/// A JSON number, or a string holding one.
+fn parse_number(path: &str, value: &Value) -> Result<f64> {
+    match value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        parsing(format!(
+            "failed to parse [{}] as a number for field [{path}]",
+            value_text(value)
+        ))
+    })
+}
+
 /// A typed bound term for numbers and dates.
 fn numeric_bound(
     ctx: &QueryContext<'_>,
@@ -298,17 +303,7 @@ fn numeric_bound(
     let mut term = json_term(ctx.schema.values, path);
     match value_type {
         ValueType::Integer { .. } | ValueType::Float { .. } => {
-            let number = match value {
-                Value::Number(number) => number.as_f64(),
-                Value::String(text) => text.trim().parse::<f64>().ok(),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                parsing(format!(
-                    "failed to parse [{}] as a number for field [{path}]",
-                    value_text(value)
-                ))
-            })?;
+            let number = parse_number(path, value)?;
             if matches!(value_type, ValueType::Integer { .. })
                 && number.fract() == 0.0
                 && number.abs() < 9.0e18
