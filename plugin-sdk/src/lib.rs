@@ -50,9 +50,45 @@ pub mod pruning {
         default_bindings_module: "shoal_plugin_sdk::pruning",
     });
     pub use self::exports::shoal::plugin::pruning::{
-        Guest as PruningPlugin, PruneRequest, ShardStats,
+        Guest as PruningPlugin, PruneRequest, ShardTable,
     };
+    pub use self::shoal::plugin::pruning_context::index_name;
     pub use self::shoal::plugin::types::{LogLevel, PluginError, TimeRange};
+
+    /// One shard of a [`ShardTable`], as a plain struct.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Shard {
+        /// Position of its index: [`index_name`] gives the name.
+        pub index: u32,
+        pub shard: u32,
+        pub doc_count: u64,
+        /// `(min, max)` timestamps in epoch ms; `None` when the shard has none.
+        pub timestamps: Option<(i64, i64)>,
+    }
+
+    impl ShardTable {
+        /// Number of shards in the table.
+        pub fn len(&self) -> usize {
+            self.shard.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.shard.is_empty()
+        }
+
+        /// The shards, row by row.
+        pub fn iter(&self) -> impl Iterator<Item = Shard> + '_ {
+            (0..self.len()).map(move |i| {
+                let (min, max) = (self.min_timestamp[i], self.max_timestamp[i]);
+                Shard {
+                    index: self.index[i],
+                    shard: self.shard[i],
+                    doc_count: self.doc_count[i],
+                    timestamps: (min <= max).then_some((min, max)),
+                }
+            })
+        }
+    }
 }
 
 /// Query-isolation plugins: admit queries into pools and cancel runaways.

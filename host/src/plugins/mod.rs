@@ -628,6 +628,7 @@ impl Plugin {
             table: wasmtime::component::ResourceTable::new(),
             limits,
             started: Instant::now(),
+            pruning_indices: Vec::new(),
         };
         let engine = match &loaded.pre {
             KindPre::Pruning(pre) => pre.engine().clone(),

@@ -4,7 +4,7 @@
 
 pub use crate::shard::time_stats::ShardTimeStats;
 
-use super::bindings::pruning::exports::shoal::plugin::pruning::{PruneRequest, ShardStats};
+use super::bindings::pruning::exports::shoal::plugin::pruning::{PruneRequest, ShardTable};
 use super::bindings::types::{PluginError as WitError, TimeRange};
 use super::{InstanceExports, Plugin, PluginError, PluginKind};
 
@@ -30,6 +30,32 @@ pub fn select_shards(
             expected: PluginKind::Pruning,
         });
     }
+    // Index names cross only if the plugin asks (`pruning-context.index-name`); the table is
+    // columns of numbers, which the canonical ABI copies in bulk.
+    let mut names: Vec<String> = Vec::new();
+    let mut table = ShardTable {
+        index: Vec::with_capacity(candidates.len()),
+        shard: Vec::with_capacity(candidates.len()),
+        doc_count: Vec::with_capacity(candidates.len()),
+        min_timestamp: Vec::with_capacity(candidates.len()),
+        max_timestamp: Vec::with_capacity(candidates.len()),
+    };
+    for candidate in candidates {
+        // Shards of one index arrive together; a repeated name elsewhere is merely listed twice.
+        if names.last() != Some(&candidate.index) {
+            names.push(candidate.index.clone());
+        }
+        let position = names.len() - 1;
+        table.index.push(position as u32);
+        table.shard.push(candidate.shard);
+        table.doc_count.push(candidate.stats.doc_count);
+        let (min, max) = match (candidate.stats.min, candidate.stats.max) {
+            (Some(min), Some(max)) => (min, max),
+            _ => (i64::MAX, i64::MIN),
+        };
+        table.min_timestamp.push(min);
+        table.max_timestamp.push(max);
+    }
     let request = PruneRequest {
         index_pattern: index_pattern.to_string(),
         timestamp_field: timestamp_field.to_string(),
@@ -37,21 +63,16 @@ pub fn select_shards(
             min: range.0,
             max: range.1,
         },
-        shards: candidates
-            .iter()
-            .map(|candidate| ShardStats {
-                index: candidate.index.clone(),
-                shard: candidate.shard,
-                doc_count: candidate.stats.doc_count,
-                min_timestamp: candidate.stats.min,
-                max_timestamp: candidate.stats.max,
-            })
-            .collect(),
+        index_count: names.len() as u32,
+        shards: table,
     };
     let answer = plugin.call(|instance| match &instance.exports {
-        InstanceExports::Pruning(exports) => exports
-            .shoal_plugin_pruning()
-            .call_select_shards(&mut instance.store, &request),
+        InstanceExports::Pruning(exports) => {
+            instance.store.data_mut().pruning_indices = names;
+            exports
+                .shoal_plugin_pruning()
+                .call_select_shards(&mut instance.store, &request)
+        }
         InstanceExports::Other => Err(wasmtime::Error::msg("instance is not a pruning plugin")),
     })?;
     let positions = answer.map_err(|err| {

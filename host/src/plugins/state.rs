@@ -17,6 +17,8 @@ pub struct PluginState {
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub started: Instant,
+    /// Index names of the pruning call in progress (`pruning-context.index-name`).
+    pub pruning_indices: Vec<String>,
 }
 
 impl WasiView for PluginState {
@@ -72,3 +74,12 @@ impl host::Host for PluginState {
 }
 
 impl super::bindings::types::Host for PluginState {}
+
+impl super::bindings::pruning::shoal::plugin::pruning_context::Host for PluginState {
+    fn index_name(&mut self, position: u32) -> String {
+        self.pruning_indices
+            .get(position as usize)
+            .cloned()
+            .unwrap_or_default()
+    }
+}

@@ -19,10 +19,7 @@ impl PruningPlugin for TimeSeriesPruning {
             .shards
             .iter()
             .enumerate()
-            .filter(|(_, shard)| match (shard.min_timestamp, shard.max_timestamp) {
-                (Some(min), Some(max)) => overlaps(range, min, max),
-                _ => false,
-            })
+            .filter(|(_, shard)| shard.timestamps.is_some_and(|(min, max)| overlaps(range, min, max)))
             .map(|(position, _)| position as u32)
             .collect();
         Ok(keep)

@@ -177,6 +177,13 @@ fn lifecycle_hot_replace_and_persistence() {
         node.get("/_plugins/keep").body["config"],
         json!({"threshold": 3})
     );
+    search(&node, one_day());
+    assert!(
+        node.log_contains(
+            r#"keeping 8 shards of 4 indices (first: logs-2024.01.01), config {\"threshold\":3}"#
+        ),
+        "the plugin reads index names and its config through the host"
+    );
     assert_eq!(node.put("/_plugins/keep/_config", &json!([1])).status, 400);
 
     // Hot replace under a running search load: no search fails, and the new version decides.

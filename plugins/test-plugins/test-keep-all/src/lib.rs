@@ -7,7 +7,13 @@ struct KeepAll;
 impl PruningPlugin for KeepAll {
     fn select_shards(request: PruneRequest) -> Result<Vec<u32>, PluginError> {
         shoal_plugin_sdk::host::counter_add("decisions", 1);
-        shoal_plugin_sdk::log::debug(&format!("keeping {} shards, config {}", request.shards.len(), shoal_plugin_sdk::host::config()));
+        let first_index = if request.index_count > 0 { shoal_plugin_sdk::pruning::index_name(0) } else { String::new() };
+        shoal_plugin_sdk::log::info(&format!(
+            "keeping {} shards of {} indices (first: {first_index}), config {}",
+            request.shards.len(),
+            request.index_count,
+            shoal_plugin_sdk::host::config()
+        ));
         Ok((0..request.shards.len() as u32).collect())
     }
 }
