@@ -6,6 +6,7 @@ use super::{Reply, Request, blocking, ok};
 use crate::error::{Error, Result};
 use crate::index::IndexService;
 use crate::mapping::Mapping;
+use crate::shard::Shard;
 
 pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
     let body = request.json()?;
@@ -104,34 +105,33 @@ pub(super) fn put_settings(request: &Request, expression: &str) -> Result<Reply>
     ok(json!({ "acknowledged": true }))
 }
 
-async fn for_each_shard(request: Request, expression: &str, flush: bool) -> Result<Reply> {
+/// Runs `operation` on every shard of the targeted indices, off the async runtime.
+async fn for_each_shard(
+    request: Request,
+    expression: &str,
+    operation: impl Fn(&Shard) -> Result<()> + Send + 'static,
+) -> Result<Reply> {
     let targets = request
         .node
         .indices
         .resolve(expression, request.flag("ignore_unavailable"))?;
     let total: usize = targets.iter().map(|index| index.shards.len()).sum();
     blocking(move || {
-        for index in &targets {
-            for shard in &index.shards {
-                if flush {
-                    shard.flush()?
-                } else {
-                    shard.refresh()?
-                }
-            }
-        }
-        Ok(())
+        targets
+            .iter()
+            .flat_map(|index| index.shards.iter())
+            .try_for_each(|shard| operation(shard))
     })
     .await?;
     ok(json!({ "_shards": { "total": total, "successful": total, "failed": 0 } }))
 }
 
 pub(super) async fn refresh(request: Request, expression: &str) -> Result<Reply> {
-    for_each_shard(request, expression, false).await
+    for_each_shard(request, expression, Shard::refresh).await
 }
 
 pub(super) async fn flush(request: Request, expression: &str) -> Result<Reply> {
-    for_each_shard(request, expression, true).await
+    for_each_shard(request, expression, Shard::flush).await
 }
 
 pub(super) async fn force_merge(request: Request, expression: &str) -> Result<Reply> {
@@ -141,19 +141,8 @@ pub(super) async fn force_merge(request: Request, expression: &str) -> Result<Re
         })?,
         None => 1,
     };
-    let targets = request
-        .node
-        .indices
-        .resolve(expression, request.flag("ignore_unavailable"))?;
-    let total: usize = targets.iter().map(|index| index.shards.len()).sum();
-    blocking(move || {
-        for index in &targets {
-            for shard in &index.shards {
-                shard.force_merge(max_segments)?;
-            }
-        }
-        Ok(())
+    for_each_shard(request, expression, move |shard| {
+        shard.force_merge(max_segments).map(|_| ())
     })
-    .await?;
-    ok(json!({ "_shards": { "total": total, "successful": total, "failed": 0 } }))
+    .await
 }
