@@ -15,12 +15,17 @@ use serde_json::Value;
 
 pub mod http_logs;
 
-/// The bytes of a plugin built from `plugins/` (by `host/build.rs`, for `wasm32-wasip2`),
-/// e.g. `test_plugin("test-trap")`.
-pub fn test_plugin(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// Where `host/build.rs` left a plugin built from `plugins/` for `wasm32-wasip2`,
+/// e.g. `plugin_path("test-trap")`.
+pub fn plugin_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// The bytes of a plugin built from `plugins/`.
+pub fn test_plugin(name: &str) -> Vec<u8> {
+    let path = plugin_path(name);
     std::fs::read(&path)
         .unwrap_or_else(|err| panic!("plugin {} was not built: {err}", path.display()))
 }

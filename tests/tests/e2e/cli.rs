@@ -1,15 +1,10 @@
 //! The `shoal plugin` command line: the offline conformance kit and managing a live node.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{BIN, fresh_node};
+use shoal_tests::plugin_path;
 
-fn plugin_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")))
-}
+use crate::{BIN, fresh_node};
 
 fn shoal(args: &[&str]) -> (bool, String) {
     let output = Command::new(BIN)
