@@ -34,6 +34,14 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Largest accepted HTTP body, as a byte size (`http.max_content_length`).
     pub http_max_content_length: String,
+    /// The cluster CA certificate (PEM) that signs every node's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// A development CA directory, created if missing, that issues this node its certificate.
+    pub dev_ca: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +57,10 @@ impl Default for NodeConfig {
             roles: vec![Role::Master, Role::Data],
             log_format: LogFormat::Human,
             http_max_content_length: "100mb".to_string(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            dev_ca: None,
         }
     }
 }
@@ -56,7 +68,12 @@ impl Default for NodeConfig {
 fn default_node_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .filter(|name| !name.is_empty())
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
         .unwrap_or_else(|| "shoal-node".to_string())
 }
 
@@ -108,6 +125,16 @@ impl NodeConfig {
             return Err(ConfigError::Invalid {
                 key: "roles",
                 reason: "a node needs at least one role".into(),
+            });
+        }
+        if !self
+            .node_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::Invalid {
+                key: "node_name",
+                reason: "use letters, digits, '-', '_' or '.'".into(),
             });
         }
         self.max_content_length()?;

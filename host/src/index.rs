@@ -254,7 +254,7 @@ impl IndexMeta {
         };
         let bytes = serde_json::to_vec_pretty(&persisted)
             .map_err(|err| Error::Internal(err.to_string()))?;
-        write_atomically(&self.dir.join("_meta.json"), &bytes)
+        Ok(write_atomically(&self.dir.join("_meta.json"), &bytes)?)
     }
 
     /// Replaces the dynamic settings (validated by the caller) and persists them.
@@ -418,7 +418,7 @@ impl IndexService {
 }
 
 /// Writes a file so that a crash leaves either the old or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod ids;
@@ -25,6 +26,7 @@ pub mod routing;
 pub mod search;
 pub mod shard;
 pub mod telemetry;
+pub mod transport;
 pub mod units;
 
 /// The version Shoal reports in `GET /`.

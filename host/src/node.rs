@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::ids::new_uuid;
@@ -31,6 +32,7 @@ pub struct NodeState {
     pub identity: NodeIdentity,
     pub indices: Indices,
     pub plugins: PluginHost,
+    pub cluster: Cluster,
     pub started: Instant,
     /// Held for the node's lifetime: a second node on the same data directory is refused.
     _data_lock: std::fs::File,
@@ -71,11 +73,28 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// The data directory, locked for this process, and the node's persistent identity.
+pub struct DataDir {
+    lock: std::fs::File,
+    pub identity: NodeIdentity,
+}
+
+impl DataDir {
+    /// Locks the data directory and reads (or creates) the node identity (blocking).
+    pub fn open(data_dir: &std::path::Path) -> Result<DataDir> {
+        let lock = lock_data_dir(data_dir)?;
+        let identity = load_identity(data_dir)?;
+        Ok(DataDir { lock, identity })
+    }
+}
+
 impl NodeState {
-    /// Opens the data directory and recovers every index (blocking).
-    pub fn open(config: NodeConfig) -> Result<NodeState> {
-        let data_lock = lock_data_dir(&config.data_dir)?;
-        let identity = load_identity(&config.data_dir)?;
+    /// Recovers every index and starts the plugin host (blocking).
+    pub fn open(config: NodeConfig, data_dir: DataDir, cluster: Cluster) -> Result<NodeState> {
+        let DataDir {
+            lock: data_lock,
+            identity,
+        } = data_dir;
         let indices = Indices::load(&config.data_dir)?;
         let plugins = PluginHost::new(Some(config.data_dir.join("_plugins")))
             .map_err(|err| Error::Internal(format!("starting the plugin host: {err}")))?;
@@ -84,6 +103,7 @@ impl NodeState {
             identity,
             indices,
             plugins,
+            cluster,
             started: Instant::now(),
             _data_lock: data_lock,
         })
@@ -109,16 +129,23 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let max_body = config.max_content_length()?;
     let node_name = config.node_name.clone();
-    let state = Arc::new(tokio::task::spawn_blocking(move || NodeState::open(config)).await??);
+    let http_addr = listener.local_addr()?;
+    let dir = config.data_dir.clone();
+    let data_dir = tokio::task::spawn_blocking(move || DataDir::open(&dir)).await??;
+    let cluster = Cluster::start(&config, &data_dir.identity.node_id, http_addr)?;
+    let transport_addr = cluster.transport.local_addr();
+    let state = Arc::new(
+        tokio::task::spawn_blocking(move || NodeState::open(config, data_dir, cluster)).await??,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(refresh_loop(state.clone(), stop_rx));
     let app = crate::api::router(state.clone(), max_body);
-    let address = listener.local_addr()?;
-    tracing::info!(node = node_name, http = %address, data_dir = %state.config.data_dir.display(), "node started");
+    tracing::info!(node = node_name, http = %http_addr, transport = %transport_addr, data_dir = %state.config.data_dir.display(), "node started");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    tracing::info!("http server stopped; flushing shards");
+    tracing::info!("http server stopped; leaving the cluster and flushing shards");
+    state.cluster.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = background.await;
     let flushing = state.clone();

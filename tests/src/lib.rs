@@ -38,6 +38,9 @@ pub struct Node {
     envs: Vec<(String, String)>,
     child: Option<Child>,
     pub base_url: String,
+    /// The transport address the node bound; a restart binds the same one, as a real node
+    /// keeps its configured address.
+    pub transport_addr: String,
     /// Everything the node logged to stderr, for assertions on log lines.
     pub log: Arc<Mutex<Vec<String>>>,
     client: reqwest::blocking::Client,
@@ -76,6 +79,7 @@ impl Node {
                 .collect(),
             child: None,
             base_url: String::new(),
+            transport_addr: "127.0.0.1:0".to_string(),
             log: Arc::new(Mutex::new(Vec::new())),
             client,
         };
@@ -92,7 +96,7 @@ impl Node {
                 "--http-addr",
                 "127.0.0.1:0",
                 "--transport-addr",
-                "127.0.0.1:0",
+                &self.transport_addr,
                 "--log-format",
                 "json",
             ])
@@ -112,15 +116,17 @@ impl Node {
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
                     && event["message"] == "node started"
                 {
-                    let _ = address_tx.send(event["http"].as_str().unwrap_or_default().to_string());
+                    let http = event["http"].as_str().unwrap_or_default().to_string();
+                    let transport = event["transport"].as_str().unwrap_or_default().to_string();
+                    let _ = address_tx.send((http, transport));
                 }
                 if let Ok(mut log) = log.lock() {
                     log.push(line);
                 }
             }
         });
-        let address = match address_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(address) => address,
+        let (address, transport) = match address_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addresses) => addresses,
             Err(_) => {
                 let _ = child.kill();
                 let log = self.log.lock().map(|l| l.join("\n")).unwrap_or_default();
@@ -128,8 +134,32 @@ impl Node {
             }
         };
         self.base_url = format!("http://{address}");
+        self.transport_addr = transport;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// The process id, while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process hangs, sockets open, as a node stuck in a long pause would.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
     }
 
     /// SIGKILL: the process dies with no chance to flush.
@@ -265,6 +295,112 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A stopped process cannot act on SIGKILL until it is continued on some systems'
+        // tooling; continue it first so nothing is left behind.
+        self.resume();
         self.kill();
     }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit` with `what`.
+/// The limit only bounds a hung test; tests never assert on how long the wait took.
+pub fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("gave up after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Several nodes of one cluster, sharing a development CA, each in its own data directory
+/// under one temporary root.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub root: tempfile::TempDir,
+    binary: String,
+}
+
+impl Cluster {
+    /// Starts `zones.len()` nodes named `node-0`, `node-1`, ...; node `i` is in zone
+    /// `zones[i]`; all but the first join through the first.
+    pub fn start(binary: &str, zones: &[&str]) -> anyhow::Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            root,
+            binary: binary.to_string(),
+        };
+        for zone in zones {
+            cluster.add_node(zone, &[])?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn dev_ca(&self) -> PathBuf {
+        self.root.path().join("dev-ca")
+    }
+
+    /// Starts one more node in `zone`, seeded with the first node.
+    pub fn add_node(&mut self, zone: &str, extra_args: &[&str]) -> anyhow::Result<&Node> {
+        let index = self.nodes.len();
+        let name = format!("node-{index}");
+        let data_dir = self.root.path().join(&name);
+        let dev_ca = self.dev_ca();
+        let mut args = vec![
+            "--node-name".to_string(),
+            name,
+            "--zone".to_string(),
+            zone.to_string(),
+            "--dev-ca".to_string(),
+            dev_ca.display().to_string(),
+        ];
+        if let Some(first) = self.nodes.first() {
+            args.push("--seed".to_string());
+            args.push(first.transport_addr.clone());
+        }
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = Node::start(&self.binary, &data_dir, &args)?;
+        self.nodes.push(node);
+        Ok(&self.nodes[index])
+    }
+
+    /// The names of the nodes that node `index` lists in `_cat/nodes`, sorted.
+    pub fn seen_by(&self, index: usize) -> Vec<String> {
+        node_names(&self.nodes[index])
+    }
+
+    /// Waits until every node in `observers` lists exactly `expected` (names).
+    pub fn wait_for_view(&self, observers: &[usize], expected: &[&str]) {
+        let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        for &observer in observers {
+            wait_for(
+                Duration::from_secs(60),
+                &format!("node-{observer} to list {expected:?}"),
+                || (self.seen_by(observer) == expected).then_some(()),
+            );
+        }
+    }
+}
+
+/// The node names a node lists in `_cat/nodes`, sorted (empty if it does not answer).
+pub fn node_names(node: &Node) -> Vec<String> {
+    let reply = node.get("/_cat/nodes?format=json&h=name");
+    let mut names: Vec<String> = reply
+        .body
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }

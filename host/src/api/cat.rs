@@ -224,24 +224,50 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
 }
 
 fn nodes_table(node: &crate::node::NodeState) -> Table {
-    let roles: String = node
-        .config
-        .roles
+    let live = node.cluster.membership.live_nodes();
+    let master = super::cluster::elected_master(&live);
+    let rows = live
         .iter()
-        .map(|role| match role {
-            crate::config::Role::Master => 'm',
-            crate::config::Role::Data => 'd',
+        .map(|meta| {
+            let roles: String = meta
+                .roles
+                .iter()
+                .map(|role| match role {
+                    crate::config::Role::Master => 'm',
+                    crate::config::Role::Data => 'd',
+                })
+                .collect();
+            vec![
+                meta.http_addr.ip().to_string(),
+                roles,
+                if Some(&meta.node_id) == master {
+                    "*"
+                } else {
+                    "-"
+                }
+                .into(),
+                meta.name.clone(),
+                meta.zone.clone().unwrap_or_default(),
+                meta.node_id.clone(),
+                meta.http_addr.to_string(),
+                meta.transport_addr.to_string(),
+                meta.version.clone(),
+            ]
         })
         .collect();
     (
-        vec!["ip", "node.role", "master", "name", "zone"],
-        vec![vec![
-            node.config.http_addr.ip().to_string(),
-            roles,
-            "*".into(),
-            node.config.node_name.clone(),
-            node.config.zone.clone().unwrap_or_default(),
-        ]],
+        vec![
+            "ip",
+            "node.role",
+            "master",
+            "name",
+            "zone",
+            "id",
+            "http_address",
+            "transport_address",
+            "version",
+        ],
+        rows,
     )
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{Reply, Request, blocking, ok};
+use crate::cluster::NodeMeta;
+use crate::config::Role;
 use crate::error::{Result, illegal};
 use crate::node::NodeState;
 use crate::units::parse_time_value;
@@ -80,14 +82,23 @@ pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<R
         Some(text) => parse_time_value(text)?.unwrap_or(Duration::ZERO),
         None => Duration::from_secs(30),
     };
+    let nodes_wanted = request
+        .param("wait_for_nodes")
+        .map(nodes_condition)
+        .transpose()?;
     let deadline = tokio::time::Instant::now() + timeout;
     let target = target.map(|t| t.to_string());
     loop {
         let summary = summary(&request.node, target.as_deref())?;
         let status = status_of(&summary);
+        let live = request.node.cluster.membership.live_nodes();
+        let data_nodes = live.iter().filter(|meta| meta.has_role(Role::Data)).count();
         let satisfied = wanted
             .as_deref()
-            .is_none_or(|wanted| status_rank(status) <= status_rank(wanted));
+            .is_none_or(|wanted| status_rank(status) <= status_rank(wanted))
+            && nodes_wanted
+                .as_ref()
+                .is_none_or(|accepts| accepts(live.len()));
         let timed_out = !satisfied && tokio::time::Instant::now() >= deadline;
         if satisfied || timed_out {
             let total = summary.primaries + summary.unassigned_replicas;
@@ -100,8 +111,8 @@ pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<R
                 "cluster_name": request.node.config.cluster_name,
                 "status": status,
                 "timed_out": timed_out,
-                "number_of_nodes": 1,
-                "number_of_data_nodes": 1,
+                "number_of_nodes": live.len(),
+                "number_of_data_nodes": data_nodes,
                 "active_primary_shards": summary.primaries,
                 "active_shards": summary.primaries,
                 "relocating_shards": 0,
@@ -120,29 +131,88 @@ pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<R
     }
 }
 
-fn roles(node: &NodeState) -> Vec<Value> {
-    node.config
-        .roles
+/// The master, while the quorum-replicated cluster state does not exist yet: the only
+/// master-eligible node of a cluster that has exactly one, otherwise none.
+pub(super) fn elected_master(live: &[NodeMeta]) -> Option<&String> {
+    let mut eligible = live.iter().filter(|meta| meta.has_role(Role::Master));
+    match (eligible.next(), eligible.next()) {
+        (Some(only), None) => Some(&only.node_id),
+        _ => None,
+    }
+}
+
+fn role_names(roles: &[Role]) -> Vec<Value> {
+    roles
         .iter()
         .map(|role| json!(format!("{role:?}").to_lowercase()))
         .collect()
 }
 
+/// `wait_for_nodes`: `N`, `>=N`, `<=N`, `>N`, `<N`, or `ge(N)`, `le(N)`, `gt(N)`, `lt(N)`.
+fn nodes_condition(text: &str) -> Result<impl Fn(usize) -> bool + use<>> {
+    let text = text.trim();
+    let parse = |number: &str| {
+        number
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| illegal(format!("cannot parse wait_for_nodes [{text}]")))
+    };
+    let (op, number) = if let Some(rest) = text.strip_prefix(">=") {
+        (">=", parse(rest)?)
+    } else if let Some(rest) = text.strip_prefix("<=") {
+        ("<=", parse(rest)?)
+    } else if let Some(rest) = text.strip_prefix('>') {
+        (">", parse(rest)?)
+    } else if let Some(rest) = text.strip_prefix('<') {
+        ("<", parse(rest)?)
+    } else if let Some((name, rest)) = text.split_once('(')
+        && let Some(number) = rest.strip_suffix(')')
+    {
+        let op = match name {
+            "ge" => ">=",
+            "le" => "<=",
+            "gt" => ">",
+            "lt" => "<",
+            _ => return Err(illegal(format!("cannot parse wait_for_nodes [{text}]"))),
+        };
+        (op, parse(number)?)
+    } else {
+        ("==", parse(text)?)
+    };
+    Ok(move |count: usize| match op {
+        ">=" => count >= number,
+        "<=" => count <= number,
+        ">" => count > number,
+        "<" => count < number,
+        _ => count == number,
+    })
+}
+
 pub(super) fn nodes_info(request: &Request) -> Result<Reply> {
     let node = &request.node;
+    let live = node.cluster.membership.live_nodes();
+    let nodes: serde_json::Map<String, Value> = live
+        .iter()
+        .map(|meta| {
+            (
+                meta.node_id.clone(),
+                json!({
+                    "name": meta.name,
+                    "transport_address": meta.transport_addr.to_string(),
+                    "host": meta.http_addr.ip().to_string(),
+                    "ip": meta.http_addr.ip().to_string(),
+                    "version": meta.version,
+                    "roles": role_names(&meta.roles),
+                    "attributes": { "zone": meta.zone },
+                    "http": { "publish_address": meta.http_addr.to_string() },
+                }),
+            )
+        })
+        .collect();
     ok(json!({
-        "_nodes": { "total": 1, "successful": 1, "failed": 0 },
+        "_nodes": { "total": live.len(), "successful": live.len(), "failed": 0 },
         "cluster_name": node.config.cluster_name,
-        "nodes": { node.identity.node_id.clone(): {
-            "name": node.config.node_name,
-            "transport_address": node.config.transport_addr.to_string(),
-            "host": node.config.http_addr.ip().to_string(),
-            "ip": node.config.http_addr.ip().to_string(),
-            "version": crate::VERSION,
-            "roles": roles(node),
-            "attributes": { "zone": node.config.zone },
-            "http": { "publish_address": node.config.http_addr.to_string() },
-        }},
+        "nodes": nodes,
     }))
 }
 
@@ -232,7 +302,7 @@ pub(super) async fn node_stats(request: &Request) -> Result<Reply> {
         "nodes": { node.identity.node_id.clone(): {
             "name": node.config.node_name,
             "host": node.config.http_addr.ip().to_string(),
-            "roles": roles(node),
+            "roles": role_names(&node.config.roles),
             "timestamp": chrono::Utc::now().timestamp_millis(),
             "uptime_in_millis": node.started.elapsed().as_millis() as u64,
             "indices": indices_stats,

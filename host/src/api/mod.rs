@@ -5,6 +5,8 @@ mod bulk;
 mod cat;
 mod cluster;
 mod documents;
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod indices;
 mod plugins;
 mod search;
@@ -226,6 +228,10 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
             cluster::node_stats(&request).await
         }
         (&M::GET, ["_nodes"]) => cluster::nodes_info(&request),
+        #[cfg(feature = "fault-injection")]
+        (&M::GET, ["_test", "faults"]) => faults::get(&request),
+        #[cfg(feature = "fault-injection")]
+        (&M::PUT, ["_test", "faults"]) => faults::set(&request),
         (&M::GET, ["_cat"]) => cat::help(),
         (&M::GET, ["_cat", what]) => cat::cat(&request, what, None).await,
         (&M::GET, ["_cat", what, target]) => cat::cat(&request, what, Some(target)).await,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod certs;
 mod plugin;
 
 use crate::config::{NodeConfig, Role};
@@ -28,6 +29,11 @@ struct Cli {
 enum Command {
     /// Run a node in the foreground until SIGTERM or Ctrl-C.
     Start(StartArgs),
+    /// Create the cluster CA and node certificates for mutual TLS between nodes.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCommand,
+    },
     /// Manage a node's plugins, or check a plugin component offline.
     Plugin {
         /// The node's HTTP address.
@@ -76,6 +82,18 @@ struct StartArgs {
     /// Largest accepted request body [default: 100mb].
     #[arg(long, env = "SHOAL_HTTP_MAX_CONTENT_LENGTH")]
     http_max_content_length: Option<String>,
+    /// Cluster CA certificate (PEM).
+    #[arg(long, env = "SHOAL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "SHOAL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "SHOAL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Development CA directory: created if missing; issues this node a certificate.
+    #[arg(long, env = "SHOAL_DEV_CA")]
+    dev_ca: Option<PathBuf>,
 }
 
 impl StartArgs {
@@ -114,6 +132,18 @@ impl StartArgs {
         if let Some(value) = self.http_max_content_length {
             config.http_max_content_length = value;
         }
+        if self.tls_ca.is_some() {
+            config.tls_ca = self.tls_ca;
+        }
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            config.tls_key = self.tls_key;
+        }
+        if self.dev_ca.is_some() {
+            config.dev_ca = self.dev_ca;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -128,6 +158,13 @@ pub fn main() -> ExitCode {
             Err(err) => {
                 eprintln!("shoal: {err:#}");
                 tracing::error!(error = %format!("{err:#}"), "node failed");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Certs { command } => match certs::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("shoal certs: {err:#}");
                 ExitCode::FAILURE
             }
         },

@@ -5,6 +5,7 @@ mod compat;
 mod documents;
 mod durability;
 mod indices;
+mod membership;
 mod plugins;
 mod pruning;
 mod search;
