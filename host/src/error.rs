@@ -52,6 +52,8 @@ pub enum Error {
     TranslogCorrupted { shard: String, reason: String },
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    MasterNotDiscovered(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
     #[error("index engine error: {0}")]
@@ -81,6 +83,7 @@ impl Error {
             Error::Timeout(_) => "timeout_exception",
             Error::TranslogCorrupted { .. } => "translog_corrupted_exception",
             Error::ShuttingDown => "node_closed_exception",
+            Error::MasterNotDiscovered(_) => "master_not_discovered_exception",
             Error::Io(_) | Error::Engine(_) | Error::Internal(_) => "exception",
         }
     }
@@ -102,7 +105,7 @@ impl Error {
             Error::VersionConflict { .. } => 409,
             Error::ContentTooLong { .. } => 413,
             Error::Timeout(_) => 408,
-            Error::ShuttingDown | Error::PluginFailed(_) => 503,
+            Error::ShuttingDown | Error::PluginFailed(_) | Error::MasterNotDiscovered(_) => 503,
             Error::TranslogCorrupted { .. }
             | Error::Io(_)
             | Error::Engine(_)

@@ -132,7 +132,7 @@ pub async fn run(
     let http_addr = listener.local_addr()?;
     let dir = config.data_dir.clone();
     let data_dir = tokio::task::spawn_blocking(move || DataDir::open(&dir)).await??;
-    let cluster = Cluster::start(&config, &data_dir.identity.node_id, http_addr)?;
+    let cluster = Cluster::start(&config, &data_dir.identity.node_id, http_addr).await?;
     let transport_addr = cluster.transport.local_addr();
     let state = Arc::new(
         tokio::task::spawn_blocking(move || NodeState::open(config, data_dir, cluster)).await??,

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::units::format_byte_size;
 
 pub(super) fn help() -> Result<Reply> {
-    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/count\n".to_string()))
+    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/master\n/_cat/count\n".to_string()))
 }
 
 type Table = (Vec<&'static str>, Vec<Vec<String>>);
@@ -24,6 +24,7 @@ pub(super) async fn cat(request: &Request, what: &str, target: Option<&str>) -> 
         "indices" => indices_table(&node, target.as_deref(), bytes_raw),
         "shards" => shards_table(&node, target.as_deref(), bytes_raw),
         "nodes" => Ok(nodes_table(&node)),
+        "master" => Ok(master_table(&node)),
         "count" => count_table(&node, target.as_deref()),
         other => Err(Error::NoHandler {
             uri: format!("/_cat/{other}"),
@@ -225,7 +226,7 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
 
 fn nodes_table(node: &crate::node::NodeState) -> Table {
     let live = node.cluster.membership.live_nodes();
-    let master = super::cluster::elected_master(&live);
+    let master = super::cluster::elected_master(node);
     let rows = live
         .iter()
         .map(|meta| {
@@ -240,7 +241,7 @@ fn nodes_table(node: &crate::node::NodeState) -> Table {
             vec![
                 meta.http_addr.ip().to_string(),
                 roles,
-                if Some(&meta.node_id) == master {
+                if master.as_ref() == Some(&meta.node_id) {
                     "*"
                 } else {
                     "-"
@@ -269,6 +270,22 @@ fn nodes_table(node: &crate::node::NodeState) -> Table {
         ],
         rows,
     )
+}
+
+fn master_table(node: &crate::node::NodeState) -> Table {
+    let master = node.cluster.consensus.master();
+    let live = node.cluster.membership.live_nodes();
+    let rows = master
+        .map(|peer| {
+            let http = live
+                .iter()
+                .find(|meta| meta.node_id == peer.node_id)
+                .map(|meta| meta.http_addr.ip().to_string())
+                .unwrap_or_else(|| peer.transport_addr.ip().to_string());
+            vec![vec![peer.node_id, http.clone(), http, peer.name]]
+        })
+        .unwrap_or_default();
+    (vec!["id", "host", "ip", "node"], rows)
 }
 
 fn count_table(node: &crate::node::NodeState, target: Option<&str>) -> Result<Table> {

@@ -6,8 +6,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{Reply, Request, blocking, ok};
-use crate::cluster::NodeMeta;
+use std::collections::BTreeMap;
+
+use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
+use crate::cluster::state::{StateCommand, flatten_settings};
 use crate::config::Role;
+use crate::error::Error;
 use crate::error::{Result, illegal};
 use crate::node::NodeState;
 use crate::units::parse_time_value;
@@ -131,14 +135,143 @@ pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<R
     }
 }
 
-/// The master, while the quorum-replicated cluster state does not exist yet: the only
-/// master-eligible node of a cluster that has exactly one, otherwise none.
-pub(super) fn elected_master(live: &[NodeMeta]) -> Option<&String> {
-    let mut eligible = live.iter().filter(|meta| meta.has_role(Role::Master));
-    match (eligible.next(), eligible.next()) {
-        (Some(only), None) => Some(&only.node_id),
-        _ => None,
+/// The node id of the elected master (the Raft leader), if this node knows one.
+pub(super) fn elected_master(node: &NodeState) -> Option<String> {
+    node.cluster.consensus.master().map(|peer| peer.node_id)
+}
+
+/// `GET /_cluster/state`: the committed cluster state and the live nodes, shaped like
+/// Elasticsearch's response (the parts Shoal has so far).
+pub(super) fn state(request: &Request) -> Result<Reply> {
+    let node = &request.node;
+    let consensus = &node.cluster.consensus;
+    let state = consensus.state();
+    let (term, voters) = consensus.coordination();
+    let nodes: serde_json::Map<String, Value> = node
+        .cluster
+        .membership
+        .live_nodes()
+        .iter()
+        .map(|meta| {
+            (
+                meta.node_id.clone(),
+                json!({
+                    "name": meta.name,
+                    "transport_address": meta.transport_addr.to_string(),
+                    "roles": role_names(&meta.roles),
+                    "attributes": { "zone": meta.zone },
+                }),
+            )
+        })
+        .collect();
+    ok(json!({
+        "cluster_name": node.config.cluster_name,
+        "cluster_uuid": state.cluster_uuid.clone().unwrap_or_else(|| "_na_".into()),
+        "version": state.version,
+        "master_node": elected_master(node),
+        "nodes": nodes,
+        "metadata": {
+            "cluster_uuid": state.cluster_uuid.clone().unwrap_or_else(|| "_na_".into()),
+            "cluster_coordination": {
+                "term": term,
+                "last_committed_config": voters,
+            },
+            "persistent": nest_settings(&state.persistent_settings),
+            "transient": nest_settings(&state.transient_settings),
+            "indices": {},
+        },
+    }))
+}
+
+/// `GET /_cluster/settings` (`flat_settings=true` for dotted keys).
+pub(super) fn get_settings(request: &Request) -> Result<Reply> {
+    let state = request.node.cluster.consensus.state();
+    ok(settings_body(
+        &state.persistent_settings,
+        &state.transient_settings,
+        request.flag("flat_settings"),
+    ))
+}
+
+/// `PUT /_cluster/settings`: committed through the master before it is acknowledged.
+pub(super) async fn put_settings(request: &Request) -> Result<Reply> {
+    let body = request.json()?;
+    let Some(object) = body.as_object() else {
+        return Err(illegal(
+            "request body must be an object with [persistent] and/or [transient]",
+        ));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|key| *key != "persistent" && *key != "transient")
+    {
+        return Err(illegal(format!(
+            "unknown section [{unknown}]; use [persistent] or [transient]"
+        )));
     }
+    let section =
+        |name: &str| flatten_settings(object.get(name).unwrap_or(&Value::Null)).map_err(illegal);
+    let persistent = section("persistent")?;
+    let transient = section("transient")?;
+    let command = StateCommand::PutSettings {
+        persistent: persistent.clone(),
+        transient: transient.clone(),
+    };
+    let timeout = match request.param("master_timeout") {
+        Some(text) => parse_time_value(text)?.unwrap_or(DEFAULT_MASTER_TIMEOUT),
+        None => DEFAULT_MASTER_TIMEOUT,
+    };
+    request
+        .node
+        .cluster
+        .consensus
+        .propose(command, timeout)
+        .await
+        .map_err(|err| match err {
+            ProposeError::Rejected(reason) => Error::IllegalArgument(reason),
+            other => Error::MasterNotDiscovered(other.to_string()),
+        })?;
+    let mut reply = settings_body(&persistent, &transient, request.flag("flat_settings"));
+    reply["acknowledged"] = json!(true);
+    ok(reply)
+}
+
+fn settings_body(
+    persistent: &BTreeMap<String, Value>,
+    transient: &BTreeMap<String, Value>,
+    flat: bool,
+) -> Value {
+    if flat {
+        json!({ "persistent": persistent, "transient": transient })
+    } else {
+        json!({ "persistent": nest_settings(persistent), "transient": nest_settings(transient) })
+    }
+}
+
+/// `{"a.b.c": v}` → `{"a": {"b": {"c": v}}}`, as Elasticsearch renders settings by default.
+fn nest_settings(flat: &BTreeMap<String, Value>) -> Value {
+    fn insert(target: &mut serde_json::Map<String, Value>, path: &[&str], value: &Value) {
+        match path {
+            [] => {}
+            [last] => {
+                target.insert((*last).to_string(), value.clone());
+            }
+            [first, rest @ ..] => {
+                let entry = target
+                    .entry((*first).to_string())
+                    .or_insert_with(|| json!({}));
+                if let Value::Object(inner) = entry {
+                    insert(inner, rest, value);
+                }
+            }
+        }
+    }
+    let mut root = serde_json::Map::new();
+    for (key, value) in flat {
+        let path: Vec<&str> = key.split('.').collect();
+        insert(&mut root, &path, value);
+    }
+    Value::Object(root)
 }
 
 fn role_names(roles: &[Role]) -> Vec<Value> {

@@ -228,6 +228,9 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
             cluster::node_stats(&request).await
         }
         (&M::GET, ["_nodes"]) => cluster::nodes_info(&request),
+        (&M::GET, ["_cluster", "state"]) => cluster::state(&request),
+        (&M::GET, ["_cluster", "settings"]) => cluster::get_settings(&request),
+        (&M::PUT, ["_cluster", "settings"]) => cluster::put_settings(&request).await,
         #[cfg(feature = "fault-injection")]
         (&M::GET, ["_test", "faults"]) => faults::get(&request),
         #[cfg(feature = "fault-injection")]

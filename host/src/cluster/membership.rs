@@ -25,7 +25,7 @@ use crate::transport::{Datagram, Transport};
 
 /// How often a node with no peers re-announces itself to its seeds, and re-fetches metadata
 /// it is missing.
-const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 const META_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// SWIM parameters, tuned so a silent node is declared down within about 2 s on a LAN while

@@ -3,21 +3,24 @@
 //! peers talk typed RPC ([`rpc`]). The quorum-replicated cluster state builds on these.
 
 pub mod codec;
+pub mod consensus;
 pub mod identity;
 pub mod membership;
 pub mod node_meta;
 pub mod rpc;
 pub mod simulation;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Role};
 use crate::transport::certs::{self, CertPair};
 use crate::transport::tls::{self, TlsFiles};
 use crate::transport::{Transport, TransportError};
+use consensus::{Consensus, ConsensusError};
 
 pub use membership::{Membership, MembershipEvent};
 pub use node_meta::NodeMeta;
@@ -32,6 +35,8 @@ pub enum ClusterError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
     #[error("cannot persist the gossip generation in {path}: {source}")]
     Generation {
         path: PathBuf,
@@ -43,11 +48,13 @@ pub enum ClusterError {
 pub struct Cluster {
     pub transport: Transport,
     pub membership: Membership,
+    pub consensus: Arc<Consensus>,
 }
 
 impl Cluster {
-    /// Binds the transport and joins the cluster through the configured seeds.
-    pub fn start(
+    /// Binds the transport, joins the cluster through the configured seeds and starts this
+    /// node's member of the cluster-state quorum.
+    pub async fn start(
         config: &NodeConfig,
         node_id: &str,
         http_addr: SocketAddr,
@@ -75,15 +82,28 @@ impl Cluster {
         };
         let membership =
             Membership::start(transport.clone(), datagrams, local, config.seeds.clone());
-        transport.set_rpc_handler(Arc::new(rpc::RpcServer::new(membership.clone())));
+        let server = Arc::new(rpc::RpcServer::new(membership.clone()));
+        transport.set_rpc_handler(server.clone());
+        let found = config.seeds.is_empty() && config.roles.contains(&Role::Master);
+        let consensus = Consensus::start(
+            &state_dir.join("raft"),
+            &config.cluster_name,
+            membership.clone(),
+            rpc::RpcClient::new(transport.clone()),
+            found,
+        )
+        .await?;
+        server.set_consensus(consensus.clone());
         Ok(Cluster {
             transport,
             membership,
+            consensus,
         })
     }
 
     /// Says goodbye to the cluster, then closes every connection.
     pub async fn shutdown(&self) {
+        self.consensus.shutdown().await;
         self.membership.leave().await;
         // Give the leave notice a moment on the wire before the endpoint closes.
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,14 +3,23 @@
 //! before anything else is read.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+
+use super::consensus::{Consensus, ProposeError, TypeConfig};
 use super::membership::Membership;
 use super::node_meta::NodeMeta;
+use super::state::{CommandOutcome, StateCommand};
 use crate::transport::{BoxFuture, RpcHandler, Transport, TransportError};
 
 /// Bump on an incompatible change to the RPC messages.
@@ -27,12 +36,28 @@ struct Envelope<T> {
 pub enum Request {
     /// The peer's current metadata.
     NodeInfo,
+    /// A message of the cluster-state quorum.
+    Raft(RaftRequest),
+    /// A cluster-state change for the master to commit.
+    Propose(StateCommand),
+}
+
+/// Raft's own messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RaftRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
 /// The answer to a [`Request`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
     NodeInfo(NodeMeta),
+    RaftAppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    RaftVote(Result<VoteResponse<u64>, RaftError<u64>>),
+    RaftInstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Proposed(Result<CommandOutcome, ProposeError>),
     /// The peer could not serve the request.
     Failed {
         reason: String,
@@ -108,7 +133,7 @@ impl RpcClient {
     pub async fn node_info(&self, to: SocketAddr, timeout: Duration) -> Result<NodeMeta, RpcError> {
         match self.call(to, &Request::NodeInfo, timeout).await? {
             Response::NodeInfo(meta) => Ok(meta),
-            Response::Failed { .. } => Err(RpcError::Unexpected("a failure")),
+            _ => Err(RpcError::Unexpected("something else")),
         }
     }
 }
@@ -116,16 +141,33 @@ impl RpcClient {
 /// Serves requests from peers with this node's state.
 pub struct RpcServer {
     membership: Membership,
+    /// Set once Raft has started (it needs the transport, which needs this server).
+    consensus: OnceLock<Arc<Consensus>>,
 }
 
 impl RpcServer {
     pub fn new(membership: Membership) -> RpcServer {
-        RpcServer { membership }
+        RpcServer {
+            membership,
+            consensus: OnceLock::new(),
+        }
     }
 
-    fn answer(&self, request: Request) -> Response {
-        match request {
-            Request::NodeInfo => Response::NodeInfo(self.membership.local()),
+    pub fn set_consensus(&self, consensus: Arc<Consensus>) {
+        let _ = self.consensus.set(consensus);
+    }
+
+    async fn answer(&self, request: Request) -> Response {
+        let consensus = self.consensus.get();
+        match (request, consensus) {
+            (Request::NodeInfo, _) => Response::NodeInfo(self.membership.local()),
+            (Request::Raft(message), Some(consensus)) => consensus.handle(message).await,
+            (Request::Propose(command), Some(consensus)) => {
+                Response::Proposed(consensus.propose_as_master(command).await)
+            }
+            (_, None) => Response::Failed {
+                reason: "the node is still starting".into(),
+            },
         }
     }
 }
@@ -134,7 +176,7 @@ impl RpcHandler for RpcServer {
     fn handle(&self, from: SocketAddr, request: Bytes) -> BoxFuture<'_, Bytes> {
         Box::pin(async move {
             let response = match decode::<Request>(&request) {
-                Ok(request) => self.answer(request),
+                Ok(request) => self.answer(request).await,
                 Err(err) => {
                     tracing::warn!(peer = %from, error = %err, "refused an RPC request");
                     Response::Failed {

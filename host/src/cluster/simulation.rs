@@ -45,8 +45,18 @@ impl Network {
 }
 
 enum Event {
-    Deliver { to: usize, payload: Bytes },
-    Timer { node: usize, timer: Timer<MemberId> },
+    Deliver {
+        to: usize,
+        payload: Bytes,
+    },
+    Timer {
+        node: usize,
+        timer: Timer<MemberId>,
+    },
+    /// The membership task's housekeeping tick: a node with no peers re-announces to its seed.
+    Housekeeping {
+        node: usize,
+    },
 }
 
 type SimFoca = Foca<MemberId, GossipCodec, StdRng, MetaBroadcasts>;
@@ -146,10 +156,7 @@ impl Simulation {
         for index in 0..size {
             sim.broadcast_meta(index);
             if index > 0 {
-                let seed_addr = sim.nodes[0].id.addr;
-                sim.with_foca(index, |foca, rt| {
-                    foca.announce(MemberId::seed(seed_addr), rt)
-                });
+                sim.push(Duration::ZERO, Event::Housekeeping { node: index });
             }
         }
         sim
@@ -297,7 +304,7 @@ impl Simulation {
     fn dispatch(&mut self, event: Event) {
         let index = match &event {
             Event::Deliver { to, .. } => *to,
-            Event::Timer { node, .. } => *node,
+            Event::Timer { node, .. } | Event::Housekeeping { node } => *node,
         };
         if self.nodes[index].foca.is_none() {
             return;
@@ -312,6 +319,20 @@ impl Simulation {
             }
             Event::Timer { timer, .. } => {
                 self.with_foca(index, |foca, rt| foca.handle_timer(timer, rt));
+            }
+            Event::Housekeeping { node } => {
+                let seed_addr = self.nodes[0].id.addr;
+                self.with_foca(node, |foca, rt| {
+                    if foca.num_members() == 0 {
+                        foca.announce(MemberId::seed(seed_addr), rt)
+                    } else {
+                        Ok(())
+                    }
+                });
+                self.push(
+                    super::membership::ANNOUNCE_INTERVAL,
+                    Event::Housekeeping { node },
+                );
             }
         }
     }

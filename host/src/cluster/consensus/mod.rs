@@ -1,0 +1,388 @@
+//! The quorum that decides the cluster state: openraft among the master-eligible nodes, with
+//! every other node following the log as a learner. The Raft leader is the master.
+//!
+//! Bootstrapping: a master-eligible node started without seeds founds a cluster of one; nodes
+//! started with seeds never bootstrap, they wait for the master to add them (master-eligible
+//! ones as voters). So two nodes configured to join can never found two clusters.
+
+pub mod network;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::Adaptor;
+use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tokio::sync::watch;
+
+use super::membership::Membership;
+use super::rpc::{RaftRequest, Request, Response, RpcClient};
+use super::state::{ClusterState, CommandOutcome, StateCommand};
+use crate::config::Role;
+
+openraft::declare_raft_types!(
+    /// Raft types of the cluster-state log.
+    pub TypeConfig:
+        D = StateCommand,
+        R = CommandOutcome,
+        NodeId = u64,
+        Node = RaftPeer,
+);
+
+/// How Raft remembers a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftPeer {
+    pub node_id: String,
+    pub name: String,
+    pub transport_addr: SocketAddr,
+}
+
+impl Default for RaftPeer {
+    fn default() -> Self {
+        RaftPeer {
+            node_id: String::new(),
+            name: String::new(),
+            transport_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+/// Raft's numeric id for a node: the first 8 bytes of the SHA-256 of its node id.
+pub fn raft_id(node_id: &str) -> u64 {
+    let digest = sha2::Sha256::digest(node_id.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// Why a cluster-state change did not happen.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum ProposeError {
+    #[error("no master is elected: {0}")]
+    NoMaster(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the cluster state change failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("cannot open the cluster-state log in {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid Raft configuration: {0}")]
+    Config(String),
+    #[error("cannot start Raft: {0}")]
+    Start(String),
+}
+
+/// How often the master reconciles Raft membership with the gossip view.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(300);
+/// How long a proposal keeps trying to reach a master and commit, unless the request says
+/// otherwise (`master_timeout`).
+pub const DEFAULT_MASTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the local state to catch up with a committed change.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// This node's member of the cluster-state quorum.
+pub struct Consensus {
+    raft: Raft<TypeConfig>,
+    id: u64,
+    state: watch::Receiver<Arc<ClusterState>>,
+    rpc: RpcClient,
+    membership: Membership,
+}
+
+impl Consensus {
+    /// Opens the log in `dir` and starts Raft; founds a one-node cluster when `found` is set
+    /// and the log is empty.
+    pub async fn start(
+        dir: &Path,
+        cluster_name: &str,
+        membership: Membership,
+        rpc: RpcClient,
+        found: bool,
+    ) -> Result<Arc<Consensus>, ConsensusError> {
+        let config = Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            install_snapshot_timeout: 5000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 100,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|err| ConsensusError::Config(err.to_string()))?;
+        let (store, state) = store::Store::open(dir).map_err(|source| ConsensusError::Store {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (log_store, state_machine) = Adaptor::new(store);
+        let local = membership.local();
+        let id = raft_id(&local.node_id);
+        let network = network::RaftNetworkImpl {
+            rpc: rpc.clone(),
+            membership: membership.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
+            .await
+            .map_err(|err| ConsensusError::Start(err.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|err| ConsensusError::Start(err.to_string()))?;
+        if found && !initialized {
+            let peer = RaftPeer {
+                node_id: local.node_id.clone(),
+                name: local.name.clone(),
+                transport_addr: local.transport_addr,
+            };
+            raft.initialize(BTreeMap::from([(id, peer)]))
+                .await
+                .map_err(|err| ConsensusError::Start(err.to_string()))?;
+            tracing::info!(node = %local.name, "founded a new cluster");
+        }
+        let consensus = Arc::new(Consensus {
+            raft,
+            id,
+            state,
+            rpc,
+            membership,
+        });
+        tokio::spawn(reconcile_loop(Arc::downgrade(&consensus)));
+        Ok(consensus)
+    }
+
+    /// The latest cluster state this node has applied.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    /// The elected master as this node last heard.
+    pub fn master(&self) -> Option<RaftPeer> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()
+    }
+
+    /// The current Raft term and the voting configuration (node ids).
+    pub fn coordination(&self) -> (u64, Vec<String>) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|peer| peer.node_id.clone()))
+            .collect();
+        (metrics.current_term, voters)
+    }
+
+    /// Commits `command` through the master (forwarding to it when this node is not it) and
+    /// waits until this node has applied it.
+    pub async fn propose(
+        &self,
+        command: StateCommand,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, ProposeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let outcome = loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = match tokio::time::timeout(remaining, self.write_here(command.clone()))
+                .await
+            {
+                Err(_) => Err(ProposeError::NoMaster(format!(
+                    "the change was not committed within {timeout:?}; a quorum of master-eligible nodes may be unreachable"
+                ))),
+                Ok(Err(Redirect::To(addr))) => self.forward(addr, &command, remaining).await,
+                Ok(Err(Redirect::Unknown(reason))) => Err(ProposeError::NoMaster(reason)),
+                Ok(Ok(outcome)) => Ok(outcome),
+            };
+            match attempt {
+                Err(ProposeError::NoMaster(reason)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(reason = %reason, "no master yet; retrying the proposal");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other?,
+            }
+        };
+        if let Some(reason) = outcome.rejected {
+            return Err(ProposeError::Rejected(reason));
+        }
+        let mut state = self.state.clone();
+        let applied =
+            tokio::time::timeout(APPLY_WAIT, state.wait_for(|s| s.version >= outcome.version))
+                .await;
+        if !matches!(applied, Ok(Ok(_))) {
+            tracing::warn!(
+                version = outcome.version,
+                "committed cluster state not yet applied locally"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// A proposal forwarded by another node: commit it if this node is the master.
+    pub async fn propose_as_master(
+        &self,
+        command: StateCommand,
+    ) -> Result<CommandOutcome, ProposeError> {
+        match tokio::time::timeout(DEFAULT_MASTER_TIMEOUT, self.write_here(command)).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(Redirect::To(addr))) => Err(ProposeError::NoMaster(format!(
+                "this node is not the master any more; try {addr}"
+            ))),
+            Ok(Err(Redirect::Unknown(reason))) => Err(ProposeError::NoMaster(reason)),
+            Err(_) => Err(ProposeError::NoMaster(
+                "the master could not reach a quorum".into(),
+            )),
+        }
+    }
+
+    async fn write_here(&self, command: StateCommand) -> Result<CommandOutcome, Redirect> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                match forward.leader_node {
+                    Some(peer) => Err(Redirect::To(self.address_of(&peer))),
+                    None => Err(Redirect::Unknown("no leader is known".into())),
+                }
+            }
+            Err(err) => Err(Redirect::Unknown(err.to_string())),
+        }
+    }
+
+    async fn forward(
+        &self,
+        to: SocketAddr,
+        command: &StateCommand,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, ProposeError> {
+        match self
+            .rpc
+            .call(to, &Request::Propose(command.clone()), timeout)
+            .await
+        {
+            Ok(Response::Proposed(result)) => result,
+            Ok(_) => Err(ProposeError::Failed(
+                "the master answered something else".into(),
+            )),
+            Err(err) => Err(ProposeError::NoMaster(format!(
+                "cannot reach the master at {to}: {err}"
+            ))),
+        }
+    }
+
+    fn address_of(&self, peer: &RaftPeer) -> SocketAddr {
+        self.membership
+            .live_nodes()
+            .into_iter()
+            .find(|meta| meta.node_id == peer.node_id)
+            .map(|meta| meta.transport_addr)
+            .unwrap_or(peer.transport_addr)
+    }
+
+    /// Answers a Raft message from a peer.
+    pub async fn handle(&self, message: RaftRequest) -> Response {
+        match message {
+            RaftRequest::AppendEntries(request) => {
+                Response::RaftAppendEntries(self.raft.append_entries(request).await)
+            }
+            RaftRequest::Vote(request) => Response::RaftVote(self.raft.vote(request).await),
+            RaftRequest::InstallSnapshot(request) => {
+                Response::RaftInstallSnapshot(self.raft.install_snapshot(request).await)
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft shutdown");
+        }
+    }
+
+    /// On the master: bootstraps the cluster identity, adds nodes gossip knows but Raft does
+    /// not (as learners), and promotes master-eligible learners to voters, one change at a time.
+    async fn reconcile(&self) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id) {
+            return;
+        }
+        if self.state().cluster_uuid.is_none() {
+            let command = StateCommand::Bootstrap {
+                cluster_uuid: crate::ids::new_uuid(),
+            };
+            if let Err(err) = self.propose_as_master(command).await {
+                tracing::debug!(error = %err, "bootstrap command not committed yet");
+            }
+            return;
+        }
+        let config = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = config.voter_ids().collect();
+        for meta in self.membership.live_nodes() {
+            let id = raft_id(&meta.node_id);
+            if config.get_node(&id).is_none() {
+                let peer = RaftPeer {
+                    node_id: meta.node_id.clone(),
+                    name: meta.name.clone(),
+                    transport_addr: meta.transport_addr,
+                };
+                tracing::info!(node = %meta.name, "adding node to the cluster-state quorum as a learner");
+                if let Err(err) = self.raft.add_learner(id, peer, false).await {
+                    tracing::debug!(node = %meta.name, error = %err, "add learner");
+                }
+                return;
+            }
+            if meta.has_role(Role::Master) && !voters.contains(&id) {
+                tracing::info!(node = %meta.name, "promoting master-eligible node to voter");
+                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+                if let Err(err) = self.raft.change_membership(change, false).await {
+                    tracing::debug!(node = %meta.name, error = %err, "promote voter");
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Redirect {
+    To(SocketAddr),
+    Unknown(String),
+}
+
+async fn reconcile_loop(consensus: std::sync::Weak<Consensus>) {
+    let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(consensus) = consensus.upgrade() else {
+            return;
+        };
+        consensus.reconcile().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_ids_are_stable_and_distinct() {
+        assert_eq!(raft_id("abc"), raft_id("abc"));
+        assert_ne!(raft_id("abc"), raft_id("abd"));
+    }
+}

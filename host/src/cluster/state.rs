@@ -1,0 +1,210 @@
+//! The cluster state that a quorum of master-eligible nodes agrees on, and the commands that
+//! change it. Applying a command is a pure function of the state, so every node that applies
+//! the same committed log reaches the same state.
+//!
+//! Today it holds the cluster's identity and persistent settings; indices, routing, in-sync
+//! sets and primary terms join it as the replication work lands.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Settings `PUT /_cluster/settings` accepts. Others are refused, as Elasticsearch refuses
+/// settings it does not know, so a typo never silently does nothing.
+pub const KNOWN_CLUSTER_SETTINGS: &[&str] = &[
+    "cluster.routing.allocation.awareness.attributes",
+    "cluster.routing.allocation.awareness.force.zone.values",
+    "cluster.routing.allocation.exclude._name",
+    "cluster.routing.allocation.exclude._id",
+    "cluster.routing.allocation.exclude.zone",
+    "cluster.routing.allocation.enable",
+    "cluster.routing.allocation.node_concurrent_recoveries",
+    "cluster.routing.rebalance.enable",
+    "cluster.max_shards_per_node",
+    "indices.recovery.max_bytes_per_sec",
+];
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Grows by one with every applied command.
+    pub version: u64,
+    /// Fixed when the cluster is bootstrapped.
+    pub cluster_uuid: Option<String>,
+    /// `PUT /_cluster/settings` `persistent` values, by dotted key.
+    pub persistent_settings: BTreeMap<String, Value>,
+    /// `transient` values: replicated like persistent ones, reset by a full-cluster restart in
+    /// Elasticsearch; here they survive it (noted in the API docs).
+    pub transient_settings: BTreeMap<String, Value>,
+}
+
+/// A change to the cluster state, proposed to the master and committed by the quorum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateCommand {
+    /// Written once, by the node that bootstraps the cluster.
+    Bootstrap { cluster_uuid: String },
+    /// Sets (or, for `null`, removes) cluster settings.
+    PutSettings {
+        persistent: BTreeMap<String, Value>,
+        transient: BTreeMap<String, Value>,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// The state version after the command.
+    pub version: u64,
+    /// Set when the command was valid when proposed but no longer applies (e.g. a second
+    /// bootstrap); the state is unchanged then.
+    pub rejected: Option<String>,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, command: &StateCommand) -> CommandOutcome {
+        match command {
+            StateCommand::Bootstrap { cluster_uuid } => {
+                if let Some(existing) = &self.cluster_uuid {
+                    return CommandOutcome {
+                        version: self.version,
+                        rejected: Some(format!("cluster already bootstrapped as [{existing}]")),
+                    };
+                }
+                self.cluster_uuid = Some(cluster_uuid.clone());
+            }
+            StateCommand::PutSettings {
+                persistent,
+                transient,
+            } => {
+                merge_settings(&mut self.persistent_settings, persistent);
+                merge_settings(&mut self.transient_settings, transient);
+            }
+        }
+        self.version += 1;
+        CommandOutcome {
+            version: self.version,
+            rejected: None,
+        }
+    }
+
+    /// A setting's effective value: transient over persistent.
+    pub fn setting(&self, key: &str) -> Option<&Value> {
+        self.transient_settings
+            .get(key)
+            .or_else(|| self.persistent_settings.get(key))
+    }
+}
+
+fn merge_settings(target: &mut BTreeMap<String, Value>, changes: &BTreeMap<String, Value>) {
+    for (key, value) in changes {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            target.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+/// Flattens `{"cluster": {"routing": {...}}}` and `{"cluster.routing...": ...}` alike into
+/// dotted keys, refusing unknown settings by name.
+pub fn flatten_settings(section: &Value) -> Result<BTreeMap<String, Value>, String> {
+    let mut flat = BTreeMap::new();
+    match section {
+        Value::Null => {}
+        Value::Object(map) => {
+            for (key, value) in map {
+                flatten_into(key, value, &mut flat);
+            }
+        }
+        other => return Err(format!("settings must be an object, got {other}")),
+    }
+    for key in flat.keys() {
+        if !KNOWN_CLUSTER_SETTINGS.contains(&key.as_str()) {
+            return Err(format!("setting [{key}], not recognized"));
+        }
+    }
+    Ok(flat)
+}
+
+fn flatten_into(prefix: &str, value: &Value, flat: &mut BTreeMap<String, Value>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, inner) in map {
+                flatten_into(&format!("{prefix}.{key}"), inner, flat);
+            }
+        }
+        // Elasticsearch stores setting values as strings; lists stay lists.
+        Value::Number(_) | Value::Bool(_) => {
+            flat.insert(prefix.to_string(), Value::String(value.to_string()));
+        }
+        _ => {
+            flat.insert(prefix.to_string(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn commands_apply_in_order_and_bump_the_version() {
+        let mut state = ClusterState::default();
+        let outcome = state.apply(&StateCommand::Bootstrap {
+            cluster_uuid: "u1".into(),
+        });
+        assert_eq!(outcome.version, 1);
+        let again = state.apply(&StateCommand::Bootstrap {
+            cluster_uuid: "u2".into(),
+        });
+        assert!(again.rejected.is_some());
+        assert_eq!(state.cluster_uuid.as_deref(), Some("u1"));
+        assert_eq!(state.version, 1, "a rejected command changes nothing");
+
+        let set = flatten_settings(
+            &json!({"cluster": {"routing": {"allocation": {"enable": "primaries"}}}}),
+        )
+        .expect("known setting");
+        state.apply(&StateCommand::PutSettings {
+            persistent: set,
+            transient: BTreeMap::new(),
+        });
+        assert_eq!(
+            state.setting("cluster.routing.allocation.enable"),
+            Some(&json!("primaries"))
+        );
+        let transient = flatten_settings(&json!({"cluster.routing.allocation.enable": "none"}))
+            .expect("flat key");
+        state.apply(&StateCommand::PutSettings {
+            persistent: BTreeMap::new(),
+            transient,
+        });
+        assert_eq!(
+            state.setting("cluster.routing.allocation.enable"),
+            Some(&json!("none"))
+        );
+        let clear = flatten_settings(&json!({"cluster.routing.allocation.enable": null}))
+            .expect("null clears");
+        state.apply(&StateCommand::PutSettings {
+            persistent: BTreeMap::new(),
+            transient: clear,
+        });
+        assert_eq!(
+            state.setting("cluster.routing.allocation.enable"),
+            Some(&json!("primaries"))
+        );
+        assert_eq!(state.version, 4);
+    }
+
+    #[test]
+    fn unknown_settings_and_non_objects_are_refused() {
+        let err = flatten_settings(&json!({"cluster.routing.allocation.enabel": "all"}))
+            .expect_err("typo");
+        assert!(err.contains("cluster.routing.allocation.enabel"), "{err}");
+        assert!(flatten_settings(&json!("all")).is_err());
+        let numbers = flatten_settings(&json!({"cluster.max_shards_per_node": 5})).expect("number");
+        assert_eq!(numbers["cluster.max_shards_per_node"], json!("5"));
+    }
+}

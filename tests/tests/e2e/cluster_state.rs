@@ -1,0 +1,227 @@
+//! The quorum-committed cluster state with real processes: one master at a time, changes
+//! acknowledged only once a quorum holds them, a new master after the old one dies, and a
+//! node cut off from the quorum unable to change anything.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shoal_tests::{Cluster, Node, wait_for};
+
+use crate::BIN;
+
+const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
+const ENABLE: &str = "cluster.routing.allocation.enable";
+
+/// The master's name as `node` reports it, if it knows one.
+fn master_of(node: &Node) -> Option<String> {
+    let reply = node.get("/_cat/master?format=json");
+    reply.body.as_array()?.first()?["node"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Waits until every listed node names the same master, and returns its name.
+fn agreed_master(cluster: &Cluster, observers: &[usize]) -> String {
+    agreed_master_other_than(cluster, observers, None)
+}
+
+/// Like [`agreed_master`], for a master other than `previous` (which observers keep naming
+/// until their election timeout passes).
+fn agreed_master_other_than(
+    cluster: &Cluster,
+    observers: &[usize],
+    previous: Option<&str>,
+) -> String {
+    wait_for(
+        Duration::from_secs(60),
+        "the nodes to agree on a master",
+        || {
+            let masters: Vec<Option<String>> = observers
+                .iter()
+                .map(|&i| master_of(&cluster.nodes[i]))
+                .collect();
+            let first = masters.first()?.clone()?;
+            let agreed = masters.iter().all(|m| m.as_deref() == Some(first.as_str()));
+            (agreed && previous != Some(first.as_str())).then_some(first)
+        },
+    )
+}
+
+/// Waits until node 0 reports all three master-eligible nodes in the voting configuration
+/// (the master adds joining nodes as voters one at a time).
+fn wait_for_three_voters(cluster: &Cluster) {
+    wait_for(Duration::from_secs(60), "three voters", || {
+        let state = cluster.nodes[0].get("/_cluster/state");
+        let voters = state.body["metadata"]["cluster_coordination"]["last_committed_config"]
+            .as_array()
+            .map(Vec::len);
+        (voters == Some(3)).then_some(())
+    });
+}
+
+fn index_of(name: &str) -> usize {
+    name.trim_start_matches("node-").parse().expect("node-N")
+}
+
+fn flat_setting(node: &Node, section: &str, key: &str) -> Value {
+    node.get("/_cluster/settings?flat_settings=true").body[section][key].clone()
+}
+
+fn wait_for_setting(node: &Node, section: &str, key: &str, expected: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{key} = {expected} on {}", node.base_url),
+        || (flat_setting(node, section, key) == json!(expected)).then_some(()),
+    );
+}
+
+#[test]
+fn one_master_commits_changes_and_a_new_one_takes_over_when_it_dies() {
+    let mut cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &ALL);
+    wait_for_three_voters(&cluster);
+    let master = agreed_master(&cluster, &[0, 1, 2]);
+
+    // Written through a node that is not the master: forwarded, committed, visible everywhere.
+    let follower = (index_of(&master) + 1) % 3;
+    let reply = cluster.nodes[follower].put(
+        "/_cluster/settings",
+        &json!({"persistent": {"cluster": {"routing": {"allocation": {"enable": "primaries"}}}}}),
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["acknowledged"], true);
+    assert_eq!(
+        reply.body["persistent"]["cluster"]["routing"]["allocation"]["enable"],
+        "primaries"
+    );
+    for node in &cluster.nodes {
+        wait_for_setting(node, "persistent", ENABLE, "primaries");
+    }
+
+    let old = index_of(&master);
+    cluster.nodes[old].kill();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new_master = agreed_master_other_than(&cluster, &survivors, Some(&master));
+    let reply = cluster.nodes[survivors[0]].put(
+        "/_cluster/settings",
+        &json!({"transient": {ENABLE: "none"}}),
+    );
+    assert_eq!(
+        reply.status, 200,
+        "two of three voters are a quorum: {:?}",
+        reply.body
+    );
+
+    cluster.nodes[old].restart().expect("restart");
+    wait_for_setting(&cluster.nodes[old], "transient", ENABLE, "none");
+    assert_eq!(
+        flat_setting(&cluster.nodes[old], "persistent", ENABLE),
+        json!("primaries")
+    );
+    assert_eq!(
+        agreed_master(&cluster, &[0, 1, 2]),
+        new_master,
+        "a returning node does not depose a working master"
+    );
+}
+
+#[test]
+fn a_node_cut_off_from_the_quorum_cannot_change_the_cluster_state() {
+    let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &ALL);
+    wait_for_three_voters(&cluster);
+    let master = index_of(&agreed_master(&cluster, &[0, 1, 2]));
+    let others: Vec<usize> = (0..3).filter(|&i| i != master).collect();
+    let addr = |i: usize| cluster.nodes[i].transport_addr.clone();
+    let cut = |node: usize, peers: Vec<String>| {
+        let reply = cluster.nodes[node].put("/_test/faults", &json!({ "blocked": peers }));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    };
+    cut(master, others.iter().map(|&i| addr(i)).collect());
+    for &i in &others {
+        cut(i, vec![addr(master)]);
+    }
+
+    // The isolated old master cannot commit: the change is refused, never half-applied.
+    let refused = cluster.nodes[master].put(
+        "/_cluster/settings?master_timeout=2s",
+        &json!({"persistent": {ENABLE: "none"}}),
+    );
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(
+        refused.body["error"]["type"],
+        "master_not_discovered_exception"
+    );
+
+    // The majority elects a master among themselves and keeps working.
+    let old_name = format!("node-{master}");
+    let majority_master = agreed_master_other_than(&cluster, &others, Some(&old_name));
+    let accepted = cluster.nodes[others[0]].put(
+        "/_cluster/settings",
+        &json!({"persistent": {ENABLE: "new_primaries"}}),
+    );
+    assert_eq!(accepted.status, 200, "{:?}", accepted.body);
+
+    for i in 0..3 {
+        cut(i, vec![]);
+    }
+    // After healing, the old master follows the majority's history, not its own attempt.
+    wait_for_setting(
+        &cluster.nodes[master],
+        "persistent",
+        ENABLE,
+        "new_primaries",
+    );
+    assert_eq!(agreed_master(&cluster, &[0, 1, 2]), majority_master);
+}
+
+#[test]
+fn settings_are_validated_and_survive_a_full_cluster_restart() {
+    let mut cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &ALL);
+    wait_for_three_voters(&cluster);
+    agreed_master(&cluster, &[0, 1, 2]);
+    let node = &cluster.nodes[1];
+
+    let typo = node.put(
+        "/_cluster/settings",
+        &json!({"persistent": {"cluster.routing.allocation.enabel": "all"}}),
+    );
+    assert_eq!(typo.status, 400);
+    assert!(
+        typo.body["error"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("enabel"),
+        "{:?}",
+        typo.body
+    );
+    let section = node.put("/_cluster/settings", &json!({"permanent": {ENABLE: "all"}}));
+    assert_eq!(section.status, 400);
+    let not_object = node.put("/_cluster/settings", &json!(["x"]));
+    assert_eq!(not_object.status, 400);
+    let version_before = node.get("/_cluster/state").body["version"].clone();
+
+    let reply = node.put(
+        "/_cluster/settings",
+        &json!({"persistent": {"cluster.max_shards_per_node": 500}}),
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let version_after = node.get("/_cluster/state").body["version"].clone();
+    assert_eq!(
+        version_after.as_u64(),
+        version_before.as_u64().map(|v| v + 1),
+        "refused changes did not bump the version"
+    );
+
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    for node in &mut cluster.nodes {
+        node.restart().expect("restart");
+    }
+    agreed_master(&cluster, &[0, 1, 2]);
+    for node in &cluster.nodes {
+        wait_for_setting(node, "persistent", "cluster.max_shards_per_node", "500");
+    }
+}
