@@ -3,7 +3,8 @@
 //!   declared a crashed or paused node down, and time for a metadata change to reach every node
 //!   (LAN latency, with and without 1% loss; virtual time, so the figures are exact per seed);
 //! - on real processes (3 nodes on 127.0.0.1): wall time from `kill -9` / `SIGSTOP` of a node
-//!   until both survivors have dropped it from `_cat/nodes`.
+//!   until both survivors have dropped it from `_cat/nodes`, and from `kill -9` of the master
+//!   until a cluster-settings change commits through a new master.
 //!
 //! `cargo bench -p shoal-tests --bench cluster` (`SHOAL_BENCH_SEEDS`, default 16;
 //! `SHOAL_BENCH_ROUNDS`, real-process rounds, default 3).
@@ -107,6 +108,11 @@ fn real_processes(rounds: usize) {
         cluster.nodes[2].resume();
         wait_for_all(&cluster);
     }
+    let mut failovers = Vec::new();
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_secs(2));
+        failovers.push(master_failover(&mut cluster, round));
+    }
     println!("real processes, 3 nodes on 127.0.0.1 ({rounds} rounds)");
     println!(
         "  kill -9 -> dropped by both survivors: {}",
@@ -116,6 +122,32 @@ fn real_processes(rounds: usize) {
         "  SIGSTOP -> dropped by both survivors: {}",
         summary(paused)
     );
+    println!(
+        "  kill -9 of the master -> next cluster-state change committed: {}",
+        summary(failovers)
+    );
+}
+
+/// Kills the master and times how long until a survivor commits a settings change.
+fn master_failover(cluster: &mut Cluster, round: usize) -> Duration {
+    let master = cluster.nodes[0].get("/_cat/master?format=json").body[0]["node"]
+        .as_str()
+        .and_then(|name| name.trim_start_matches("node-").parse::<usize>().ok())
+        .expect("a master is elected");
+    let survivor = (master + 1) % 3;
+    let body = serde_json::json!({"transient": {"cluster.max_shards_per_node": (1000 + round).to_string()}});
+    let started = Instant::now();
+    cluster.nodes[master].kill();
+    loop {
+        let reply = cluster.nodes[survivor].put("/_cluster/settings?master_timeout=1s", &body);
+        if reply.status == 200 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    cluster.nodes[master].restart().expect("restart");
+    wait_for_all(cluster);
+    took
 }
 
 fn main() {

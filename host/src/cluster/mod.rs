@@ -2,6 +2,7 @@
 //! [`crate::transport`]); node metadata travels as versioned broadcasts ([`node_meta`]);
 //! peers talk typed RPC ([`rpc`]). The quorum-replicated cluster state builds on these.
 
+pub mod allocation;
 pub mod codec;
 pub mod consensus;
 pub mod identity;

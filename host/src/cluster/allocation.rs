@@ -1,0 +1,739 @@
+//! Shard allocation as pure functions: given the routing table, the live data nodes and the
+//! allocation settings, decide which copies fail over, which are assigned where, and which
+//! should move. The master applies the result through the cluster-state log; nothing here
+//! touches the network or the disk, so every rule is unit-tested alone.
+//!
+//! Rules, as Elasticsearch applies them:
+//! - no two copies of a shard on one node;
+//! - a primary on a departed node is replaced by an in-sync replica under a new primary term;
+//!   a copy that is not in sync is never promoted (the shard goes red instead);
+//! - awareness (`awareness.attributes: zone`): copies of a shard spread over zones;
+//! - forced awareness (`awareness.force.zone.values`): no zone takes more than its share of a
+//!   shard's copies, so losing a zone leaves replicas unassigned rather than crowding the rest;
+//! - exclusions (`exclude._name`, `exclude._id`, `exclude.zone`) take nodes out of placement and
+//!   move their copies away;
+//! - among allowed nodes, the one with the fewest copies wins (ties by node id, for determinism);
+//! - replicas of a departed node wait `index.unassigned.node_left.delayed_timeout` before being
+//!   re-created elsewhere (the caller passes which shards are still within their delay).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// A node as allocation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataNode {
+    pub node_id: String,
+    pub name: String,
+    pub zone: Option<String>,
+}
+
+/// Which new allocations `cluster.routing.allocation.enable` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EnableAllocation {
+    #[default]
+    All,
+    Primaries,
+    NewPrimaries,
+    None,
+}
+
+/// The allocation settings, read from the cluster settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocationSettings {
+    pub zone_awareness: bool,
+    /// Forced awareness zone values; empty when not forced.
+    pub forced_zones: Vec<String>,
+    pub exclude_names: BTreeSet<String>,
+    pub exclude_ids: BTreeSet<String>,
+    pub exclude_zones: BTreeSet<String>,
+    pub enable: EnableAllocation,
+}
+
+impl AllocationSettings {
+    /// Reads the `cluster.routing.allocation.*` settings (comma lists as Elasticsearch takes
+    /// them); unknown enable values fall back to `all`, as they are refused on input.
+    pub fn from_settings(lookup: impl Fn(&str) -> Option<String>) -> AllocationSettings {
+        let list = |key: &str| -> BTreeSet<String> {
+            lookup(key)
+                .map(|value| {
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let awareness = list("cluster.routing.allocation.awareness.attributes");
+        let enable = match lookup("cluster.routing.allocation.enable").as_deref() {
+            Some("primaries") => EnableAllocation::Primaries,
+            Some("new_primaries") => EnableAllocation::NewPrimaries,
+            Some("none") => EnableAllocation::None,
+            _ => EnableAllocation::All,
+        };
+        AllocationSettings {
+            zone_awareness: awareness.contains("zone"),
+            forced_zones: list("cluster.routing.allocation.awareness.force.zone.values")
+                .into_iter()
+                .collect(),
+            exclude_names: list("cluster.routing.allocation.exclude._name"),
+            exclude_ids: list("cluster.routing.allocation.exclude._id"),
+            exclude_zones: list("cluster.routing.allocation.exclude.zone"),
+            enable,
+        }
+    }
+
+    fn excludes(&self, node: &DataNode) -> bool {
+        self.exclude_names.contains(&node.name)
+            || self.exclude_ids.contains(&node.node_id)
+            || node
+                .zone
+                .as_ref()
+                .is_some_and(|zone| self.exclude_zones.contains(zone))
+    }
+}
+
+/// One copy of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCopy {
+    pub node_id: String,
+    pub primary: bool,
+    /// Started copies serve reads; initializing ones are recovering.
+    pub started: bool,
+    /// A stable id for this copy, recorded in the shard's in-sync set.
+    pub allocation_id: String,
+}
+
+/// Routing of one shard: its copies, in-sync set and primary term.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ShardRouting {
+    pub copies: Vec<ShardCopy>,
+    /// Allocation ids of the copies known to hold every acknowledged write.
+    pub in_sync: BTreeSet<String>,
+    pub primary_term: u64,
+}
+
+impl ShardRouting {
+    pub fn primary(&self) -> Option<&ShardCopy> {
+        self.copies.iter().find(|copy| copy.primary)
+    }
+
+    /// red: no primary; yellow: missing replicas; green: every copy started.
+    pub fn health(&self, replicas: u32) -> Health {
+        match self.primary() {
+            None => Health::Red,
+            Some(primary) if !primary.started => Health::Red,
+            Some(_) => {
+                let started = self.copies.iter().filter(|copy| copy.started).count();
+                if started > replicas as usize {
+                    Health::Green
+                } else {
+                    Health::Yellow
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Health {
+    Green,
+    Yellow,
+    Red,
+}
+
+/// Routing of one index.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IndexRouting {
+    pub replicas: u32,
+    pub shards: Vec<ShardRouting>,
+}
+
+/// A proposed relocation: start a copy on `to`, then drop the one on `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub index: String,
+    pub shard: usize,
+    pub from: String,
+    pub to: String,
+}
+
+/// What one allocation round decided.
+#[derive(Debug, Default)]
+pub struct Allocation {
+    pub routing: BTreeMap<String, IndexRouting>,
+    /// Copies that should move off excluded nodes.
+    pub moves: Vec<Move>,
+    /// Human-readable reasons for copies left unassigned, for allocation/explain.
+    pub unassigned: Vec<(String, usize, String)>,
+}
+
+/// Removes copies on nodes that are gone and promotes an in-sync replica wherever a primary
+/// was lost (new primary term). Shards with no in-sync copy left lose their primary: red.
+pub fn fail_departed(routing: &mut BTreeMap<String, IndexRouting>, live: &[DataNode]) {
+    let live_ids: BTreeSet<&str> = live.iter().map(|node| node.node_id.as_str()).collect();
+    for index in routing.values_mut() {
+        for shard in &mut index.shards {
+            let lost_primary = shard
+                .primary()
+                .is_some_and(|primary| !live_ids.contains(primary.node_id.as_str()));
+            shard
+                .copies
+                .retain(|copy| live_ids.contains(copy.node_id.as_str()));
+            if lost_primary {
+                let in_sync = &shard.in_sync;
+                if let Some(replica) = shard
+                    .copies
+                    .iter_mut()
+                    .find(|copy| copy.started && in_sync.contains(&copy.allocation_id))
+                {
+                    replica.primary = true;
+                    shard.primary_term += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Assigns missing primaries of new shards and missing replicas, and proposes moves off
+/// excluded nodes. `delayed` lists `(index, shard)` whose lost replicas are still within
+/// their delayed timeout; `new_id` makes allocation ids.
+pub fn allocate(
+    routing: &BTreeMap<String, IndexRouting>,
+    nodes: &[DataNode],
+    settings: &AllocationSettings,
+    delayed: &BTreeSet<(String, usize)>,
+    mut new_id: impl FnMut() -> String,
+) -> Allocation {
+    let mut result = Allocation {
+        routing: routing.clone(),
+        ..Allocation::default()
+    };
+    let mut load: HashMap<String, usize> =
+        nodes.iter().map(|node| (node.node_id.clone(), 0)).collect();
+    for index in routing.values() {
+        for shard in &index.shards {
+            for copy in &shard.copies {
+                *load.entry(copy.node_id.clone()).or_default() += 1;
+            }
+        }
+    }
+    let by_id: HashMap<&str, &DataNode> = nodes
+        .iter()
+        .map(|node| (node.node_id.as_str(), node))
+        .collect();
+    for (name, index) in result.routing.iter_mut() {
+        for (number, shard) in index.shards.iter_mut().enumerate() {
+            let wanted = index.replicas as usize + 1;
+            // A shard that never had copies is new; one that lost them all keeps no primary,
+            // because an empty primary would silently drop acknowledged writes.
+            let is_new = shard.copies.is_empty() && shard.in_sync.is_empty();
+            if shard.primary().is_none() && !is_new {
+                result.unassigned.push((
+                    name.clone(),
+                    number,
+                    "no in-sync copy of this shard is on a live node".into(),
+                ));
+                continue;
+            }
+            while shard.copies.len() < wanted {
+                let assigning_primary = shard.primary().is_none();
+                let allowed = match settings.enable {
+                    EnableAllocation::All => true,
+                    EnableAllocation::Primaries => assigning_primary,
+                    EnableAllocation::NewPrimaries => assigning_primary && is_new,
+                    EnableAllocation::None => false,
+                };
+                if !allowed {
+                    result.unassigned.push((
+                        name.clone(),
+                        number,
+                        format!(
+                            "allocation is disabled by cluster.routing.allocation.enable ({:?})",
+                            settings.enable
+                        ),
+                    ));
+                    break;
+                }
+                if !assigning_primary && delayed.contains(&(name.clone(), number)) {
+                    result.unassigned.push((
+                        name.clone(),
+                        number,
+                        "waiting for the departed node (index.unassigned.node_left.delayed_timeout)".into(),
+                    ));
+                    break;
+                }
+                match pick_node(shard, wanted, nodes, &by_id, settings, &load) {
+                    Ok(node_id) => {
+                        *load.entry(node_id.clone()).or_default() += 1;
+                        let allocation_id = new_id();
+                        if assigning_primary {
+                            shard.primary_term = shard.primary_term.max(1);
+                            shard.in_sync.insert(allocation_id.clone());
+                        }
+                        shard.copies.push(ShardCopy {
+                            node_id,
+                            primary: assigning_primary,
+                            started: false,
+                            allocation_id,
+                        });
+                    }
+                    Err(reason) => {
+                        result.unassigned.push((name.clone(), number, reason));
+                        break;
+                    }
+                }
+            }
+            for copy in &shard.copies {
+                let excluded = by_id
+                    .get(copy.node_id.as_str())
+                    .is_some_and(|node| settings.excludes(node));
+                if !excluded {
+                    continue;
+                }
+                if let Ok(to) = pick_node(shard, wanted + 1, nodes, &by_id, settings, &load) {
+                    result.moves.push(Move {
+                        index: name.clone(),
+                        shard: number,
+                        from: copy.node_id.clone(),
+                        to,
+                    });
+                }
+            }
+        }
+    }
+    result
+}
+
+/// The best node for one more copy of `shard`, or why there is none.
+fn pick_node(
+    shard: &ShardRouting,
+    total_copies: usize,
+    nodes: &[DataNode],
+    by_id: &HashMap<&str, &DataNode>,
+    settings: &AllocationSettings,
+    load: &HashMap<String, usize>,
+) -> Result<String, String> {
+    let holders: BTreeSet<&str> = shard
+        .copies
+        .iter()
+        .map(|copy| copy.node_id.as_str())
+        .collect();
+    let mut per_zone: HashMap<Option<&str>, usize> = HashMap::new();
+    for copy in &shard.copies {
+        if let Some(node) = by_id.get(copy.node_id.as_str()) {
+            *per_zone.entry(node.zone.as_deref()).or_default() += 1;
+        }
+    }
+    let zone_limit = (!settings.forced_zones.is_empty())
+        .then(|| total_copies.div_ceil(settings.forced_zones.len()));
+    let mut best: Option<(&DataNode, (usize, usize))> = None;
+    let mut reasons = BTreeSet::new();
+    for node in nodes {
+        if holders.contains(node.node_id.as_str()) {
+            reasons.insert("a copy of this shard is already on every other node");
+            continue;
+        }
+        if settings.excludes(node) {
+            reasons
+                .insert("the remaining nodes are excluded by cluster.routing.allocation.exclude");
+            continue;
+        }
+        let in_zone = per_zone.get(&node.zone.as_deref()).copied().unwrap_or(0);
+        if let Some(limit) = zone_limit
+            && in_zone + 1 > limit
+        {
+            reasons.insert(
+                "forced awareness: the node's zone already holds its share of this shard's copies",
+            );
+            continue;
+        }
+        // Awareness prefers zones with fewer copies of this shard, then the least loaded node.
+        let zone_rank = if settings.zone_awareness { in_zone } else { 0 };
+        let rank = (zone_rank, load.get(&node.node_id).copied().unwrap_or(0));
+        let better = match &best {
+            None => true,
+            Some((current, current_rank)) => {
+                rank < *current_rank || (rank == *current_rank && node.node_id < current.node_id)
+            }
+        };
+        if better {
+            best = Some((node, rank));
+        }
+    }
+    match best {
+        Some((node, _)) => Ok(node.node_id.clone()),
+        None if nodes.is_empty() => Err("there are no data nodes".into()),
+        None => Err(reasons.into_iter().collect::<Vec<_>>().join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, zone: &str) -> DataNode {
+        DataNode {
+            node_id: id.into(),
+            name: format!("name-{id}"),
+            zone: Some(zone.into()),
+        }
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut next = 0;
+        move || {
+            next += 1;
+            format!("alloc-{next}")
+        }
+    }
+
+    fn new_index(shards: usize, replicas: u32) -> BTreeMap<String, IndexRouting> {
+        BTreeMap::from([(
+            "logs".to_string(),
+            IndexRouting {
+                replicas,
+                shards: vec![ShardRouting::default(); shards],
+            },
+        )])
+    }
+
+    fn start_all(routing: &mut BTreeMap<String, IndexRouting>) {
+        for index in routing.values_mut() {
+            for shard in &mut index.shards {
+                for copy in &mut shard.copies {
+                    copy.started = true;
+                    shard.in_sync.insert(copy.allocation_id.clone());
+                }
+            }
+        }
+    }
+
+    fn zones_of(shard: &ShardRouting, nodes: &[DataNode]) -> Vec<String> {
+        let mut zones: Vec<String> = shard
+            .copies
+            .iter()
+            .filter_map(|copy| nodes.iter().find(|n| n.node_id == copy.node_id))
+            .filter_map(|n| n.zone.clone())
+            .collect();
+        zones.sort();
+        zones
+    }
+
+    #[test]
+    fn copies_spread_over_nodes_and_never_share_one() {
+        let nodes = [node("a", "z1"), node("b", "z1"), node("c", "z2")];
+        let result = allocate(
+            &new_index(3, 1),
+            &nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        );
+        let shards = &result.routing["logs"].shards;
+        let mut load: HashMap<&str, usize> = HashMap::new();
+        for shard in shards {
+            assert_eq!(shard.copies.len(), 2);
+            assert_ne!(shard.copies[0].node_id, shard.copies[1].node_id);
+            assert_eq!(shard.copies.iter().filter(|c| c.primary).count(), 1);
+            assert_eq!(shard.primary_term, 1);
+            for copy in &shard.copies {
+                *load.entry(copy.node_id.as_str()).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            load.values().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([2]),
+            "6 copies over 3 nodes: {load:?}"
+        );
+        assert!(result.unassigned.is_empty());
+    }
+
+    #[test]
+    fn one_node_leaves_replicas_unassigned_with_a_reason() {
+        let nodes = [node("a", "z1")];
+        let result = allocate(
+            &new_index(2, 1),
+            &nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        );
+        for shard in &result.routing["logs"].shards {
+            assert_eq!(shard.copies.len(), 1);
+            assert!(shard.copies[0].primary);
+        }
+        assert_eq!(result.unassigned.len(), 2);
+        assert!(
+            result.unassigned[0]
+                .2
+                .contains("already on every other node"),
+            "{:?}",
+            result.unassigned
+        );
+    }
+
+    #[test]
+    fn zone_awareness_puts_copies_in_different_zones() {
+        let nodes = [
+            node("a", "z1"),
+            node("b", "z1"),
+            node("c", "z2"),
+            node("d", "z2"),
+        ];
+        let settings = AllocationSettings {
+            zone_awareness: true,
+            ..AllocationSettings::default()
+        };
+        let result = allocate(&new_index(4, 1), &nodes, &settings, &BTreeSet::new(), ids());
+        for shard in &result.routing["logs"].shards {
+            assert_eq!(zones_of(shard, &nodes), vec!["z1", "z2"]);
+        }
+    }
+
+    #[test]
+    fn forced_awareness_leaves_replicas_unassigned_when_a_zone_is_lost() {
+        let all = [
+            node("a", "z1"),
+            node("b", "z1"),
+            node("c", "z2"),
+            node("d", "z2"),
+        ];
+        let settings = AllocationSettings {
+            zone_awareness: true,
+            forced_zones: vec!["z1".into(), "z2".into()],
+            ..AllocationSettings::default()
+        };
+        let mut routing =
+            allocate(&new_index(2, 1), &all, &settings, &BTreeSet::new(), ids()).routing;
+        start_all(&mut routing);
+
+        let survivors = [node("a", "z1"), node("b", "z1")];
+        fail_departed(&mut routing, &survivors);
+        let result = allocate(&routing, &survivors, &settings, &BTreeSet::new(), ids());
+        for shard in &result.routing["logs"].shards {
+            assert_eq!(shard.copies.len(), 1, "zone z1 takes no second copy");
+            assert!(
+                shard.copies[0].primary,
+                "the surviving copy is (or became) primary"
+            );
+            assert_eq!(zones_of(shard, &survivors), vec!["z1"]);
+        }
+        assert!(
+            result
+                .unassigned
+                .iter()
+                .all(|(_, _, why)| why.contains("forced awareness")),
+            "{:?}",
+            result.unassigned
+        );
+
+        // Without forcing, the surviving zone takes the replicas.
+        let unforced = AllocationSettings {
+            forced_zones: vec![],
+            ..settings
+        };
+        let result = allocate(&routing, &survivors, &unforced, &BTreeSet::new(), ids());
+        assert!(
+            result.routing["logs"]
+                .shards
+                .iter()
+                .all(|s| s.copies.len() == 2)
+        );
+    }
+
+    #[test]
+    fn a_lost_primary_is_replaced_by_an_in_sync_replica_under_a_new_term() {
+        let nodes = [node("a", "z1"), node("b", "z2")];
+        let mut routing = allocate(
+            &new_index(1, 1),
+            &nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        )
+        .routing;
+        start_all(&mut routing);
+        let primary_node = routing["logs"].shards[0]
+            .primary()
+            .map(|p| p.node_id.clone())
+            .expect("primary");
+        let survivor: Vec<DataNode> = nodes
+            .iter()
+            .filter(|n| n.node_id != primary_node)
+            .cloned()
+            .collect();
+        fail_departed(&mut routing, &survivor);
+        let shard = &routing["logs"].shards[0];
+        let primary = shard.primary().expect("promoted");
+        assert_eq!(primary.node_id, survivor[0].node_id);
+        assert_eq!(shard.primary_term, 2);
+    }
+
+    #[test]
+    fn a_stale_copy_is_never_promoted() {
+        let nodes = [node("a", "z1"), node("b", "z2")];
+        let mut routing = allocate(
+            &new_index(1, 1),
+            &nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        )
+        .routing;
+        start_all(&mut routing);
+        let shard = &mut routing.get_mut("logs").expect("index").shards[0];
+        let replica_id = shard
+            .copies
+            .iter()
+            .find(|c| !c.primary)
+            .map(|c| c.allocation_id.clone())
+            .expect("replica");
+        // The replica missed writes: the master took it out of the in-sync set.
+        shard.in_sync.remove(&replica_id);
+        let primary_node = shard.primary().map(|p| p.node_id.clone()).expect("primary");
+        let survivor: Vec<DataNode> = nodes
+            .iter()
+            .filter(|n| n.node_id != primary_node)
+            .cloned()
+            .collect();
+        fail_departed(&mut routing, &survivor);
+        let shard = &routing["logs"].shards[0];
+        assert!(
+            shard.primary().is_none(),
+            "the stale replica stays a replica"
+        );
+        assert_eq!(shard.health(1), Health::Red);
+        let result = allocate(
+            &routing,
+            &survivor,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        );
+        assert!(
+            result.routing["logs"].shards[0].primary().is_none(),
+            "no empty primary replaces lost data"
+        );
+        assert!(
+            result.unassigned[0].2.contains("no in-sync copy"),
+            "{:?}",
+            result.unassigned
+        );
+    }
+
+    #[test]
+    fn delayed_replicas_wait_and_allocation_enable_is_honoured() {
+        let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z3")];
+        let mut routing = allocate(
+            &new_index(1, 1),
+            &nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        )
+        .routing;
+        start_all(&mut routing);
+        let replica_node = routing["logs"].shards[0]
+            .copies
+            .iter()
+            .find(|c| !c.primary)
+            .map(|c| c.node_id.clone())
+            .expect("replica");
+        let live: Vec<DataNode> = nodes
+            .iter()
+            .filter(|n| n.node_id != replica_node)
+            .cloned()
+            .collect();
+        fail_departed(&mut routing, &live);
+        let delayed = BTreeSet::from([("logs".to_string(), 0)]);
+        let waiting = allocate(
+            &routing,
+            &live,
+            &AllocationSettings::default(),
+            &delayed,
+            ids(),
+        );
+        assert_eq!(waiting.routing["logs"].shards[0].copies.len(), 1);
+        assert!(waiting.unassigned[0].2.contains("delayed_timeout"));
+        let after_delay = allocate(
+            &routing,
+            &live,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        );
+        assert_eq!(after_delay.routing["logs"].shards[0].copies.len(), 2);
+
+        let primaries_only = AllocationSettings {
+            enable: EnableAllocation::Primaries,
+            ..AllocationSettings::default()
+        };
+        let result = allocate(
+            &new_index(1, 1),
+            &nodes,
+            &primaries_only,
+            &BTreeSet::new(),
+            ids(),
+        );
+        assert_eq!(result.routing["logs"].shards[0].copies.len(), 1);
+        let none = AllocationSettings {
+            enable: EnableAllocation::None,
+            ..AllocationSettings::default()
+        };
+        let result = allocate(&new_index(1, 1), &nodes, &none, &BTreeSet::new(), ids());
+        assert!(result.routing["logs"].shards[0].copies.is_empty());
+    }
+
+    #[test]
+    fn excluded_nodes_get_nothing_new_and_their_copies_are_moved() {
+        let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z3")];
+        let mut routing = allocate(
+            &new_index(3, 1),
+            &nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        )
+        .routing;
+        start_all(&mut routing);
+        let settings = AllocationSettings::from_settings(|key| {
+            (key == "cluster.routing.allocation.exclude.zone").then(|| "z3".to_string())
+        });
+        let result = allocate(&routing, &nodes, &settings, &BTreeSet::new(), ids());
+        let on_c = routing["logs"]
+            .shards
+            .iter()
+            .flat_map(|s| &s.copies)
+            .filter(|c| c.node_id == "c")
+            .count();
+        assert_eq!(result.moves.len(), on_c);
+        assert!(result.moves.iter().all(|m| m.from == "c" && m.to != "c"));
+
+        let fresh = allocate(&new_index(3, 1), &nodes, &settings, &BTreeSet::new(), ids());
+        assert!(
+            fresh.routing["logs"]
+                .shards
+                .iter()
+                .flat_map(|s| &s.copies)
+                .all(|c| c.node_id != "c")
+        );
+    }
+
+    #[test]
+    fn settings_are_read_from_cluster_settings() {
+        let settings = AllocationSettings::from_settings(|key| match key {
+            "cluster.routing.allocation.awareness.attributes" => Some("zone".into()),
+            "cluster.routing.allocation.awareness.force.zone.values" => Some("z1, z2".into()),
+            "cluster.routing.allocation.exclude._name" => Some("n1,n2".into()),
+            "cluster.routing.allocation.enable" => Some("new_primaries".into()),
+            _ => None,
+        });
+        assert!(settings.zone_awareness);
+        assert_eq!(settings.forced_zones, vec!["z1", "z2"]);
+        assert_eq!(settings.exclude_names.len(), 2);
+        assert_eq!(settings.enable, EnableAllocation::NewPrimaries);
+    }
+}
