@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub tls_key: Option<PathBuf>,
     /// A development CA directory, created if missing, that issues this node its certificate.
     pub dev_ca: Option<PathBuf>,
+    /// Directories under which filesystem snapshot repositories may live (`path.repo`).
+    pub path_repo: Vec<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -61,6 +63,7 @@ impl Default for NodeConfig {
             tls_cert: None,
             tls_key: None,
             dev_ca: None,
+            path_repo: Vec::new(),
         }
     }
 }

@@ -94,6 +94,9 @@ struct StartArgs {
     /// Development CA directory: created if missing; issues this node a certificate.
     #[arg(long, env = "SHOAL_DEV_CA")]
     dev_ca: Option<PathBuf>,
+    /// A directory filesystem repositories may use (repeatable; Elasticsearch's path.repo).
+    #[arg(long = "path-repo", env = "SHOAL_PATH_REPO", value_delimiter = ',')]
+    path_repo: Vec<PathBuf>,
 }
 
 impl StartArgs {
@@ -143,6 +146,9 @@ impl StartArgs {
         }
         if self.dev_ca.is_some() {
             config.dev_ca = self.dev_ca;
+        }
+        if !self.path_repo.is_empty() {
+            config.path_repo = self.path_repo;
         }
         config.validate()?;
         Ok(config)

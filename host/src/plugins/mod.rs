@@ -7,7 +7,9 @@
 
 pub mod bindings;
 pub mod check;
+pub mod grants;
 pub mod pruning;
+pub mod repository;
 mod state;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -23,12 +25,12 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
     Trap,
 };
-use wasmtime_wasi::WasiCtx;
 
 use self::bindings::pruning::{PruningPlugin, PruningPluginPre};
 use self::bindings::query_isolation::QueryIsolationPluginPre;
-use self::bindings::repository::RepositoryPluginPre;
+use self::bindings::repository::{RepositoryPlugin, RepositoryPluginPre};
 use self::bindings::switchover::SwitchoverPluginPre;
+use self::grants::Grants;
 use self::state::PluginState;
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
@@ -37,11 +39,18 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 const MAX_IDLE_INSTANCES: usize = 4;
 
 /// The plugins Shoal ships, built from `plugins/` by `host/build.rs` and embedded.
-pub const SHIPPED: &[(&str, &str, &[u8])] = &[(
-    "time-series-pruning",
-    "1.0.0",
-    include_bytes!(concat!(env!("OUT_DIR"), "/time-series-pruning.wasm")),
-)];
+pub const SHIPPED: &[(&str, &str, &[u8])] = &[
+    (
+        "time-series-pruning",
+        "1.0.0",
+        include_bytes!(concat!(env!("OUT_DIR"), "/time-series-pruning.wasm")),
+    ),
+    (
+        "fs-repository",
+        "1.0.0",
+        include_bytes!(concat!(env!("OUT_DIR"), "/fs-repository.wasm")),
+    ),
+];
 
 /// Which policy a plugin implements (its WIT world).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -176,6 +185,7 @@ pub(crate) struct Instance {
 
 pub(crate) enum InstanceExports {
     Pruning(PruningPlugin),
+    Repository(RepositoryPlugin),
     Other,
 }
 
@@ -615,7 +625,7 @@ impl Plugin {
             .clone()
     }
 
-    fn instantiate(&self, loaded: &Loaded) -> Result<Instance, PluginError> {
+    fn instantiate(&self, loaded: &Loaded, grants: &Grants) -> Result<Instance, PluginError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits().memory_bytes)
             .instances(8)
@@ -624,7 +634,10 @@ impl Plugin {
         let state = PluginState {
             plugin: self.name.clone(),
             config: self.config.read().map(|c| c.clone()).unwrap_or_default(),
-            wasi: WasiCtx::builder().build(),
+            wasi: grants.wasi_context().map_err(|err| PluginError::Load {
+                plugin: self.name.clone(),
+                reason: format!("cannot grant its capabilities: {err}"),
+            })?,
             table: wasmtime::component::ResourceTable::new(),
             limits,
             started: Instant::now(),
@@ -657,10 +670,9 @@ impl Plugin {
                 .instantiate(&mut store)
                 .map(|_| InstanceExports::Other)
                 .map_err(load_error)?,
-            KindPre::Repository(pre) => pre
-                .instantiate(&mut store)
-                .map(|_| InstanceExports::Other)
-                .map_err(load_error)?,
+            KindPre::Repository(pre) => {
+                InstanceExports::Repository(pre.instantiate(&mut store).map_err(load_error)?)
+            }
         };
         Ok(Instance { store, exports })
     }
@@ -668,7 +680,7 @@ impl Plugin {
     /// Instantiates one instance ahead of the first call (kept if the pool has room).
     pub fn prewarm(&self) -> Result<(), PluginError> {
         let loaded = self.loaded();
-        let instance = self.instantiate(&loaded)?;
+        let instance = self.instantiate(&loaded, &Grants::none())?;
         if let Ok(mut idle) = loaded.idle.lock()
             && idle.len() < MAX_IDLE_INSTANCES
         {
@@ -693,27 +705,50 @@ impl Plugin {
             });
         }
         let loaded = self.loaded();
-        let started = Instant::now();
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let pooled = loaded.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut instance = match pooled {
             Some(instance) => instance,
-            None => self.instantiate(&loaded).inspect_err(|_| {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            })?,
+            None => self
+                .instantiate(&loaded, &Grants::none())
+                .inspect_err(|_| {
+                    self.stats.calls.fetch_add(1, Ordering::Relaxed);
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                })?,
         };
+        let value = self.run_on(&mut instance, call)?;
+        if let Ok(mut idle) = loaded.idle.lock()
+            && idle.len() < MAX_IDLE_INSTANCES
+        {
+            idle.push(instance);
+        }
+        Ok(value)
+    }
+
+    /// Instantiates the current version with `grants`, for callers that keep one instance
+    /// across calls (a streamed repository upload spans several).
+    pub(crate) fn instantiate_granted(&self, grants: &Grants) -> Result<Instance, PluginError> {
+        if !self.enabled() {
+            return Err(PluginError::Disabled {
+                plugin: self.name.clone(),
+            });
+        }
+        self.instantiate(&self.loaded(), grants)
+    }
+
+    /// Runs one call on `instance` under the deadline, counting and classifying failures. After
+    /// an error the instance must not be used again.
+    pub(crate) fn run_on<R>(
+        &self,
+        instance: &mut Instance,
+        call: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let started = Instant::now();
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         instance.store.set_epoch_deadline(self.deadline_ticks());
-        let outcome = call(&mut instance);
+        let outcome = call(instance);
         self.record_latency(started.elapsed());
         match outcome {
-            Ok(value) => {
-                if let Ok(mut idle) = loaded.idle.lock()
-                    && idle.len() < MAX_IDLE_INSTANCES
-                {
-                    idle.push(instance);
-                }
-                Ok(value)
-            }
+            Ok(value) => Ok(value),
             Err(err) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 let error = match err.downcast_ref::<Trap>() {

@@ -73,7 +73,7 @@ pub fn select_shards(
                 .shoal_plugin_pruning()
                 .call_select_shards(&mut instance.store, &request)
         }
-        InstanceExports::Other => Err(wasmtime::Error::msg("instance is not a pruning plugin")),
+        _ => Err(wasmtime::Error::msg("instance is not a pruning plugin")),
     })?;
     let positions = answer.map_err(|err| {
         plugin.count_returned_error();

@@ -9,6 +9,7 @@ mod indices;
 mod membership;
 mod plugins;
 mod pruning;
+mod repository_plugin;
 mod search;
 
 use shoal_tests::Node;
