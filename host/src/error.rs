@@ -54,6 +54,29 @@ pub enum Error {
     ShuttingDown,
     #[error("{0}")]
     MasterNotDiscovered(String),
+    #[error("[{0}] missing")]
+    RepositoryMissing(String),
+    #[error("[{repository}:{snapshot}] is missing")]
+    SnapshotMissing {
+        repository: String,
+        snapshot: String,
+    },
+    #[error("[{repository}:{snapshot}] {reason}")]
+    InvalidSnapshotName {
+        repository: String,
+        snapshot: String,
+        reason: String,
+    },
+    #[error("[{repository}] {reason}")]
+    Repository { repository: String, reason: String },
+    #[error("[{repository}:{snapshot}] {reason}")]
+    SnapshotRestore {
+        repository: String,
+        snapshot: String,
+        reason: String,
+    },
+    #[error("[{repository}] a snapshot or deletion is already running in this repository")]
+    ConcurrentSnapshot { repository: String },
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
     #[error("index engine error: {0}")]
@@ -84,6 +107,12 @@ impl Error {
             Error::TranslogCorrupted { .. } => "translog_corrupted_exception",
             Error::ShuttingDown => "node_closed_exception",
             Error::MasterNotDiscovered(_) => "master_not_discovered_exception",
+            Error::RepositoryMissing(_) => "repository_missing_exception",
+            Error::SnapshotMissing { .. } => "snapshot_missing_exception",
+            Error::InvalidSnapshotName { .. } => "invalid_snapshot_name_exception",
+            Error::Repository { .. } => "repository_exception",
+            Error::SnapshotRestore { .. } => "snapshot_restore_exception",
+            Error::ConcurrentSnapshot { .. } => "concurrent_snapshot_execution_exception",
             Error::Io(_) | Error::Engine(_) | Error::Internal(_) => "exception",
         }
     }
@@ -94,18 +123,25 @@ impl Error {
             Error::IndexNotFound(_)
             | Error::DocumentMissing { .. }
             | Error::NoHandler { .. }
-            | Error::ResourceNotFound(_) => 404,
+            | Error::ResourceNotFound(_)
+            | Error::RepositoryMissing(_)
+            | Error::SnapshotMissing { .. } => 404,
             Error::IndexAlreadyExists { .. }
             | Error::InvalidIndexName { .. }
             | Error::Parsing(_)
             | Error::MapperParsing(_)
             | Error::StrictDynamicMapping { .. }
             | Error::IllegalArgument(_)
-            | Error::SearchPhase(_) => 400,
+            | Error::SearchPhase(_)
+            | Error::InvalidSnapshotName { .. } => 400,
             Error::VersionConflict { .. } => 409,
             Error::ContentTooLong { .. } => 413,
             Error::Timeout(_) => 408,
-            Error::ShuttingDown | Error::PluginFailed(_) | Error::MasterNotDiscovered(_) => 503,
+            Error::ShuttingDown
+            | Error::PluginFailed(_)
+            | Error::MasterNotDiscovered(_)
+            | Error::ConcurrentSnapshot { .. } => 503,
+            Error::Repository { .. } | Error::SnapshotRestore { .. } => 500,
             Error::TranslogCorrupted { .. }
             | Error::Io(_)
             | Error::Engine(_)

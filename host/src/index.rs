@@ -231,6 +231,17 @@ impl IndexMeta {
     }
 
     /// Cheaper than cloning all settings, for per-document response headers.
+    /// The persisted metadata (settings, mappings, primary terms) as JSON, for snapshots.
+    pub fn persisted_json(&self) -> Result<Value> {
+        let bytes = std::fs::read(self.dir.join("_meta.json"))?;
+        serde_json::from_slice(&bytes).map_err(|err| {
+            Error::Internal(format!(
+                "index metadata of [{}] is unreadable: {err}",
+                self.name
+            ))
+        })
+    }
+
     pub fn number_of_replicas(&self) -> u32 {
         self.settings
             .read()

@@ -105,6 +105,32 @@ impl Indices {
         Ok(index)
     }
 
+    /// Registers an index whose files were laid out under `indices/{uuid}` by a restore.
+    pub fn adopt(&self, uuid: &str) -> Result<Arc<IndexService>> {
+        let _guard = self
+            .admin_lock
+            .lock()
+            .map_err(|_| Error::Internal("index admin lock poisoned".into()))?;
+        let index = Arc::new(IndexService::open(&self.dir.join(uuid))?);
+        let name = index.name().to_string();
+        if let Some(existing) = self.read().get(&name) {
+            return Err(Error::IndexAlreadyExists {
+                name,
+                uuid: existing.meta.uuid.clone(),
+            });
+        }
+        self.indices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, index.clone());
+        Ok(index)
+    }
+
+    /// Where a new index directory `uuid` goes.
+    pub fn index_dir(&self, uuid: &str) -> PathBuf {
+        self.dir.join(uuid)
+    }
+
     /// Deletes an index and its data.
     pub fn delete(&self, name: &str) -> Result<()> {
         let _guard = self

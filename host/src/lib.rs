@@ -25,6 +25,7 @@ pub mod plugins;
 pub mod routing;
 pub mod search;
 pub mod shard;
+pub mod snapshot;
 pub mod telemetry;
 pub mod transport;
 pub mod units;

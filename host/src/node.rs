@@ -33,6 +33,8 @@ pub struct NodeState {
     pub indices: Indices,
     pub plugins: PluginHost,
     pub cluster: Cluster,
+    /// Repositories being written by this node.
+    pub snapshot_locks: crate::snapshot::SnapshotLocks,
     pub started: Instant,
     /// Held for the node's lifetime: a second node on the same data directory is refused.
     _data_lock: std::fs::File,
@@ -104,6 +106,7 @@ impl NodeState {
             indices,
             plugins,
             cluster,
+            snapshot_locks: crate::snapshot::SnapshotLocks::default(),
             started: Instant::now(),
             _data_lock: data_lock,
         })

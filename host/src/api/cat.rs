@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::units::format_byte_size;
 
 pub(super) fn help() -> Result<Reply> {
-    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/master\n/_cat/count\n".to_string()))
+    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/master\n/_cat/count\n/_cat/snapshots/{repository}\n".to_string()))
 }
 
 type Table = (Vec<&'static str>, Vec<Vec<String>>);
@@ -26,6 +26,27 @@ pub(super) async fn cat(request: &Request, what: &str, target: Option<&str>) -> 
         "nodes" => Ok(nodes_table(&node)),
         "master" => Ok(master_table(&node)),
         "count" => count_table(&node, target.as_deref()),
+        "snapshots" => {
+            let repository = target.as_deref().ok_or_else(|| {
+                Error::IllegalArgument(
+                    "a repository is required: /_cat/snapshots/{repository}".into(),
+                )
+            })?;
+            Ok((
+                vec![
+                    "id",
+                    "status",
+                    "start_epoch",
+                    "end_epoch",
+                    "duration",
+                    "indices",
+                    "successful_shards",
+                    "failed_shards",
+                    "total_shards",
+                ],
+                super::snapshot::cat_rows(&node, repository)?,
+            ))
+        }
         other => Err(Error::NoHandler {
             uri: format!("/_cat/{other}"),
             method: "GET".into(),

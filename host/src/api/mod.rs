@@ -10,6 +10,7 @@ mod faults;
 mod indices;
 mod plugins;
 mod search;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -229,6 +230,26 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         }
         (&M::GET, ["_nodes"]) => cluster::nodes_info(&request),
         (&M::GET, ["_cluster", "state"]) => cluster::state(&request),
+        (&M::GET, ["_snapshot"]) => snapshot::get_repositories(&request, None),
+        (&M::GET, ["_snapshot", repo]) => snapshot::get_repositories(&request, Some(repo)),
+        (&M::PUT | &M::POST, ["_snapshot", repo]) => snapshot::put_repository(request, repo).await,
+        (&M::DELETE, ["_snapshot", repo]) => snapshot::delete_repository(request, repo).await,
+        (&M::POST, ["_snapshot", repo, "_verify"]) => {
+            snapshot::verify_repository(request, repo).await
+        }
+        (&M::POST, ["_snapshot", repo, "_cleanup"]) => {
+            snapshot::cleanup_repository(request, repo).await
+        }
+        (&M::PUT | &M::POST, ["_snapshot", repo, name]) => {
+            snapshot::create_snapshot(request, repo, name).await
+        }
+        (&M::GET, ["_snapshot", repo, name]) => snapshot::get_snapshots(request, repo, name).await,
+        (&M::DELETE, ["_snapshot", repo, name]) => {
+            snapshot::delete_snapshot(request, repo, name).await
+        }
+        (&M::POST, ["_snapshot", repo, name, "_restore"]) => {
+            snapshot::restore(request, repo, name).await
+        }
         (&M::GET, ["_cluster", "settings"]) => cluster::get_settings(&request),
         (&M::PUT, ["_cluster", "settings"]) => cluster::put_settings(&request).await,
         #[cfg(feature = "fault-injection")]

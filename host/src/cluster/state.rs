@@ -25,8 +25,19 @@ pub const KNOWN_CLUSTER_SETTINGS: &[&str] = &[
     "indices.recovery.max_bytes_per_sec",
 ];
 
+/// A registered snapshot repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryMeta {
+    /// The repository plugin that stores its blobs (`type` in the API).
+    pub plugin: String,
+    pub settings: BTreeMap<String, Value>,
+    /// Registered by a cluster that only reads it (another cluster writes it).
+    pub readonly: bool,
+}
+
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClusterState {
     /// Grows by one with every applied command.
     pub version: u64,
@@ -37,17 +48,29 @@ pub struct ClusterState {
     /// `transient` values: replicated like persistent ones, reset by a full-cluster restart in
     /// Elasticsearch; here they survive it (noted in the API docs).
     pub transient_settings: BTreeMap<String, Value>,
+    /// Snapshot repositories by name.
+    pub repositories: BTreeMap<String, RepositoryMeta>,
 }
 
 /// A change to the cluster state, proposed to the master and committed by the quorum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StateCommand {
     /// Written once, by the node that bootstraps the cluster.
-    Bootstrap { cluster_uuid: String },
+    Bootstrap {
+        cluster_uuid: String,
+    },
     /// Sets (or, for `null`, removes) cluster settings.
     PutSettings {
         persistent: BTreeMap<String, Value>,
         transient: BTreeMap<String, Value>,
+    },
+    /// Registers (or replaces) a snapshot repository.
+    PutRepository {
+        name: String,
+        repository: RepositoryMeta,
+    },
+    DeleteRepository {
+        name: String,
     },
 }
 
@@ -79,6 +102,17 @@ impl ClusterState {
             } => {
                 merge_settings(&mut self.persistent_settings, persistent);
                 merge_settings(&mut self.transient_settings, transient);
+            }
+            StateCommand::PutRepository { name, repository } => {
+                self.repositories.insert(name.clone(), repository.clone());
+            }
+            StateCommand::DeleteRepository { name } => {
+                if self.repositories.remove(name).is_none() {
+                    return CommandOutcome {
+                        version: self.version,
+                        rejected: Some(format!("[{name}] missing")),
+                    };
+                }
             }
         }
         self.version += 1;

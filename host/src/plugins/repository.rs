@@ -36,6 +36,21 @@ impl RepositoryError {
     }
 }
 
+/// Bytes per streamed call: large enough to amortise a call, small enough for plugin memory.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// Fills `buffer` unless the reader ends first; returns the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
 /// One blob in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blob {
@@ -109,21 +124,32 @@ impl RepositorySession {
         })
     }
 
-    /// Streams a blob of `length` bytes with SHA-256 `sha256_hex` in chunks; nothing is visible
-    /// unless every byte arrived and matched.
-    pub fn put_streamed<'a>(
+    /// Streams a blob of `length` bytes with SHA-256 `sha256_hex` from `reader`, in chunks of
+    /// [`CHUNK_BYTES`]; nothing is visible unless every byte arrived and matched.
+    pub fn put_streamed(
         &mut self,
         name: &str,
         length: u64,
         sha256_hex: &str,
-        chunks: impl IntoIterator<Item = &'a [u8]>,
+        mut reader: impl std::io::Read,
     ) -> Result<(), RepositoryError> {
         let upload = self.invoke(|exports, store| {
             exports
                 .shoal_plugin_repository()
                 .call_put_start(store, name, length, sha256_hex)
         })?;
-        for chunk in chunks {
+        let mut buffer = vec![0u8; CHUNK_BYTES];
+        loop {
+            let read = read_full(&mut reader, &mut buffer).map_err(|err| {
+                RepositoryError::Unavailable {
+                    plugin: self.plugin.name.clone(),
+                    message: format!("reading the data for blob [{name}]: {err}"),
+                }
+            })?;
+            if read == 0 {
+                break;
+            }
+            let chunk = &buffer[..read];
             self.invoke(|exports, store| {
                 exports
                     .shoal_plugin_repository()

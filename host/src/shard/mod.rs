@@ -181,6 +181,15 @@ pub struct ShardCounters {
     pub flush_total: AtomicU64,
 }
 
+/// The files of one commit, staged for a snapshot.
+#[derive(Debug, Clone)]
+pub struct StagedCommit {
+    /// tantivy's `meta.json` of the commit (segments and the commit payload).
+    pub meta_json: String,
+    /// Segment file names, relative to the shard's index directory.
+    pub files: Vec<String>,
+}
+
 /// A shard copy (today always the primary).
 pub struct Shard {
     pub id: ShardId,
@@ -767,6 +776,34 @@ impl Shard {
         self.commit_locked(&mut state)?;
         self.counters.flush_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Flushes, then hard-links the files of the resulting commit into `staging`: a point-in-time
+    /// copy that costs no bytes and survives merges deleting the originals, while writes go on.
+    /// Returns the commit's `meta.json` and the staged segment file names.
+    pub fn stage_commit(&self, staging: &Path) -> Result<StagedCommit> {
+        let mut state = self.lock()?;
+        state.translog.roll_and_trim()?;
+        self.commit_locked(&mut state)?;
+        let index_dir = self.path.join("index");
+        let metas = self.index.load_metas()?;
+        let meta_json = std::fs::read_to_string(index_dir.join("meta.json"))?;
+        std::fs::create_dir_all(staging)?;
+        let mut files = Vec::new();
+        for segment in &metas.segments {
+            for relative in segment.list_files() {
+                let source = index_dir.join(&relative);
+                if !source.exists() {
+                    continue;
+                }
+                let name = relative.to_string_lossy().to_string();
+                std::fs::hard_link(&source, staging.join(&name))?;
+                files.push(name);
+            }
+        }
+        drop(state);
+        files.sort();
+        Ok(StagedCommit { meta_json, files })
     }
 
     /// Merges the shard's segments into one when it has more than `max_segments`

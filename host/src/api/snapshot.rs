@@ -1,0 +1,358 @@
+//! Snapshot routes: repositories (`/_snapshot/{repo}`), snapshots (`/_snapshot/{repo}/{name}`),
+//! restore, verify and cleanup, shaped like Elasticsearch's.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{Reply, Request, blocking, ok};
+use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
+use crate::cluster::state::{RepositoryMeta, StateCommand};
+use crate::error::{Error, Result, illegal};
+use crate::indices::wildcard_match;
+use crate::snapshot::{self, CreateRequest, RestoreRequest};
+
+/// `fs` is Elasticsearch's name for the filesystem repository type.
+fn plugin_for_type(kind: &str) -> &str {
+    match kind {
+        "fs" => "fs-repository",
+        other => other,
+    }
+}
+
+async fn commit(request: &Request, command: StateCommand) -> Result<()> {
+    request
+        .node
+        .cluster
+        .consensus
+        .propose(command, DEFAULT_MASTER_TIMEOUT)
+        .await
+        .map(|_| ())
+        .map_err(|err| match err {
+            ProposeError::Rejected(reason) => Error::RepositoryMissing(reason),
+            other => Error::MasterNotDiscovered(other.to_string()),
+        })
+}
+
+/// `PUT /_snapshot/{repo}`: verified (unless `verify=false`), then committed to the cluster state.
+pub(super) async fn put_repository(request: Request, name: &str) -> Result<Reply> {
+    let body = request.json()?;
+    let Some(kind) = body.get("type").and_then(Value::as_str) else {
+        return Err(illegal(format!("[{name}] repository type is missing")));
+    };
+    let mut settings: BTreeMap<String, Value> = match body.get("settings") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(map)) => map.clone().into_iter().collect(),
+        Some(other) => {
+            return Err(illegal(format!(
+                "[{name}] settings must be an object, got {other}"
+            )));
+        }
+    };
+    let readonly = match settings
+        .remove("readonly")
+        .or_else(|| body.get("readonly").cloned())
+    {
+        None => false,
+        Some(Value::Bool(flag)) => flag,
+        Some(Value::String(text)) if text == "true" || text == "false" => text == "true",
+        Some(other) => {
+            return Err(illegal(format!(
+                "[{name}] readonly must be a boolean, got {other}"
+            )));
+        }
+    };
+    let meta = RepositoryMeta {
+        plugin: plugin_for_type(kind).to_string(),
+        settings,
+        readonly,
+    };
+    let verify = request.param("verify") != Some("false");
+    let node = request.node.clone();
+    let repository = name.to_string();
+    let checked = meta.clone();
+    blocking(move || {
+        let mut session = snapshot::open(&node, &repository, &checked)?;
+        if !verify {
+            return Ok(());
+        }
+        let outcome = if checked.readonly {
+            session.list(snapshot::format::MANIFEST_PREFIX).map(|_| ())
+        } else {
+            session.verify()
+        };
+        outcome.map_err(|err| Error::Repository {
+            repository: repository.clone(),
+            reason: format!("verification failed: {err}"),
+        })
+    })
+    .await?;
+    commit(
+        &request,
+        StateCommand::PutRepository {
+            name: name.to_string(),
+            repository: meta,
+        },
+    )
+    .await?;
+    ok(json!({ "acknowledged": true }))
+}
+
+fn describe(meta: &RepositoryMeta) -> Value {
+    let mut settings: serde_json::Map<String, Value> = meta.settings.clone().into_iter().collect();
+    if meta.readonly {
+        settings.insert("readonly".into(), json!("true"));
+    }
+    json!({ "type": meta.plugin, "settings": settings })
+}
+
+/// `GET /_snapshot` and `GET /_snapshot/{repo}` (comma lists and wildcards).
+pub(super) fn get_repositories(request: &Request, pattern: Option<&str>) -> Result<Reply> {
+    let state = request.node.cluster.consensus.state();
+    let mut out = serde_json::Map::new();
+    let patterns: Vec<&str> = pattern.unwrap_or("_all").split(',').collect();
+    for wanted in &patterns {
+        let all = *wanted == "_all" || *wanted == "*";
+        let mut matched = false;
+        for (name, meta) in &state.repositories {
+            if all || wildcard_match(wanted, name) {
+                out.insert(name.clone(), describe(meta));
+                matched = true;
+            }
+        }
+        if !matched && !all && !wanted.contains('*') {
+            return Err(Error::RepositoryMissing((*wanted).to_string()));
+        }
+    }
+    ok(Value::Object(out))
+}
+
+pub(super) async fn delete_repository(request: Request, name: &str) -> Result<Reply> {
+    snapshot::registered(&request.node, name)?;
+    commit(
+        &request,
+        StateCommand::DeleteRepository {
+            name: name.to_string(),
+        },
+    )
+    .await?;
+    ok(json!({ "acknowledged": true }))
+}
+
+/// `POST /_snapshot/{repo}/_verify`.
+pub(super) async fn verify_repository(request: Request, name: &str) -> Result<Reply> {
+    let node = request.node.clone();
+    let repository = name.to_string();
+    blocking(move || {
+        let meta = snapshot::registered(&node, &repository)?;
+        let mut session = snapshot::open(&node, &repository, &meta)?;
+        let outcome = if meta.readonly {
+            session.list(snapshot::format::MANIFEST_PREFIX).map(|_| ())
+        } else {
+            session.verify()
+        };
+        outcome.map_err(|err| Error::Repository {
+            repository: repository.clone(),
+            reason: format!("verification failed: {err}"),
+        })?;
+        let local = node.cluster.membership.local();
+        ok(json!({ "nodes": { local.node_id: { "name": local.name } } }))
+    })
+    .await
+}
+
+/// `POST /_snapshot/{repo}/_cleanup`: removes blobs no snapshot references.
+pub(super) async fn cleanup_repository(request: Request, name: &str) -> Result<Reply> {
+    let node = request.node.clone();
+    let repository = name.to_string();
+    blocking(move || {
+        let meta = snapshot::registered(&node, &repository)?;
+        if meta.readonly {
+            return Err(Error::Repository {
+                repository,
+                reason: "cannot clean up a readonly repository".into(),
+            });
+        }
+        let _guard = node.snapshot_locks.acquire(&repository)?;
+        let mut session = snapshot::open(&node, &repository, &meta)?;
+        let (blobs, bytes) = snapshot::collect_garbage(&mut session, &repository)?;
+        ok(json!({ "results": { "deleted_bytes": bytes, "deleted_blobs": blobs } }))
+    })
+    .await
+}
+
+/// `PUT /_snapshot/{repo}/{snapshot}`; runs in the background unless `wait_for_completion`.
+pub(super) async fn create_snapshot(
+    request: Request,
+    repository: &str,
+    name: &str,
+) -> Result<Reply> {
+    let body = request.json()?;
+    let indices = match body.get("indices") {
+        None | Some(Value::Null) => "_all".to_string(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => {
+            return Err(illegal(format!(
+                "indices must be a string or a list, got {other}"
+            )));
+        }
+    };
+    let create = CreateRequest {
+        repository: repository.to_string(),
+        snapshot: name.to_string(),
+        indices,
+        partial: body
+            .get("partial")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
+    };
+    // Refuse what is refusable before answering, even when not waiting.
+    let meta = snapshot::registered(&request.node, repository)?;
+    if meta.readonly {
+        return Err(Error::Repository {
+            repository: repository.to_string(),
+            reason: "cannot create a snapshot in a readonly repository".into(),
+        });
+    }
+    let node = request.node.clone();
+    let repo = repository.to_string();
+    let work = move || snapshot::create(&node, &create).map(|manifest| manifest.to_json(&repo));
+    if request.flag("wait_for_completion") {
+        let info = blocking(work).await?;
+        return ok(json!({ "snapshot": info }));
+    }
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = work() {
+            tracing::error!(error = %err, "background snapshot failed");
+        }
+    });
+    ok(json!({ "accepted": true }))
+}
+
+/// `GET /_snapshot/{repo}/{snapshot|_all|pattern,...}`.
+pub(super) async fn get_snapshots(
+    request: Request,
+    repository: &str,
+    pattern: &str,
+) -> Result<Reply> {
+    let node = request.node.clone();
+    let repo = repository.to_string();
+    let pattern = pattern.to_string();
+    blocking(move || {
+        let meta = snapshot::registered(&node, &repo)?;
+        let mut session = snapshot::open(&node, &repo, &meta)?;
+        let manifests = snapshot::manifests(&mut session, &repo)?;
+        let mut snapshots = Vec::new();
+        for wanted in pattern.split(',') {
+            let all = wanted == "_all" || wanted == "*";
+            let before = snapshots.len();
+            for (name, manifest) in &manifests {
+                if all || wildcard_match(wanted, name) {
+                    snapshots.push(manifest.to_json(&repo));
+                }
+            }
+            if snapshots.len() == before && !all && !wanted.contains('*') {
+                return Err(Error::SnapshotMissing {
+                    repository: repo.clone(),
+                    snapshot: wanted.to_string(),
+                });
+            }
+        }
+        ok(json!({ "snapshots": snapshots, "total": snapshots.len(), "remaining": 0 }))
+    })
+    .await
+}
+
+pub(super) async fn delete_snapshot(
+    request: Request,
+    repository: &str,
+    name: &str,
+) -> Result<Reply> {
+    let node = request.node.clone();
+    let (repo, snap) = (repository.to_string(), name.to_string());
+    blocking(move || {
+        snapshot::delete(&node, &repo, &snap)?;
+        ok(json!({ "acknowledged": true }))
+    })
+    .await
+}
+
+/// `POST /_snapshot/{repo}/{snapshot}/_restore`.
+pub(super) async fn restore(request: Request, repository: &str, name: &str) -> Result<Reply> {
+    let body = request.json()?;
+    let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_string);
+    let indices = match body.get("indices") {
+        None | Some(Value::Null) => "_all".to_string(),
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => {
+            return Err(illegal(format!(
+                "indices must be a string or a list, got {other}"
+            )));
+        }
+    };
+    let restore = RestoreRequest {
+        repository: repository.to_string(),
+        snapshot: name.to_string(),
+        indices,
+        rename_pattern: text("rename_pattern"),
+        rename_replacement: text("rename_replacement"),
+        partial: body
+            .get("partial")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    };
+    let node = request.node.clone();
+    let snap = name.to_string();
+    let restored = blocking(move || snapshot::restore(&node, &restore)).await?;
+    ok(json!({
+        "snapshot": {
+            "snapshot": snap,
+            "indices": restored,
+            "shards": { "total": 0, "failed": 0, "successful": 0 },
+        }
+    }))
+}
+
+/// Rows for `GET /_cat/snapshots/{repo}`.
+pub(super) fn cat_rows(
+    node: &crate::node::NodeState,
+    repository: &str,
+) -> Result<Vec<Vec<String>>> {
+    let meta = snapshot::registered(node, repository)?;
+    let mut session = snapshot::open(node, repository, &meta)?;
+    let manifests = snapshot::manifests(&mut session, repository)?;
+    Ok(manifests
+        .values()
+        .map(|manifest| {
+            let (total, failed) = manifest.shard_counts();
+            vec![
+                manifest.snapshot.clone(),
+                serde_json::to_value(manifest.state)
+                    .ok()
+                    .and_then(|state| state.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                (manifest.start_time_in_millis / 1000).to_string(),
+                (manifest.end_time_in_millis / 1000).to_string(),
+                format!(
+                    "{}ms",
+                    manifest.end_time_in_millis - manifest.start_time_in_millis
+                ),
+                manifest.indices.len().to_string(),
+                (total - failed).to_string(),
+                failed.to_string(),
+                total.to_string(),
+            ]
+        })
+        .collect())
+}

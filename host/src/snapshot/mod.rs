@@ -1,0 +1,559 @@
+//! Snapshots and restores through repository plugins.
+//!
+//! A snapshot flushes each shard and hard-links the files of that commit into a staging
+//! directory (the point in time; writes go on), uploads the files the repository does not hold
+//! yet under their SHA-256, and writes the manifest last. Restore downloads a shard's files,
+//! checks every one against its SHA-256, lays the index out under a new uuid and only then
+//! registers it. Deleting a snapshot removes its manifest, then every blob no remaining
+//! snapshot references.
+//!
+//! The coordinator part (what to snapshot, the manifest) and the per-shard part (stage, hash,
+//! upload) are separate functions, so the cluster work can run the shard part on each
+//! primary's node.
+
+pub mod format;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::cluster::state::RepositoryMeta;
+use crate::error::{Error, Result};
+use crate::ids::new_uuid;
+use crate::indices::wildcard_match;
+use crate::node::NodeState;
+use crate::plugins::PluginKind;
+use crate::plugins::grants::{Grants, grant_repository_dir};
+use crate::plugins::repository::{CHUNK_BYTES, RepositoryError, RepositorySession};
+use format::{
+    BLOB_PREFIX, FORMAT_VERSION, FileRef, IndexSnapshot, MANIFEST_PREFIX, ShardSnapshot,
+    SnapshotManifest, SnapshotState, TransferStats, blob_name, manifest_name,
+};
+
+/// Repositories with a snapshot or deletion running on this node (one at a time each).
+#[derive(Default)]
+pub struct SnapshotLocks {
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Held while a repository is being written.
+pub struct RepositoryGuard<'a> {
+    locks: &'a SnapshotLocks,
+    repository: String,
+}
+
+impl SnapshotLocks {
+    pub fn acquire(&self, repository: &str) -> Result<RepositoryGuard<'_>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(repository.to_string()) {
+            return Err(Error::ConcurrentSnapshot {
+                repository: repository.to_string(),
+            });
+        }
+        Ok(RepositoryGuard {
+            locks: self,
+            repository: repository.to_string(),
+        })
+    }
+}
+
+impl Drop for RepositoryGuard<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.locks.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.repository);
+    }
+}
+
+fn repo_error(repository: &str) -> impl Fn(RepositoryError) -> Error + '_ {
+    move |err| Error::Repository {
+        repository: repository.to_string(),
+        reason: err.to_string(),
+    }
+}
+
+/// Opens a session on a registered repository, with its directory granted.
+pub fn open(node: &NodeState, name: &str, meta: &RepositoryMeta) -> Result<RepositorySession> {
+    let plugin = node
+        .plugins
+        .get(&meta.plugin)
+        .ok_or_else(|| Error::Repository {
+            repository: name.to_string(),
+            reason: format!(
+                "repository type [{}] is not an installed plugin",
+                meta.plugin
+            ),
+        })?;
+    if plugin.kind != PluginKind::Repository {
+        return Err(Error::Repository {
+            repository: name.to_string(),
+            reason: format!(
+                "plugin [{}] is a {:?} plugin, not a repository",
+                meta.plugin, plugin.kind
+            ),
+        });
+    }
+    let grants = match meta.settings.get("location") {
+        Some(Value::String(location)) => {
+            let dir = grant_repository_dir(location, &node.config.path_repo, meta.readonly)
+                .map_err(|err| Error::Repository {
+                    repository: name.to_string(),
+                    reason: err.to_string(),
+                })?;
+            Grants::directory(dir)
+        }
+        Some(other) => {
+            return Err(Error::IllegalArgument(format!(
+                "[{name}] location must be a string, got {other}"
+            )));
+        }
+        None => Grants::none(),
+    };
+    Ok(RepositorySession::new(plugin, grants))
+}
+
+/// Looks a repository up in the cluster state.
+pub fn registered(node: &NodeState, name: &str) -> Result<RepositoryMeta> {
+    node.cluster
+        .consensus
+        .state()
+        .repositories
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::RepositoryMissing(name.to_string()))
+}
+
+/// Every snapshot manifest in the repository, by name.
+pub fn manifests(
+    session: &mut RepositorySession,
+    repository: &str,
+) -> Result<BTreeMap<String, SnapshotManifest>> {
+    let mut manifests = BTreeMap::new();
+    for blob in session
+        .list(MANIFEST_PREFIX)
+        .map_err(repo_error(repository))?
+    {
+        let bytes = session
+            .get(&blob.name, 0, None)
+            .map_err(repo_error(repository))?;
+        let manifest: SnapshotManifest =
+            serde_json::from_slice(&bytes).map_err(|err| Error::Repository {
+                repository: repository.to_string(),
+                reason: format!("snapshot manifest [{}] is unreadable: {err}", blob.name),
+            })?;
+        manifests.insert(manifest.snapshot.clone(), manifest);
+    }
+    Ok(manifests)
+}
+
+/// What `PUT /_snapshot/{repo}/{snapshot}` asks for.
+pub struct CreateRequest {
+    pub repository: String,
+    pub snapshot: String,
+    pub indices: String,
+    pub partial: bool,
+    pub metadata: Value,
+}
+
+/// Takes a snapshot (blocking). Shard failures end it `PARTIAL` when `partial` is set, else
+/// `FAILED`; either way the manifest records the reasons and the indices are untouched.
+pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManifest> {
+    let repository = request.repository.as_str();
+    let meta = registered(node, repository)?;
+    if meta.readonly {
+        return Err(Error::Repository {
+            repository: repository.to_string(),
+            reason: "cannot create a snapshot in a readonly repository".into(),
+        });
+    }
+    validate_snapshot_name(repository, &request.snapshot)?;
+    let _guard = node.snapshot_locks.acquire(repository)?;
+    let mut session = open(node, repository, &meta)?;
+    if session
+        .exists(&manifest_name(&request.snapshot))
+        .map_err(repo_error(repository))?
+    {
+        return Err(Error::InvalidSnapshotName {
+            repository: repository.to_string(),
+            snapshot: request.snapshot.clone(),
+            reason: "a snapshot with the same name already exists".into(),
+        });
+    }
+    let indices = node.indices.resolve(&request.indices, false)?;
+    let start = chrono::Utc::now().timestamp_millis();
+    let staging = node.config.data_dir.join("_snapshots").join(new_uuid());
+    let mut known: HashSet<String> = session
+        .list(BLOB_PREFIX)
+        .map_err(repo_error(repository))?
+        .into_iter()
+        .map(|blob| blob.name)
+        .collect();
+    let mut stats = TransferStats::default();
+    let mut failures = Vec::new();
+    let mut snapshots = BTreeMap::new();
+    for index in &indices {
+        let index_meta = index.meta.persisted_json()?;
+        let mut shards = Vec::with_capacity(index.shards.len());
+        for shard in &index.shards {
+            let shard_staging = staging
+                .join(&index.meta.uuid)
+                .join(shard.id.shard.to_string());
+            let outcome = shard.stage_commit(&shard_staging).and_then(|staged| {
+                upload_shard(
+                    &mut session,
+                    repository,
+                    &shard_staging,
+                    staged,
+                    &mut known,
+                    &mut stats,
+                )
+            });
+            match outcome {
+                Ok(snapshot) => shards.push(Some(snapshot)),
+                Err(err) => {
+                    tracing::warn!(shard = %shard.id, error = %err, "shard snapshot failed");
+                    failures.push(format!("[{}][{}] {err}", index.name(), shard.id.shard));
+                    shards.push(None);
+                }
+            }
+        }
+        snapshots.insert(
+            index.name().to_string(),
+            IndexSnapshot {
+                meta: index_meta,
+                shards,
+            },
+        );
+    }
+    if let Err(err) = std::fs::remove_dir_all(&staging)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %staging.display(), error = %err, "could not remove snapshot staging files");
+    }
+    let state = match (failures.is_empty(), request.partial) {
+        (true, _) => SnapshotState::Success,
+        (false, true) => SnapshotState::Partial,
+        (false, false) => SnapshotState::Failed,
+    };
+    let manifest = SnapshotManifest {
+        format: FORMAT_VERSION,
+        snapshot: request.snapshot.clone(),
+        uuid: new_uuid(),
+        state,
+        indices: snapshots,
+        failures,
+        metadata: request.metadata.clone(),
+        start_time_in_millis: start,
+        end_time_in_millis: chrono::Utc::now().timestamp_millis(),
+        stats,
+    };
+    let bytes = serde_json::to_vec(&manifest).map_err(|err| Error::Internal(err.to_string()))?;
+    session
+        .put(&manifest_name(&request.snapshot), &bytes)
+        .map_err(repo_error(repository))?;
+    tracing::info!(repository, snapshot = %request.snapshot, state = ?manifest.state, uploaded_bytes = stats.uploaded_bytes, total_bytes = stats.total_bytes, "snapshot finished");
+    Ok(manifest)
+}
+
+/// Hashes a shard's staged files and uploads those the repository lacks.
+fn upload_shard(
+    session: &mut RepositorySession,
+    repository: &str,
+    staging: &Path,
+    staged: crate::shard::StagedCommit,
+    known: &mut HashSet<String>,
+    stats: &mut TransferStats,
+) -> Result<ShardSnapshot> {
+    let mut files = Vec::with_capacity(staged.files.len());
+    for name in staged.files {
+        let path = staging.join(&name);
+        let (sha256, size) = hash_file(&path)?;
+        let blob = blob_name(&sha256);
+        stats.total_files += 1;
+        stats.total_bytes += size;
+        if !known.contains(&blob) {
+            let file = std::fs::File::open(&path)?;
+            session
+                .put_streamed(&blob, size, &sha256, std::io::BufReader::new(file))
+                .map_err(repo_error(repository))?;
+            stats.uploaded_files += 1;
+            stats.uploaded_bytes += size;
+            known.insert(blob);
+        }
+        files.push(FileRef { name, sha256, size });
+    }
+    Ok(ShardSnapshot {
+        commit_meta: staged.meta_json,
+        files,
+    })
+}
+
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        size += read as u64;
+    }
+    Ok((hex(&hasher.finalize()), size))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn validate_snapshot_name(repository: &str, snapshot: &str) -> Result<()> {
+    let invalid = snapshot.is_empty()
+        || snapshot.starts_with('_')
+        || snapshot != snapshot.to_lowercase()
+        || snapshot.chars().any(|c| {
+            matches!(
+                c,
+                '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' | ',' | '#'
+            )
+        });
+    if invalid {
+        return Err(Error::InvalidSnapshotName {
+            repository: repository.to_string(),
+            snapshot: snapshot.to_string(),
+            reason: "must be lowercase, must not start with '_' and must not contain \\ / * ? \" < > | , # or spaces".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Deletes a snapshot and the blobs no other snapshot needs (blocking).
+pub fn delete(node: &NodeState, repository: &str, snapshot: &str) -> Result<()> {
+    let meta = registered(node, repository)?;
+    if meta.readonly {
+        return Err(Error::Repository {
+            repository: repository.to_string(),
+            reason: "cannot delete a snapshot from a readonly repository".into(),
+        });
+    }
+    let _guard = node.snapshot_locks.acquire(repository)?;
+    let mut session = open(node, repository, &meta)?;
+    let name = manifest_name(snapshot);
+    if !session.exists(&name).map_err(repo_error(repository))? {
+        return Err(Error::SnapshotMissing {
+            repository: repository.to_string(),
+            snapshot: snapshot.to_string(),
+        });
+    }
+    // The manifest goes first: from then on the snapshot is gone, whatever happens next.
+    session.delete(&name).map_err(repo_error(repository))?;
+    collect_garbage(&mut session, repository)?;
+    Ok(())
+}
+
+/// Removes blobs no snapshot references; returns how many and their bytes.
+pub fn collect_garbage(session: &mut RepositorySession, repository: &str) -> Result<(u64, u64)> {
+    let referenced: BTreeSet<String> = manifests(session, repository)?
+        .values()
+        .flat_map(SnapshotManifest::referenced_blobs)
+        .collect();
+    let mut removed = (0, 0);
+    for blob in session.list(BLOB_PREFIX).map_err(repo_error(repository))? {
+        if !referenced.contains(&blob.name) {
+            session.delete(&blob.name).map_err(repo_error(repository))?;
+            removed.0 += 1;
+            removed.1 += blob.size;
+        }
+    }
+    Ok(removed)
+}
+
+/// What `POST /_snapshot/{repo}/{snapshot}/_restore` asks for.
+pub struct RestoreRequest {
+    pub repository: String,
+    pub snapshot: String,
+    pub indices: String,
+    pub rename_pattern: Option<String>,
+    pub rename_replacement: Option<String>,
+    pub partial: bool,
+}
+
+/// Restores indices from a snapshot (blocking); returns the restored index names.
+pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<String>> {
+    let repository = request.repository.as_str();
+    let restore_error = |reason: String| Error::SnapshotRestore {
+        repository: repository.to_string(),
+        snapshot: request.snapshot.clone(),
+        reason,
+    };
+    let meta = registered(node, repository)?;
+    let mut session = open(node, repository, &meta)?;
+    let name = manifest_name(&request.snapshot);
+    if !session.exists(&name).map_err(repo_error(repository))? {
+        return Err(Error::SnapshotMissing {
+            repository: repository.to_string(),
+            snapshot: request.snapshot.clone(),
+        });
+    }
+    let bytes = session
+        .get(&name, 0, None)
+        .map_err(repo_error(repository))?;
+    let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
+        .map_err(|err| restore_error(format!("unreadable manifest: {err}")))?;
+    let patterns: Vec<&str> = request
+        .indices
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut chosen = Vec::new();
+    for (index_name, index) in &manifest.indices {
+        let selected = patterns.iter().any(|pattern| {
+            *pattern == "_all" || *pattern == "*" || wildcard_match(pattern, index_name)
+        });
+        if !selected {
+            continue;
+        }
+        if index.shards.iter().any(Option::is_none) && !request.partial {
+            return Err(restore_error(format!(
+                "index [{index_name}] was only partially snapshotted; set partial to restore it anyway"
+            )));
+        }
+        let target = rename(
+            index_name,
+            request.rename_pattern.as_deref(),
+            request.rename_replacement.as_deref(),
+        )?;
+        crate::index::validate_index_name(&target)?;
+        if node.indices.exists(&target) {
+            return Err(restore_error(format!(
+                "cannot restore index [{target}] because an open index with same name already exists in the cluster"
+            )));
+        }
+        chosen.push((index_name.clone(), target, index));
+    }
+    for pattern in &patterns {
+        let concrete = !pattern.contains('*') && *pattern != "_all";
+        if concrete && !manifest.indices.contains_key(*pattern) {
+            return Err(restore_error(format!(
+                "index [{pattern}] is not in the snapshot"
+            )));
+        }
+    }
+    let mut restored = Vec::new();
+    for (source, target, index) in chosen {
+        let uuid = new_uuid();
+        let dir = node.indices.index_dir(&uuid);
+        let laid_out = lay_out_index(&mut session, repository, &dir, &target, &uuid, index);
+        if let Err(err) = laid_out {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(restore_error(format!(
+                "restoring [{source}] as [{target}]: {err}"
+            )));
+        }
+        node.indices.adopt(&uuid).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        tracing::info!(repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
+        restored.push(target);
+    }
+    Ok(restored)
+}
+
+fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Result<String> {
+    let (Some(pattern), Some(replacement)) = (pattern, replacement) else {
+        return Ok(name.to_string());
+    };
+    // A literal pattern with one optional `(.+)` group is what people use with Elasticsearch's
+    // regex; `$1` in the replacement takes the group.
+    if let Some((prefix, suffix)) = pattern.split_once("(.+)") {
+        return Ok(
+            match name
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+            {
+                Some(group) if !group.is_empty() => replacement.replace("$1", group),
+                _ => name.to_string(),
+            },
+        );
+    }
+    Ok(if name.contains(pattern) {
+        name.replacen(pattern, replacement, 1)
+    } else {
+        name.to_string()
+    })
+}
+
+/// Downloads and verifies every file, then writes the index metadata last: a crash leaves a
+/// directory without metadata, which the next start removes.
+fn lay_out_index(
+    session: &mut RepositorySession,
+    repository: &str,
+    dir: &Path,
+    target: &str,
+    uuid: &str,
+    index: &IndexSnapshot,
+) -> Result<()> {
+    for (number, shard) in index.shards.iter().enumerate() {
+        let index_dir: PathBuf = dir.join(number.to_string()).join("index");
+        std::fs::create_dir_all(&index_dir)?;
+        let Some(shard) = shard else { continue };
+        let mut managed = vec!["meta.json".to_string()];
+        for file in &shard.files {
+            download_verified(session, repository, file, &index_dir.join(&file.name))?;
+            managed.push(file.name.clone());
+        }
+        std::fs::write(index_dir.join("meta.json"), &shard.commit_meta)?;
+        // tantivy's record of the files it owns, so merges can later delete restored files.
+        let mut listing =
+            serde_json::to_vec(&managed).map_err(|err| Error::Internal(err.to_string()))?;
+        listing.push(b'\n');
+        std::fs::write(index_dir.join(".managed.json"), listing)?;
+    }
+    let mut meta = index.meta.clone();
+    meta["name"] = Value::String(target.to_string());
+    meta["uuid"] = Value::String(uuid.to_string());
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(|err| Error::Internal(err.to_string()))?;
+    crate::index::write_atomically(&dir.join("_meta.json"), &bytes)?;
+    Ok(())
+}
+
+fn download_verified(
+    session: &mut RepositorySession,
+    repository: &str,
+    file: &FileRef,
+    path: &Path,
+) -> Result<()> {
+    let blob = blob_name(&file.sha256);
+    let mut out = std::fs::File::create(path)?;
+    let mut hasher = Sha256::new();
+    let mut offset = 0u64;
+    while offset < file.size {
+        let length = (file.size - offset).min(CHUNK_BYTES as u64);
+        let chunk = session
+            .get(&blob, offset, Some(length))
+            .map_err(repo_error(repository))?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk)?;
+        offset += chunk.len() as u64;
+    }
+    out.sync_all()?;
+    let actual = hex(&hasher.finalize());
+    if actual != file.sha256 || offset != file.size {
+        return Err(Error::Repository {
+            repository: repository.to_string(),
+            reason: format!(
+                "blob [{blob}] (file [{}]) is corrupted: expected {} bytes with SHA-256 {}, read {offset} bytes with SHA-256 {actual}",
+                file.name, file.size, file.sha256
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Snapshots through the shipped `fs-repository` plugin on a real node: round trip with
+//! identical search results, incremental uploads, deletion keeping other snapshots whole,
+//! rename and partial restores, registration checks, readonly repositories and corrupted blobs.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use shoal_tests::Node;
+
+use crate::BIN;
+
+fn node_with_path_repo(dir: &Path) -> Node {
+    let repos = dir.join("repos");
+    std::fs::create_dir_all(&repos).expect("path_repo");
+    Node::start(
+        BIN,
+        &dir.join("data"),
+        &["--path-repo", repos.to_str().expect("utf8")],
+    )
+    .expect("node starts")
+}
+
+fn index_docs(node: &Node, index: &str, from: u32, to: u32) {
+    let mut lines = Vec::new();
+    for i in from..to {
+        lines.push(json!({"index": {"_index": index, "_id": i.to_string()}}));
+        lines.push(json!({"n": i, "tag": format!("t{}", i % 5), "@timestamp": 1_700_000_000_000i64 + i64::from(i) * 1000}));
+    }
+    let reply = node.bulk("/_bulk?refresh=true", &lines);
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["errors"], false, "{:?}", reply.body);
+}
+
+fn count(node: &Node, index: &str) -> u64 {
+    node.get(&format!("/{index}/_count")).body["count"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// Hits (ids in order) and a terms aggregation: what a user would compare after a restore.
+fn search_fingerprint(node: &Node, index: &str) -> Value {
+    let reply = node.post(
+        &format!("/{index}/_search"),
+        &json!({"size": 20, "sort": [{"n": "desc"}], "query": {"range": {"n": {"gte": 7}}},
+                "aggs": {"tags": {"terms": {"field": "tag.keyword"}}}}),
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let ids: Vec<Value> = reply.body["hits"]["hits"]
+        .as_array()
+        .map(|hits| hits.iter().map(|hit| hit["_id"].clone()).collect())
+        .unwrap_or_default();
+    json!({"ids": ids, "tags": reply.body["aggregations"]["tags"]["buckets"]})
+}
+
+fn snapshot(node: &Node, repo: &str, name: &str, body: Value) -> Value {
+    let reply = node.put(
+        &format!("/_snapshot/{repo}/{name}?wait_for_completion=true"),
+        &body,
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body["snapshot"].clone()
+}
+
+fn uploaded_bytes(info: &Value) -> u64 {
+    info["stats"]["incremental"]["size_in_bytes"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn snapshots_are_incremental_and_restore_identical_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = node_with_path_repo(dir.path());
+    let reply = node.put(
+        "/_snapshot/backups",
+        &json!({"type": "fs", "settings": {"location": "backups"}}),
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(
+        node.get("/_snapshot/backups").body["backups"]["type"],
+        "fs-repository"
+    );
+
+    let created = node.put(
+        "/logs",
+        &json!({"settings": {"number_of_shards": 2, "number_of_replicas": 0}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    index_docs(&node, "logs", 0, 300);
+    index_docs(&node, "metrics", 0, 50);
+    let logs_before = search_fingerprint(&node, "logs");
+
+    let first = snapshot(
+        &node,
+        "backups",
+        "snap-1",
+        json!({"indices": "logs,metrics", "metadata": {"taken_by": "test"}}),
+    );
+    assert_eq!(first["state"], "SUCCESS", "{first:?}");
+    assert_eq!(first["shards"]["total"], 3);
+    assert_eq!(first["metadata"]["taken_by"], "test");
+    assert!(uploaded_bytes(&first) > 0);
+
+    let unchanged = snapshot(&node, "backups", "snap-2", json!({}));
+    assert_eq!(
+        uploaded_bytes(&unchanged),
+        0,
+        "nothing changed, nothing uploaded: {unchanged:?}"
+    );
+    assert!(unchanged["stats"]["total"]["size_in_bytes"].as_u64() > Some(0));
+
+    index_docs(&node, "logs", 300, 400);
+    let third = snapshot(&node, "backups", "snap-3", json!({"indices": ["logs"]}));
+    let total = third["stats"]["total"]["size_in_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        uploaded_bytes(&third) > 0 && uploaded_bytes(&third) < total,
+        "only new files: {third:?}"
+    );
+
+    let same_name = node.put(
+        "/_snapshot/backups/snap-3?wait_for_completion=true",
+        &json!({}),
+    );
+    assert_eq!(same_name.status, 400);
+    assert_eq!(
+        same_name.body["error"]["type"],
+        "invalid_snapshot_name_exception"
+    );
+
+    // Restoring onto an open index is refused; after deleting it, the restore is identical.
+    let refused = node.post(
+        "/_snapshot/backups/snap-1/_restore",
+        &json!({"indices": "logs"}),
+    );
+    assert_eq!(refused.status, 500, "{:?}", refused.body);
+    assert_eq!(refused.body["error"]["type"], "snapshot_restore_exception");
+    assert_eq!(node.delete("/logs").status, 200);
+    let restored = node.post(
+        "/_snapshot/backups/snap-1/_restore",
+        &json!({"indices": "logs"}),
+    );
+    assert_eq!(restored.status, 200, "{:?}", restored.body);
+    assert_eq!(count(&node, "logs"), 300);
+    assert_eq!(search_fingerprint(&node, "logs"), logs_before);
+    index_docs(&node, "logs", 1000, 1001);
+    assert_eq!(count(&node, "logs"), 301, "a restored index takes writes");
+
+    // Rename restores beside the original; only the chosen index comes back.
+    let renamed = node.post(
+        "/_snapshot/backups/snap-1/_restore",
+        &json!({"indices": "metrics", "rename_pattern": "(.+)", "rename_replacement": "restored-$1"}),
+    );
+    assert_eq!(renamed.status, 200, "{:?}", renamed.body);
+    assert_eq!(
+        renamed.body["snapshot"]["indices"],
+        json!(["restored-metrics"])
+    );
+    assert_eq!(count(&node, "restored-metrics"), 50);
+    assert_eq!(count(&node, "metrics"), 50);
+
+    // Deleting the first snapshot keeps the others whole.
+    assert_eq!(node.delete("/_snapshot/backups/snap-1").status, 200);
+    assert_eq!(node.get("/_snapshot/backups/snap-1").status, 404);
+    assert_eq!(node.delete("/logs").status, 200);
+    let from_third = node.post(
+        "/_snapshot/backups/snap-3/_restore",
+        &json!({"indices": "logs"}),
+    );
+    assert_eq!(from_third.status, 200, "{:?}", from_third.body);
+    assert_eq!(count(&node, "logs"), 400);
+
+    let listed = node.get("/_snapshot/backups/_all");
+    let names: Vec<&str> = listed.body["snapshots"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|s| s["snapshot"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec!["snap-2", "snap-3"]);
+    let cat = node.get("/_cat/snapshots/backups?format=json");
+    assert_eq!(cat.body.as_array().map(Vec::len), Some(2), "{:?}", cat.body);
+    let cleanup = node.post("/_snapshot/backups/_cleanup", &json!({}));
+    assert_eq!(
+        cleanup.body["results"]["deleted_blobs"], 0,
+        "delete already removed unreferenced blobs"
+    );
+
+    // The registration is cluster state: it survives a restart.
+    node.restart().expect("restart");
+    assert_eq!(node.get("/_snapshot/backups").status, 200);
+    assert_eq!(node.get("/_snapshot/backups/snap-3").status, 200);
+}
+
+#[test]
+fn repositories_are_checked_and_readonly_ones_cannot_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with_path_repo(dir.path());
+    let outside = dir.path().join("not-allowed");
+    let refused = node.put(
+        "/_snapshot/escape",
+        &json!({"type": "fs", "settings": {"location": outside.to_str().expect("utf8")}}),
+    );
+    assert_eq!(refused.status, 500, "{:?}", refused.body);
+    assert!(
+        refused.body["error"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("path_repo"),
+        "{:?}",
+        refused.body
+    );
+    assert!(!outside.exists(), "nothing is created outside path_repo");
+    assert_eq!(node.get("/_snapshot/escape").status, 404);
+    let unknown = node.put(
+        "/_snapshot/x",
+        &json!({"type": "nfs", "settings": {"location": "x"}}),
+    );
+    assert_eq!(unknown.status, 500);
+    assert!(
+        unknown.body["error"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nfs")
+    );
+    let policy = node.put("/_snapshot/x", &json!({"type": "time-series-pruning"}));
+    assert!(
+        policy.body["error"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a repository"),
+        "{:?}",
+        policy.body
+    );
+    assert_eq!(
+        node.put("/_snapshot/x", &json!({"settings": {}})).status,
+        400
+    );
+
+    // One cluster writes; a readonly registration of the same place can list and restore only.
+    index_docs(&node, "docs", 0, 20);
+    assert_eq!(
+        node.put(
+            "/_snapshot/main",
+            &json!({"type": "fs", "settings": {"location": "shared"}})
+        )
+        .status,
+        200
+    );
+    snapshot(&node, "main", "s1", json!({"indices": "docs"}));
+    let ro = node.put(
+        "/_snapshot/mirror",
+        &json!({"type": "fs", "settings": {"location": "shared", "readonly": true}}),
+    );
+    assert_eq!(ro.status, 200, "{:?}", ro.body);
+    assert_eq!(
+        node.get("/_snapshot/mirror").body["mirror"]["settings"]["readonly"],
+        "true"
+    );
+    let write = node.put("/_snapshot/mirror/s2?wait_for_completion=true", &json!({}));
+    assert_eq!(write.status, 500);
+    assert!(
+        write.body["error"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("readonly")
+    );
+    assert_eq!(node.delete("/_snapshot/mirror/s1").status, 500);
+    let restored = node.post(
+        "/_snapshot/mirror/s1/_restore",
+        &json!({"indices": "docs", "rename_pattern": "docs", "rename_replacement": "docs-copy"}),
+    );
+    assert_eq!(restored.status, 200, "{:?}", restored.body);
+    assert_eq!(count(&node, "docs-copy"), 20);
+    assert_eq!(
+        node.post("/_snapshot/mirror/nope/_restore", &json!({}))
+            .status,
+        404
+    );
+    assert_eq!(node.delete("/_snapshot/mirror").status, 200);
+    assert_eq!(node.get("/_snapshot/mirror").status, 404);
+}
+
+#[test]
+fn a_corrupted_blob_is_named_at_restore_and_nothing_is_half_restored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with_path_repo(dir.path());
+    index_docs(&node, "docs", 0, 100);
+    assert_eq!(
+        node.put(
+            "/_snapshot/r",
+            &json!({"type": "fs", "settings": {"location": "r"}})
+        )
+        .status,
+        200
+    );
+    snapshot(&node, "r", "s1", json!({}));
+    let blobs = dir.path().join("repos/r/blobs");
+    let mut corrupted = None;
+    for entry in std::fs::read_dir(&blobs).expect("blobs dir") {
+        let path = entry.expect("entry").path();
+        let mut bytes = std::fs::read(&path).expect("blob");
+        if bytes.len() > 16 {
+            bytes[8] ^= 0xff;
+            std::fs::write(&path, bytes).expect("corrupt");
+            corrupted = path.file_name().map(|n| n.to_string_lossy().to_string());
+            break;
+        }
+    }
+    let corrupted = corrupted.expect("a blob to corrupt");
+    let reply = node.post(
+        "/_snapshot/r/s1/_restore",
+        &json!({"rename_pattern": "docs", "rename_replacement": "docs-restored"}),
+    );
+    assert_eq!(reply.status, 500, "{:?}", reply.body);
+    let reason = reply.body["error"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("corrupted") && reason.contains(&corrupted),
+        "{reason}"
+    );
+    assert_eq!(
+        node.get("/docs-restored").status,
+        404,
+        "nothing half-restored"
+    );
+    assert_eq!(count(&node, "docs"), 100, "the original index is untouched");
+}
