@@ -141,7 +141,11 @@ pub async fn run(
         tokio::task::spawn_blocking(move || NodeState::open(config, data_dir, cluster)).await??,
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = tokio::spawn(refresh_loop(state.clone(), stop_rx));
+    let background = tokio::spawn(refresh_loop(state.clone(), stop_rx.clone()));
+    let lifecycle = tokio::spawn(crate::snapshot::lifecycle::scheduler(
+        state.clone(),
+        stop_rx,
+    ));
     let app = crate::api::router(state.clone(), max_body);
     tracing::info!(node = node_name, http = %http_addr, transport = %transport_addr, data_dir = %state.config.data_dir.display(), "node started");
     axum::serve(listener, app)
@@ -151,6 +155,7 @@ pub async fn run(
     state.cluster.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = background.await;
+    let _ = lifecycle.await;
     let flushing = state.clone();
     tokio::task::spawn_blocking(move || flushing.flush_all()).await?;
     tracing::info!("shutdown complete");

@@ -10,6 +10,7 @@ mod faults;
 mod indices;
 mod plugins;
 mod search;
+mod slm;
 mod snapshot;
 
 use std::collections::HashMap;
@@ -230,6 +231,13 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         }
         (&M::GET, ["_nodes"]) => cluster::nodes_info(&request),
         (&M::GET, ["_cluster", "state"]) => cluster::state(&request),
+        (&M::GET, ["_slm", "policy"]) => slm::get_policies(&request, None),
+        (&M::GET, ["_slm", "policy", id]) => slm::get_policies(&request, Some(id)),
+        (&M::PUT, ["_slm", "policy", id]) => slm::put_policy(request, id).await,
+        (&M::DELETE, ["_slm", "policy", id]) => slm::delete_policy(request, id).await,
+        (&M::POST | &M::PUT, ["_slm", "policy", id, "_execute"]) => slm::execute(request, id).await,
+        (&M::POST, ["_slm", "_execute_retention"]) => slm::execute_retention(request).await,
+        (&M::GET, ["_slm", "stats"]) => slm::stats(&request),
         (&M::GET, ["_snapshot"]) => snapshot::get_repositories(&request, None),
         (&M::GET, ["_snapshot", repo]) => snapshot::get_repositories(&request, Some(repo)),
         (&M::PUT | &M::POST, ["_snapshot", repo]) => snapshot::put_repository(request, repo).await,

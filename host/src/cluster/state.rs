@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::snapshot::slm::{SlmPolicy, SlmRun, SlmStats};
+
 /// Settings `PUT /_cluster/settings` accepts. Others are refused, as Elasticsearch refuses
 /// settings it does not know, so a typo never silently does nothing.
 pub const KNOWN_CLUSTER_SETTINGS: &[&str] = &[
@@ -50,6 +52,9 @@ pub struct ClusterState {
     pub transient_settings: BTreeMap<String, Value>,
     /// Snapshot repositories by name.
     pub repositories: BTreeMap<String, RepositoryMeta>,
+    /// Snapshot lifecycle policies by id, and what their runs did.
+    pub slm_policies: BTreeMap<String, SlmPolicy>,
+    pub slm_stats: BTreeMap<String, SlmStats>,
 }
 
 /// A change to the cluster state, proposed to the master and committed by the quorum.
@@ -72,6 +77,19 @@ pub enum StateCommand {
     DeleteRepository {
         name: String,
     },
+    PutSlmPolicy {
+        id: String,
+        policy: SlmPolicy,
+    },
+    DeleteSlmPolicy {
+        id: String,
+    },
+    /// A policy ran (`run`) and/or its retention deleted `deleted` snapshots.
+    RecordSlmRun {
+        id: String,
+        run: Option<SlmRun>,
+        deleted: u64,
+    },
 }
 
 /// What applying a command did.
@@ -89,10 +107,7 @@ impl ClusterState {
         match command {
             StateCommand::Bootstrap { cluster_uuid } => {
                 if let Some(existing) = &self.cluster_uuid {
-                    return CommandOutcome {
-                        version: self.version,
-                        rejected: Some(format!("cluster already bootstrapped as [{existing}]")),
-                    };
+                    return self.reject(format!("cluster already bootstrapped as [{existing}]"));
                 }
                 self.cluster_uuid = Some(cluster_uuid.clone());
             }
@@ -108,10 +123,32 @@ impl ClusterState {
             }
             StateCommand::DeleteRepository { name } => {
                 if self.repositories.remove(name).is_none() {
-                    return CommandOutcome {
-                        version: self.version,
-                        rejected: Some(format!("[{name}] missing")),
-                    };
+                    return self.reject(format!("[{name}] missing"));
+                }
+            }
+            StateCommand::PutSlmPolicy { id, policy } => {
+                self.slm_policies.insert(id.clone(), policy.clone());
+            }
+            StateCommand::DeleteSlmPolicy { id } => {
+                if self.slm_policies.remove(id).is_none() {
+                    return self.reject(format!("snapshot lifecycle policy [{id}] missing"));
+                }
+                self.slm_stats.remove(id);
+            }
+            StateCommand::RecordSlmRun { id, run, deleted } => {
+                if !self.slm_policies.contains_key(id) {
+                    return self.reject(format!("snapshot lifecycle policy [{id}] missing"));
+                }
+                let stats = self.slm_stats.entry(id.clone()).or_default();
+                stats.snapshots_deleted += deleted;
+                if let Some(run) = run {
+                    if run.failure.is_some() {
+                        stats.snapshots_failed += 1;
+                        stats.last_failure = Some(run.clone());
+                    } else {
+                        stats.snapshots_taken += 1;
+                        stats.last_success = Some(run.clone());
+                    }
                 }
             }
         }
@@ -119,6 +156,13 @@ impl ClusterState {
         CommandOutcome {
             version: self.version,
             rejected: None,
+        }
+    }
+
+    fn reject(&self, reason: String) -> CommandOutcome {
+        CommandOutcome {
+            version: self.version,
+            rejected: Some(reason),
         }
     }
 

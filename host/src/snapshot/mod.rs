@@ -12,6 +12,8 @@
 //! primary's node.
 
 pub mod format;
+pub mod lifecycle;
+pub mod slm;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};

@@ -11,6 +11,7 @@ mod plugins;
 mod pruning;
 mod repository_plugin;
 mod search;
+mod slm;
 mod snapshots;
 
 use shoal_tests::Node;
