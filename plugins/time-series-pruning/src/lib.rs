@@ -10,16 +10,22 @@ struct TimeSeriesPruning;
 impl PruningPlugin for TimeSeriesPruning {
     fn select_shards(request: PruneRequest) -> Result<Vec<u32>, PluginError> {
         let range = &request.query_range;
-        if let (Some(min), Some(max)) = (range.min, range.max) {
-            if min > max {
-                return Err(PluginError::InvalidInput(format!("empty time range: {min} > {max}")));
-            }
+        if let (Some(min), Some(max)) = (range.min, range.max)
+            && min > max
+        {
+            return Err(PluginError::InvalidInput(format!(
+                "empty time range: {min} > {max}"
+            )));
         }
         let keep = request
             .shards
             .iter()
             .enumerate()
-            .filter(|(_, shard)| shard.timestamps.is_some_and(|(min, max)| overlaps(range, min, max)))
+            .filter(|(_, shard)| {
+                shard
+                    .timestamps
+                    .is_some_and(|(min, max)| overlaps(range, min, max))
+            })
             .map(|(position, _)| position as u32)
             .collect();
         Ok(keep)

@@ -324,3 +324,69 @@ fn a_corrupted_blob_is_named_at_restore_and_nothing_is_half_restored() {
     );
     assert_eq!(count(&node, "docs"), 100, "the original index is untouched");
 }
+
+#[test]
+fn a_repository_that_dies_mid_snapshot_fails_it_cleanly_and_the_next_one_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with_path_repo(dir.path());
+    let uploaded = node.raw(
+        "PUT",
+        "/_plugins/flaky?kind=repository&version=0.1.0",
+        Some(shoal_tests::test_plugin("test-repository-flaky")),
+        "application/wasm",
+    );
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.body);
+    let trap = |on: bool| {
+        let reply = node.put("/_plugins/flaky/_config", &json!({"trap_on_chunk": on}));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    };
+    trap(true);
+    assert_eq!(
+        node.put(
+            "/_snapshot/f",
+            &json!({"type": "flaky", "settings": {"location": "f"}})
+        )
+        .status,
+        200
+    );
+    index_docs(&node, "docs", 0, 200);
+
+    let failed = snapshot(&node, "f", "s1", json!({"indices": "docs"}));
+    assert_eq!(failed["state"], "FAILED", "{failed:?}");
+    let reason = failed["failures"].to_string();
+    assert!(
+        reason.contains("flaky") && reason.contains("trapped"),
+        "the reason names the plugin: {reason}"
+    );
+    assert_eq!(count(&node, "docs"), 200, "the index is untouched");
+    index_docs(&node, "docs", 200, 210);
+
+    let partial = snapshot(
+        &node,
+        "f",
+        "s2",
+        json!({"indices": "docs", "partial": true}),
+    );
+    assert_eq!(partial["state"], "PARTIAL", "{partial:?}");
+    let refused = node.post(
+        "/_snapshot/f/s2/_restore",
+        &json!({"rename_pattern": "docs", "rename_replacement": "docs-partial"}),
+    );
+    assert_eq!(
+        refused.status, 500,
+        "a partial snapshot restores only when asked: {:?}",
+        refused.body
+    );
+
+    trap(false);
+    let ok = snapshot(&node, "f", "s3", json!({"indices": "docs"}));
+    assert_eq!(ok["state"], "SUCCESS", "{ok:?}");
+    let restored = node.post(
+        "/_snapshot/f/s3/_restore",
+        &json!({"rename_pattern": "docs", "rename_replacement": "docs-copy"}),
+    );
+    assert_eq!(restored.status, 200, "{:?}", restored.body);
+    assert_eq!(count(&node, "docs-copy"), 210);
+    let stats = node.get("/_plugins/flaky").body["stats"].clone();
+    assert!(stats["traps"].as_u64() >= Some(1), "{stats:?}");
+}

@@ -7,7 +7,11 @@ struct KeepAll;
 impl PruningPlugin for KeepAll {
     fn select_shards(request: PruneRequest) -> Result<Vec<u32>, PluginError> {
         shoal_plugin_sdk::host::counter_add("decisions", 1);
-        let first_index = if request.index_count > 0 { shoal_plugin_sdk::pruning::index_name(0) } else { String::new() };
+        let first_index = if request.index_count > 0 {
+            shoal_plugin_sdk::pruning::index_name(0)
+        } else {
+            String::new()
+        };
         shoal_plugin_sdk::log::info(&format!(
             "keeping {} shards of {} indices (first: {first_index}), config {}",
             request.shards.len(),

@@ -7,8 +7,13 @@ struct ReadFile;
 impl PruningPlugin for ReadFile {
     fn select_shards(_request: PruneRequest) -> Result<Vec<u32>, PluginError> {
         match std::fs::read("/etc/passwd") {
-            Ok(bytes) => Err(PluginError::Internal(format!("read {} bytes it should not see", bytes.len()))),
-            Err(err) => Err(PluginError::Unavailable(format!("file access denied: {err}"))),
+            Ok(bytes) => Err(PluginError::Internal(format!(
+                "read {} bytes it should not see",
+                bytes.len()
+            ))),
+            Err(err) => Err(PluginError::Unavailable(format!(
+                "file access denied: {err}"
+            ))),
         }
     }
 }

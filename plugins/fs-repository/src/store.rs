@@ -1,0 +1,290 @@
+//! The filesystem repository's implementation, kept apart from the export so test plugins
+//! can compile it into themselves (`#[path]`) and wrap it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin};
+
+const ROOT: &str = "/repo";
+const PART_SUFFIX: &str = ".part";
+
+struct Upload {
+    name: String,
+    temp: PathBuf,
+    file: File,
+    expected_length: u64,
+    expected_sha256: String,
+    written: u64,
+    hasher: Sha256,
+}
+
+thread_local! {
+    static UPLOADS: RefCell<HashMap<u64, Upload>> = RefCell::new(HashMap::new());
+    static NEXT_UPLOAD: RefCell<u64> = const { RefCell::new(1) };
+}
+
+fn io(context: &str, err: std::io::Error) -> RepositoryError {
+    let message = format!("{context}: {err}");
+    match err.kind() {
+        std::io::ErrorKind::NotFound => RepositoryError::NotFound(message),
+        std::io::ErrorKind::PermissionDenied => RepositoryError::AccessDenied(message),
+        _ => RepositoryError::Unavailable(message),
+    }
+}
+
+/// Blob names are relative paths of plain components: nothing may escape the repository.
+fn blob_path(name: &str) -> Result<PathBuf, RepositoryError> {
+    let relative = Path::new(name);
+    let plain = !name.is_empty()
+        && !name.ends_with(PART_SUFFIX)
+        && relative
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+    if !plain {
+        return Err(RepositoryError::Invalid(format!(
+            "invalid blob name [{name}]"
+        )));
+    }
+    Ok(Path::new(ROOT).join(relative))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn temp_path(path: &Path, upload: u64) -> PathBuf {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".{upload}{PART_SUFFIX}"));
+    PathBuf::from(temp)
+}
+
+fn create_parent(path: &Path) -> Result<(), RepositoryError> {
+    match path.parent() {
+        Some(parent) => fs::create_dir_all(parent).map_err(|err| io("creating directory", err)),
+        None => Ok(()),
+    }
+}
+
+fn start(
+    name: String,
+    expected_length: u64,
+    expected_sha256: String,
+) -> Result<u64, RepositoryError> {
+    let path = blob_path(&name)?;
+    create_parent(&path)?;
+    let id = NEXT_UPLOAD.with(|next| {
+        let mut next = next.borrow_mut();
+        let id = *next;
+        *next += 1;
+        id
+    });
+    let temp = temp_path(&path, id);
+    let file = File::create(&temp).map_err(|err| io("creating blob", err))?;
+    UPLOADS.with(|uploads| {
+        uploads.borrow_mut().insert(
+            id,
+            Upload {
+                name,
+                temp,
+                file,
+                expected_length,
+                expected_sha256: expected_sha256.to_ascii_lowercase(),
+                written: 0,
+                hasher: Sha256::new(),
+            },
+        )
+    });
+    Ok(id)
+}
+
+fn chunk(upload: u64, data: &[u8]) -> Result<(), RepositoryError> {
+    UPLOADS.with(|uploads| {
+        let mut uploads = uploads.borrow_mut();
+        let Some(state) = uploads.get_mut(&upload) else {
+            return Err(RepositoryError::Invalid(format!(
+                "no upload [{upload}] in progress"
+            )));
+        };
+        state.written += data.len() as u64;
+        if state.written > state.expected_length {
+            return Err(RepositoryError::Invalid(format!(
+                "blob [{}] is longer than the announced {} bytes",
+                state.name, state.expected_length
+            )));
+        }
+        state.hasher.update(data);
+        state
+            .file
+            .write_all(data)
+            .map_err(|err| io("writing blob", err))
+    })
+}
+
+fn finish(upload: u64) -> Result<(), RepositoryError> {
+    let Some(state) = UPLOADS.with(|uploads| uploads.borrow_mut().remove(&upload)) else {
+        return Err(RepositoryError::Invalid(format!(
+            "no upload [{upload}] in progress"
+        )));
+    };
+    let Upload {
+        name,
+        temp,
+        file,
+        expected_length,
+        expected_sha256,
+        written,
+        hasher,
+    } = state;
+    let discard = |err: RepositoryError| {
+        let _ = fs::remove_file(&temp);
+        Err(err)
+    };
+    if written != expected_length {
+        return discard(RepositoryError::Invalid(format!(
+            "blob [{name}] has {written} bytes, {expected_length} were announced"
+        )));
+    }
+    let actual = hex(&hasher.finalize());
+    if actual != expected_sha256 {
+        return discard(RepositoryError::Invalid(format!(
+            "blob [{name}] has SHA-256 {actual}, {expected_sha256} was announced"
+        )));
+    }
+    if let Err(err) = file.sync_all() {
+        return discard(io("syncing blob", err));
+    }
+    drop(file);
+    let path = blob_path(&name)?;
+    fs::rename(&temp, &path).map_err(|err| io("publishing blob", err))
+}
+
+fn list(prefix: &str) -> Result<Vec<BlobMeta>, RepositoryError> {
+    fn walk(
+        dir: &Path,
+        root: &Path,
+        prefix: &str,
+        out: &mut Vec<BlobMeta>,
+    ) -> Result<(), RepositoryError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(io("listing blobs", err)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|err| io("listing blobs", err))?;
+            let path = entry.path();
+            let metadata = entry
+                .metadata()
+                .map_err(|err| io("reading blob metadata", err))?;
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            let name = relative.to_string_lossy().to_string();
+            if metadata.is_dir() {
+                // Only descend where names under this directory can still match the prefix.
+                if prefix.starts_with(&name) || name.starts_with(prefix) {
+                    walk(&path, root, prefix, out)?;
+                }
+            } else if name.starts_with(prefix) && !name.ends_with(PART_SUFFIX) {
+                out.push(BlobMeta {
+                    name,
+                    size: metadata.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(Path::new(ROOT), Path::new(ROOT), prefix, &mut out)?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The filesystem repository; public so that test plugins can wrap it.
+pub struct FsRepository;
+
+impl RepositoryPlugin for FsRepository {
+    fn put_start(
+        name: String,
+        expected_length: u64,
+        sha256_hex: String,
+    ) -> Result<u64, RepositoryError> {
+        start(name, expected_length, sha256_hex)
+    }
+
+    fn put_chunk(upload: u64, data: Vec<u8>) -> Result<(), RepositoryError> {
+        chunk(upload, &data)
+    }
+
+    fn put_finish(upload: u64) -> Result<(), RepositoryError> {
+        finish(upload)
+    }
+
+    fn put(name: String, data: Vec<u8>, sha256_hex: String) -> Result<(), RepositoryError> {
+        let upload = start(name, data.len() as u64, sha256_hex)?;
+        if let Err(err) = chunk(upload, &data) {
+            if let Some(state) = UPLOADS.with(|uploads| uploads.borrow_mut().remove(&upload)) {
+                let _ = fs::remove_file(&state.temp);
+            }
+            return Err(err);
+        }
+        finish(upload)
+    }
+
+    fn get(name: String, offset: u64, length: Option<u64>) -> Result<Vec<u8>, RepositoryError> {
+        let path = blob_path(&name)?;
+        let mut file =
+            File::open(&path).map_err(|err| io(&format!("reading blob [{name}]"), err))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|err| io("seeking in blob", err))?;
+        let mut data = Vec::new();
+        match length {
+            Some(length) => file.take(length).read_to_end(&mut data),
+            None => file.read_to_end(&mut data),
+        }
+        .map_err(|err| io("reading blob", err))?;
+        Ok(data)
+    }
+
+    fn exists(name: String) -> Result<bool, RepositoryError> {
+        let path = blob_path(&name)?;
+        match fs::metadata(&path) {
+            Ok(metadata) => Ok(metadata.is_file()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(io("checking blob", err)),
+        }
+    }
+
+    fn list_blobs(prefix: String) -> Result<Vec<BlobMeta>, RepositoryError> {
+        list(&prefix)
+    }
+
+    fn delete(name: String) -> Result<(), RepositoryError> {
+        let path = blob_path(&name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io("deleting blob", err)),
+        }
+    }
+
+    fn verify() -> Result<(), RepositoryError> {
+        let name = "tests-verify/probe".to_string();
+        let data = b"shoal repository verification".to_vec();
+        let sha = hex(&Sha256::digest(&data));
+        Self::put(name.clone(), data.clone(), sha)?;
+        let read = Self::get(name.clone(), 0, None)?;
+        Self::delete(name)?;
+        if read != data {
+            return Err(RepositoryError::Unavailable(
+                "the verification blob read back differently".into(),
+            ));
+        }
+        Ok(())
+    }
+}
