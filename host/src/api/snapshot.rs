@@ -73,6 +73,9 @@ pub(super) async fn put_repository(request: Request, name: &str) -> Result<Reply
     let checked = meta.clone();
     blocking(move || {
         let mut session = snapshot::open(&node, &repository, &checked)?;
+        if !checked.readonly {
+            snapshot::claim_writer(&node, &mut session, &repository)?;
+        }
         if !verify {
             return Ok(());
         }

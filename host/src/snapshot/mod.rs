@@ -128,6 +128,49 @@ pub fn registered(node: &NodeState, name: &str) -> Result<RepositoryMeta> {
         .ok_or_else(|| Error::RepositoryMissing(name.to_string()))
 }
 
+/// The blob naming the one cluster that writes a repository.
+pub const WRITER_BLOB: &str = "cluster-writer.json";
+
+/// Claims the repository for this cluster, or refuses when another cluster writes it: two
+/// writers would each delete blobs the other's snapshots need.
+pub fn claim_writer(
+    node: &NodeState,
+    session: &mut RepositorySession,
+    repository: &str,
+) -> Result<()> {
+    let state = node.cluster.consensus.state();
+    let Some(uuid) = state.cluster_uuid.clone() else {
+        return Err(Error::MasterNotDiscovered(
+            "the cluster is not bootstrapped yet, so it cannot claim a repository".into(),
+        ));
+    };
+    if session
+        .exists(WRITER_BLOB)
+        .map_err(repo_error(repository))?
+    {
+        let bytes = session
+            .get(WRITER_BLOB, 0, None)
+            .map_err(repo_error(repository))?;
+        let writer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if writer["cluster_uuid"] == Value::String(uuid.clone()) {
+            return Ok(());
+        }
+        return Err(Error::Repository {
+            repository: repository.to_string(),
+            reason: format!(
+                "the repository is written by another cluster ([{}], uuid [{}]); register it with readonly: true to read it",
+                writer["cluster_name"].as_str().unwrap_or("unknown"),
+                writer["cluster_uuid"].as_str().unwrap_or("unknown"),
+            ),
+        });
+    }
+    let claim =
+        serde_json::json!({ "cluster_uuid": uuid, "cluster_name": node.config.cluster_name });
+    session
+        .put(WRITER_BLOB, claim.to_string().as_bytes())
+        .map_err(repo_error(repository))
+}
+
 /// Every snapshot manifest in the repository, by name.
 pub fn manifests(
     session: &mut RepositorySession,
@@ -174,6 +217,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
     validate_snapshot_name(repository, &request.snapshot)?;
     let _guard = node.snapshot_locks.acquire(repository)?;
     let mut session = open(node, repository, &meta)?;
+    claim_writer(node, &mut session, repository)?;
     if session
         .exists(&manifest_name(&request.snapshot))
         .map_err(repo_error(repository))?

@@ -390,3 +390,34 @@ fn a_repository_that_dies_mid_snapshot_fails_it_cleanly_and_the_next_one_succeed
     let stats = node.get("/_plugins/flaky").body["stats"].clone();
     assert!(stats["traps"].as_u64() >= Some(1), "{stats:?}");
 }
+
+#[test]
+fn a_second_cluster_can_only_register_a_repository_readonly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repos = dir.path().join("repos");
+    std::fs::create_dir_all(&repos).expect("repos");
+    let path_repo = repos.to_str().expect("utf8");
+    let first = Node::start(BIN, &dir.path().join("a"), &["--path-repo", path_repo])
+        .expect("first cluster");
+    let second = Node::start(BIN, &dir.path().join("b"), &["--path-repo", path_repo])
+        .expect("second cluster");
+    let body = json!({"type": "fs", "settings": {"location": "shared"}});
+    assert_eq!(first.put("/_snapshot/shared", &body).status, 200);
+    index_docs(&first, "docs", 0, 10);
+    snapshot(&first, "shared", "s1", json!({}));
+
+    let refused = second.put("/_snapshot/shared", &body);
+    assert_eq!(refused.status, 500, "{:?}", refused.body);
+    let reason = refused.body["error"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("another cluster") && reason.contains("readonly"),
+        "{reason}"
+    );
+    let readonly = json!({"type": "fs", "settings": {"location": "shared", "readonly": true}});
+    assert_eq!(second.put("/_snapshot/shared", &readonly).status, 200);
+    let restored = second.post("/_snapshot/shared/s1/_restore", &json!({}));
+    assert_eq!(restored.status, 200, "{:?}", restored.body);
+    assert_eq!(count(&second, "docs"), 10);
+    // The first cluster keeps writing as before.
+    snapshot(&first, "shared", "s2", json!({}));
+}

@@ -1,0 +1,142 @@
+//! Snapshot benchmark (prints figures, asserts nothing about speed), in one run on one node:
+//! snapshot and restore throughput of an http_logs index to the `fs-repository` plugin versus
+//! `cp -r` of the same shard files on the same disk, and the time and bytes of a second
+//! snapshot of the unchanged index.
+//!
+//! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 1000000).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shoal_tests::{Node, http_logs};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn mb_per_s(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
+}
+
+fn timed(node: &Node, method: &str, path: &str, body: &Value) -> (Duration, Value) {
+    let started = Instant::now();
+    let reply = node.request(method, path, Some(body));
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
+    (took, reply.body)
+}
+
+fn main() {
+    let doc_count: usize = std::env::var("SHOAL_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repos = dir.path().join("repos");
+    std::fs::create_dir_all(&repos).expect("repos");
+    let data = dir.path().join("data");
+    let node = Node::start(BIN, &data, &["--path-repo", repos.to_str().expect("utf8")])
+        .expect("node starts");
+    let created = node.put(
+        "/logs",
+        &json!({"settings": {"number_of_shards": 2, "number_of_replicas": 0, "refresh_interval": "-1"}, "mappings": http_logs::mapping()}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let docs = http_logs::generate(7, doc_count, 1_700_000_000);
+    for batch in docs.chunks(5000) {
+        let mut body = Vec::new();
+        for doc in batch {
+            body.extend_from_slice(b"{\"index\":{}}\n");
+            body.extend(serde_json::to_vec(&doc.to_json()).unwrap_or_default());
+            body.push(b'\n');
+        }
+        let (status, _) = node.raw_bytes("POST", "/logs/_bulk", body, "application/x-ndjson");
+        assert_eq!(status, 200);
+    }
+    assert_eq!(node.post("/logs/_flush", &json!({})).status, 200);
+
+    // Baseline: copy the shard directories on the same disk.
+    let indices = data.join("indices");
+    let index_bytes = dir_size(&indices);
+    let copy = dir.path().join("copy");
+    let started = Instant::now();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&indices)
+        .arg(&copy)
+        .status()
+        .expect("cp runs");
+    let cp_took = started.elapsed();
+    assert!(status.success());
+
+    assert_eq!(
+        node.put(
+            "/_snapshot/r",
+            &json!({"type": "fs", "settings": {"location": "r"}})
+        )
+        .status,
+        200
+    );
+    let (snap_took, first) = timed(
+        &node,
+        "PUT",
+        "/_snapshot/r/s1?wait_for_completion=true",
+        &json!({"indices": "logs"}),
+    );
+    let uploaded = first["snapshot"]["stats"]["incremental"]["size_in_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    let (again_took, second) = timed(
+        &node,
+        "PUT",
+        "/_snapshot/r/s2?wait_for_completion=true",
+        &json!({"indices": "logs"}),
+    );
+    let again_bytes = second["snapshot"]["stats"]["incremental"]["size_in_bytes"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+
+    assert_eq!(node.delete("/logs").status, 200);
+    let (restore_took, _) = timed(
+        &node,
+        "POST",
+        "/_snapshot/r/s1/_restore",
+        &json!({"indices": "logs"}),
+    );
+    let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
+    assert_eq!(count as usize, doc_count, "the restore is complete");
+
+    let cp = mb_per_s(index_bytes, cp_took);
+    let snap = mb_per_s(uploaded, snap_took);
+    let restore = mb_per_s(uploaded, restore_took);
+    println!(
+        "snapshot benchmark: {doc_count} http_logs docs, 2 shards, index {:.1} MiB on disk",
+        index_bytes as f64 / (1 << 20) as f64
+    );
+    println!("  cp -r of the shard files:   {cp:>8.1} MiB/s ({cp_took:?})");
+    println!(
+        "  snapshot to fs-repository:  {snap:>8.1} MiB/s ({snap_took:?}, {:.1} MiB uploaded)  = {:.2}x cp -r",
+        uploaded as f64 / (1 << 20) as f64,
+        snap / cp
+    );
+    println!(
+        "  restore from fs-repository: {restore:>8.1} MiB/s ({restore_took:?})  = {:.2}x cp -r",
+        restore / cp
+    );
+    println!("  second snapshot, unchanged: {again_took:?}, {again_bytes} bytes uploaded");
+}
