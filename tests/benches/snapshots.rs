@@ -5,29 +5,13 @@
 //!
 //! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 1000000).
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shoal_tests::{Node, http_logs};
+use shoal_tests::{Node, dir_size, http_logs, node_with_path_repo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
-
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
@@ -47,11 +31,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let repos = dir.path().join("repos");
-    std::fs::create_dir_all(&repos).expect("repos");
     let data = dir.path().join("data");
-    let node = Node::start(BIN, &data, &["--path-repo", repos.to_str().expect("utf8")])
-        .expect("node starts");
+    let node = node_with_path_repo(BIN, dir.path()).expect("node starts");
     let created = node.put(
         "/logs",
         &json!({"settings": {"number_of_shards": 2, "number_of_replicas": 0, "refresh_interval": "-1"}, "mappings": http_logs::mapping()}),

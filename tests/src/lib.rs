@@ -30,6 +30,30 @@ pub fn test_plugin(name: &str) -> Vec<u8> {
         .unwrap_or_else(|err| panic!("plugin {} was not built: {err}", path.display()))
 }
 
+/// Bytes under `path`, recursively.
+pub fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A node with its data in `root/data` and `root/repos` (created) as its only `--path-repo`.
+pub fn node_with_path_repo(binary: &str, root: &Path) -> anyhow::Result<Node> {
+    let repos = root.join("repos");
+    std::fs::create_dir_all(&repos)?;
+    let repos = repos.to_str().context("the path is not UTF-8")?.to_string();
+    Node::start(binary, &root.join("data"), &["--path-repo", &repos])
+}
+
 /// A running (or stopped) node process.
 pub struct Node {
     binary: PathBuf,

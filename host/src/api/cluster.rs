@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::{Reply, Request, blocking, ok};
 use std::collections::BTreeMap;
 
+use crate::cluster::NodeMeta;
 use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
 use crate::cluster::state::{StateCommand, flatten_settings};
 use crate::config::Role;
@@ -140,6 +141,20 @@ pub(super) fn elected_master(node: &NodeState) -> Option<String> {
     node.cluster.consensus.master().map(|peer| peer.node_id)
 }
 
+/// A live node as `_cluster/state` and `_nodes` describe it.
+fn node_json(meta: &NodeMeta) -> Value {
+    json!({
+        "name": meta.name,
+        "transport_address": meta.transport_addr.to_string(),
+        "host": meta.http_addr.ip().to_string(),
+        "ip": meta.http_addr.ip().to_string(),
+        "version": meta.version,
+        "roles": role_names(&meta.roles),
+        "attributes": { "zone": meta.zone },
+        "http": { "publish_address": meta.http_addr.to_string() },
+    })
+}
+
 /// `GET /_cluster/state`: the committed cluster state and the live nodes, shaped like
 /// Elasticsearch's response (the parts Shoal has so far).
 pub(super) fn state(request: &Request) -> Result<Reply> {
@@ -152,17 +167,7 @@ pub(super) fn state(request: &Request) -> Result<Reply> {
         .membership
         .live_nodes()
         .iter()
-        .map(|meta| {
-            (
-                meta.node_id.clone(),
-                json!({
-                    "name": meta.name,
-                    "transport_address": meta.transport_addr.to_string(),
-                    "roles": role_names(&meta.roles),
-                    "attributes": { "zone": meta.zone },
-                }),
-            )
-        })
+        .map(|meta| (meta.node_id.clone(), node_json(meta)))
         .collect();
     ok(json!({
         "cluster_name": node.config.cluster_name,
@@ -217,6 +222,19 @@ pub(super) async fn put_settings(request: &Request) -> Result<Reply> {
         persistent: persistent.clone(),
         transient: transient.clone(),
     };
+    commit(request, command, Error::IllegalArgument).await?;
+    let mut reply = settings_body(&persistent, &transient, request.flag("flat_settings"));
+    reply["acknowledged"] = json!(true);
+    ok(reply)
+}
+
+/// Commits a cluster-state change through the master within the request's `master_timeout`
+/// (default 30s); a change the state refuses becomes `rejected(reason)`.
+pub(super) async fn commit(
+    request: &Request,
+    command: StateCommand,
+    rejected: fn(String) -> Error,
+) -> Result<()> {
     let timeout = match request.param("master_timeout") {
         Some(text) => parse_time_value(text)?.unwrap_or(DEFAULT_MASTER_TIMEOUT),
         None => DEFAULT_MASTER_TIMEOUT,
@@ -227,13 +245,11 @@ pub(super) async fn put_settings(request: &Request) -> Result<Reply> {
         .consensus
         .propose(command, timeout)
         .await
+        .map(|_| ())
         .map_err(|err| match err {
-            ProposeError::Rejected(reason) => Error::IllegalArgument(reason),
+            ProposeError::Rejected(reason) => rejected(reason),
             other => Error::MasterNotDiscovered(other.to_string()),
-        })?;
-    let mut reply = settings_body(&persistent, &transient, request.flag("flat_settings"));
-    reply["acknowledged"] = json!(true);
-    ok(reply)
+        })
 }
 
 fn settings_body(
@@ -326,21 +342,7 @@ pub(super) fn nodes_info(request: &Request) -> Result<Reply> {
     let live = node.cluster.membership.live_nodes();
     let nodes: serde_json::Map<String, Value> = live
         .iter()
-        .map(|meta| {
-            (
-                meta.node_id.clone(),
-                json!({
-                    "name": meta.name,
-                    "transport_address": meta.transport_addr.to_string(),
-                    "host": meta.http_addr.ip().to_string(),
-                    "ip": meta.http_addr.ip().to_string(),
-                    "version": meta.version,
-                    "roles": role_names(&meta.roles),
-                    "attributes": { "zone": meta.zone },
-                    "http": { "publish_address": meta.http_addr.to_string() },
-                }),
-            )
-        })
+        .map(|meta| (meta.node_id.clone(), node_json(meta)))
         .collect();
     ok(json!({
         "_nodes": { "total": live.len(), "successful": live.len(), "failed": 0 },

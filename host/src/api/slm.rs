@@ -3,24 +3,13 @@
 use serde_json::{Value, json};
 
 use super::{Reply, Request, ok};
-use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
 use crate::cluster::state::StateCommand;
 use crate::error::{Error, Result, illegal};
 use crate::snapshot::lifecycle;
 use crate::snapshot::slm::{Retention, SlmPolicy, parse_schedule, snapshot_name};
 
 async fn commit(request: &Request, command: StateCommand) -> Result<()> {
-    request
-        .node
-        .cluster
-        .consensus
-        .propose(command, DEFAULT_MASTER_TIMEOUT)
-        .await
-        .map(|_| ())
-        .map_err(|err| match err {
-            ProposeError::Rejected(reason) => Error::ResourceNotFound(reason),
-            other => Error::MasterNotDiscovered(other.to_string()),
-        })
+    super::cluster::commit(request, command, Error::ResourceNotFound).await
 }
 
 /// `PUT /_slm/policy/{id}`: validated (schedule, name, repository) before it is stored.

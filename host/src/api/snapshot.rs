@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{Reply, Request, blocking, ok};
-use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
 use crate::cluster::state::{RepositoryMeta, StateCommand};
 use crate::error::{Error, Result, illegal};
 use crate::indices::wildcard_match;
@@ -21,17 +20,7 @@ fn plugin_for_type(kind: &str) -> &str {
 }
 
 async fn commit(request: &Request, command: StateCommand) -> Result<()> {
-    request
-        .node
-        .cluster
-        .consensus
-        .propose(command, DEFAULT_MASTER_TIMEOUT)
-        .await
-        .map(|_| ())
-        .map_err(|err| match err {
-            ProposeError::Rejected(reason) => Error::RepositoryMissing(reason),
-            other => Error::MasterNotDiscovered(other.to_string()),
-        })
+    super::cluster::commit(request, command, Error::RepositoryMissing).await
 }
 
 /// `PUT /_snapshot/{repo}`: verified (unless `verify=false`), then committed to the cluster state.
@@ -79,15 +68,7 @@ pub(super) async fn put_repository(request: Request, name: &str) -> Result<Reply
         if !verify {
             return Ok(());
         }
-        let outcome = if checked.readonly {
-            session.list(snapshot::format::MANIFEST_PREFIX).map(|_| ())
-        } else {
-            session.verify()
-        };
-        outcome.map_err(|err| Error::Repository {
-            repository: repository.clone(),
-            reason: format!("verification failed: {err}"),
-        })
+        snapshot::verify(&mut session, &repository, checked.readonly)
     })
     .await?;
     commit(
@@ -149,15 +130,7 @@ pub(super) async fn verify_repository(request: Request, name: &str) -> Result<Re
     blocking(move || {
         let meta = snapshot::registered(&node, &repository)?;
         let mut session = snapshot::open(&node, &repository, &meta)?;
-        let outcome = if meta.readonly {
-            session.list(snapshot::format::MANIFEST_PREFIX).map(|_| ())
-        } else {
-            session.verify()
-        };
-        outcome.map_err(|err| Error::Repository {
-            repository: repository.clone(),
-            reason: format!("verification failed: {err}"),
-        })?;
+        snapshot::verify(&mut session, &repository, meta.readonly)?;
         let local = node.cluster.membership.local();
         ok(json!({ "nodes": { local.node_id: { "name": local.name } } }))
     })
@@ -191,20 +164,7 @@ pub(super) async fn create_snapshot(
     name: &str,
 ) -> Result<Reply> {
     let body = request.json()?;
-    let indices = match body.get("indices") {
-        None | Some(Value::Null) => "_all".to_string(),
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => {
-            return Err(illegal(format!(
-                "indices must be a string or a list, got {other}"
-            )));
-        }
-    };
+    let indices = snapshot::index_expression(body.get("indices")).map_err(illegal)?;
     let create = CreateRequest {
         repository: repository.to_string(),
         snapshot: name.to_string(),
@@ -290,20 +250,7 @@ pub(super) async fn delete_snapshot(
 pub(super) async fn restore(request: Request, repository: &str, name: &str) -> Result<Reply> {
     let body = request.json()?;
     let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_string);
-    let indices = match body.get("indices") {
-        None | Some(Value::Null) => "_all".to_string(),
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => {
-            return Err(illegal(format!(
-                "indices must be a string or a list, got {other}"
-            )));
-        }
-    };
+    let indices = snapshot::index_expression(body.get("indices")).map_err(illegal)?;
     let restore = RestoreRequest {
         repository: repository.to_string(),
         snapshot: name.to_string(),

@@ -95,6 +95,9 @@ impl Cluster {
         )
         .await?;
         server.set_consensus(consensus.clone());
+        if found && !consensus.wait_for_bootstrap(Duration::from_secs(10)).await {
+            tracing::warn!("the founding node has not committed the cluster identity yet");
+        }
         Ok(Cluster {
             transport,
             membership,

@@ -43,15 +43,7 @@ pub async fn execute(node: Arc<NodeState>, id: &str) -> Result<String> {
     let name = snapshot_name(&policy.name, now, &suffix[..8.min(suffix.len())])
         .map_err(Error::IllegalArgument)?;
     let config = &policy.config;
-    let indices = match config.get("indices") {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
-        _ => "_all".to_string(),
-    };
+    let indices = super::index_expression(config.get("indices")).map_err(Error::IllegalArgument)?;
     let mut metadata = config.get("metadata").cloned().unwrap_or_else(|| json!({}));
     if !metadata.is_object() {
         metadata = json!({});

@@ -171,6 +171,20 @@ pub fn claim_writer(
         .map_err(repo_error(repository))
 }
 
+/// Checks a repository works: a writable one writes, reads and deletes a test blob; a
+/// readonly one lists its snapshots.
+pub fn verify(session: &mut RepositorySession, repository: &str, readonly: bool) -> Result<()> {
+    let outcome = if readonly {
+        session.list(MANIFEST_PREFIX).map(|_| ())
+    } else {
+        session.verify()
+    };
+    outcome.map_err(|err| Error::Repository {
+        repository: repository.to_string(),
+        reason: format!("verification failed: {err}"),
+    })
+}
+
 /// Every snapshot manifest in the repository, by name.
 pub fn manifests(
     session: &mut RepositorySession,
@@ -192,6 +206,21 @@ pub fn manifests(
         manifests.insert(manifest.snapshot.clone(), manifest);
     }
     Ok(manifests)
+}
+
+/// `indices` as snapshot, restore and policy bodies give it: a comma string or a list;
+/// absent means every index.
+pub fn index_expression(value: Option<&Value>) -> std::result::Result<String, String> {
+    match value {
+        None | Some(Value::Null) => Ok("_all".to_string()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(list)) => Ok(list
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(",")),
+        Some(other) => Err(format!("indices must be a string or a list, got {other}")),
+    }
 }
 
 /// What `PUT /_snapshot/{repo}/{snapshot}` asks for.

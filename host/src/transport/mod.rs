@@ -217,27 +217,29 @@ impl Transport {
             return Ok(conn);
         }
         let conn = self.dial(to).await?;
-        let mut peers = self.lock_peers();
-        let queued = match peers.insert(to, PeerSlot::Connected(conn.clone())) {
+        self.install(to, &conn);
+        Ok(conn)
+    }
+
+    /// Caches a fresh connection and sends the datagrams that waited for it.
+    fn install(&self, to: SocketAddr, conn: &quinn::Connection) {
+        let queued = match self
+            .lock_peers()
+            .insert(to, PeerSlot::Connected(conn.clone()))
+        {
             Some(PeerSlot::Dialling(queue)) => queue,
             _ => Vec::new(),
         };
-        drop(peers);
-        flush(&conn, queued);
-        Ok(conn)
+        for payload in queued {
+            if let Err(err) = conn.send_datagram(payload) {
+                tracing::debug!(peer = %to, error = %err, "queued gossip not sent");
+            }
+        }
     }
 
     async fn dial_for_datagrams(&self, to: SocketAddr) {
         match self.dial(to).await {
-            Ok(conn) => {
-                let mut peers = self.lock_peers();
-                let queued = match peers.insert(to, PeerSlot::Connected(conn.clone())) {
-                    Some(PeerSlot::Dialling(queue)) => queue,
-                    _ => Vec::new(),
-                };
-                drop(peers);
-                flush(&conn, queued);
-            }
+            Ok(conn) => self.install(to, &conn),
             Err(err) => {
                 tracing::debug!(peer = %to, error = %err, "dial failed; gossip to it dropped");
                 let mut peers = self.lock_peers();
@@ -350,14 +352,6 @@ impl Transport {
         }
         if send.write_all(&response).await.is_ok() {
             let _ = send.finish();
-        }
-    }
-}
-
-fn flush(conn: &quinn::Connection, queued: Vec<Bytes>) {
-    for payload in queued {
-        if let Err(err) = conn.send_datagram(payload) {
-            tracing::debug!(peer = %conn.remote_address(), error = %err, "queued gossip not sent");
         }
     }
 }

@@ -1,23 +1,8 @@
 //! The `shoal plugin` command line: the offline conformance kit and managing a live node.
 
-use std::process::Command;
-
 use shoal_tests::plugin_path;
 
-use crate::{BIN, fresh_node};
-
-fn shoal(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
+use crate::{fresh_node, shoal};
 
 #[test]
 fn plugin_check_passes_shipped_plugins_and_fails_broken_ones() {

@@ -18,6 +18,20 @@ use shoal_tests::Node;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
 
+/// Runs the node binary with `args` (a CLI command); returns success and stdout+stderr.
+pub fn shoal(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// A fresh node in its own temporary data directory (kept alive by the returned guard).
 pub fn fresh_node(extra_args: &[&str]) -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,28 +1,14 @@
 //! Cluster membership with real node processes: nodes find each other through a seed over
 //! mutually authenticated QUIC, drop a killed, hung or cut-off node, and take it back.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shoal_tests::{Cluster, Node, node_names, wait_for};
 
-use crate::BIN;
+use crate::{BIN, shoal};
 
 const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
-
-fn shoal(args: &[&str]) -> (bool, String) {
-    let output = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
 
 #[test]
 fn three_nodes_join_through_a_seed_and_a_killed_node_goes_down_and_comes_back() {

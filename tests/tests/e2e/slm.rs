@@ -24,14 +24,7 @@ fn policy_snapshots(node: &Node, repo: &str, policy: &str) -> Vec<String> {
 #[test]
 fn a_scheduled_policy_snapshots_by_itself_and_retention_deletes_the_oldest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repos = dir.path().join("repos");
-    std::fs::create_dir_all(&repos).expect("repos");
-    let mut node = Node::start(
-        BIN,
-        &dir.path().join("data"),
-        &["--path-repo", repos.to_str().expect("utf8")],
-    )
-    .expect("node starts");
+    let mut node = shoal_tests::node_with_path_repo(BIN, dir.path()).expect("node starts");
     assert_eq!(
         node.put(
             "/_snapshot/r",
@@ -131,14 +124,7 @@ fn chrono_like_today(node: &Node) -> String {
 #[test]
 fn policies_are_validated() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repos = dir.path().join("repos");
-    std::fs::create_dir_all(&repos).expect("repos");
-    let node = Node::start(
-        BIN,
-        &dir.path().join("data"),
-        &["--path-repo", repos.to_str().expect("utf8")],
-    )
-    .expect("node starts");
+    let node = shoal_tests::node_with_path_repo(BIN, dir.path()).expect("node starts");
     assert_eq!(
         node.put(
             "/_snapshot/r",

@@ -10,14 +10,7 @@ use shoal_tests::Node;
 use crate::BIN;
 
 fn node_with_path_repo(dir: &Path) -> Node {
-    let repos = dir.join("repos");
-    std::fs::create_dir_all(&repos).expect("path_repo");
-    Node::start(
-        BIN,
-        &dir.join("data"),
-        &["--path-repo", repos.to_str().expect("utf8")],
-    )
-    .expect("node starts")
+    shoal_tests::node_with_path_repo(BIN, dir).expect("node starts")
 }
 
 fn index_docs(node: &Node, index: &str, from: u32, to: u32) {

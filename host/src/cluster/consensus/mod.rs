@@ -165,6 +165,16 @@ impl Consensus {
         Ok(consensus)
     }
 
+    /// Waits until the cluster identity is committed (a founding node's first change), so the
+    /// node does not serve requests that need it before it exists.
+    pub async fn wait_for_bootstrap(&self, timeout: Duration) -> bool {
+        let mut state = self.state.clone();
+        matches!(
+            tokio::time::timeout(timeout, state.wait_for(|s| s.cluster_uuid.is_some())).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// The latest cluster state this node has applied.
     pub fn state(&self) -> Arc<ClusterState> {
         self.state.borrow().clone()
