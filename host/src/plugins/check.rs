@@ -115,6 +115,7 @@ pub fn check(file: &str, bytes: &[u8]) -> CheckReport {
     report.sha256 = plugin.describe()["sha256"].as_str().map(str::to_string);
     report.results = match plugin.kind {
         PluginKind::Pruning => pruning_contract(&plugin),
+        PluginKind::Repository => repository_contract(plugin),
         kind => vec![CheckResult {
             name: "contract tests for this kind",
             passed: false,
@@ -243,5 +244,161 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         "decides over 1,000 shards within its deadline",
         ask((Some(5_000), Some(5_100)), &many).map(|_| ()),
     );
+    results
+}
+
+/// The repository contract, against a scratch directory granted as a node would grant it.
+fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult> {
+    use super::grants::{Grants, grant_repository_dir};
+    use super::repository::{RepositoryError, RepositorySession};
+    use sha2::{Digest, Sha256};
+
+    let mut results = Vec::new();
+    let scratch =
+        std::env::temp_dir().join(format!("shoal-plugin-check-{}", crate::ids::new_uuid()));
+    let granted = std::fs::create_dir_all(&scratch)
+        .map_err(|err| err.to_string())
+        .and_then(|()| {
+            grant_repository_dir("repo", std::slice::from_ref(&scratch), false)
+                .map_err(|err| err.to_string())
+        });
+    let granted = match granted {
+        Ok(granted) => granted,
+        Err(err) => {
+            results.push(CheckResult {
+                name: "a scratch repository directory can be granted",
+                passed: false,
+                detail: err,
+            });
+            return results;
+        }
+    };
+    let mut repo = RepositorySession::new(plugin, Grants::directory(granted));
+    let mut record = |name: &'static str, outcome: Result<(), String>| {
+        results.push(CheckResult {
+            name,
+            passed: outcome.is_ok(),
+            detail: outcome.err().unwrap_or_default(),
+        });
+    };
+    let sha = |data: &[u8]| -> String {
+        Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let fail = |err: RepositoryError| err.to_string();
+
+    record(
+        "verify succeeds on a writable directory",
+        repo.verify().map_err(fail),
+    );
+    record(
+        "a blob put whole reads back, exists, and reads by range",
+        (|| {
+            repo.put("check/a", b"0123456789").map_err(fail)?;
+            let whole = repo.get("check/a", 0, None).map_err(fail)?;
+            let range = repo.get("check/a", 3, Some(4)).map_err(fail)?;
+            let exists = repo.exists("check/a").map_err(fail)?;
+            match (whole.as_slice(), range.as_slice(), exists) {
+                (b"0123456789", b"3456", true) => Ok(()),
+                _ => Err(format!("read {whole:?}, range {range:?}, exists {exists}")),
+            }
+        })(),
+    );
+    let big: Vec<u8> = (0..(super::repository::CHUNK_BYTES * 2 + 12_345))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    record(
+        "a streamed blob over several chunks reads back identical",
+        (|| {
+            repo.put_streamed("check/big", big.len() as u64, &sha(&big), &big[..])
+                .map_err(fail)?;
+            let read = repo.get("check/big", 0, None).map_err(fail)?;
+            if read == big {
+                Ok(())
+            } else {
+                Err(format!(
+                    "read back {} bytes, wrote {}",
+                    read.len(),
+                    big.len()
+                ))
+            }
+        })(),
+    );
+    record(
+        "a wrong checksum is refused as invalid and leaves no blob",
+        match repo.put_streamed("check/bad", 3, &sha(b"xyz"), &b"abc"[..]) {
+            Err(RepositoryError::Invalid { .. }) => match repo.exists("check/bad") {
+                Ok(false) => Ok(()),
+                other => Err(format!("after a refused upload, exists answered {other:?}")),
+            },
+            other => Err(format!("expected an invalid error, got {other:?}")),
+        },
+    );
+    record(
+        "a wrong length is refused as invalid",
+        match repo.put_streamed("check/short", 10, &sha(b"abc"), &b"abc"[..]) {
+            Err(RepositoryError::Invalid { .. }) => Ok(()),
+            other => Err(format!("expected an invalid error, got {other:?}")),
+        },
+    );
+    record(
+        "listing by prefix returns exactly the complete blobs, with sizes, in name order",
+        (|| {
+            let listed: Vec<(String, u64)> = repo
+                .list("check/")
+                .map_err(fail)?
+                .into_iter()
+                .map(|blob| (blob.name, blob.size))
+                .collect();
+            let expected = vec![
+                ("check/a".to_string(), 10),
+                ("check/big".to_string(), big.len() as u64),
+            ];
+            if listed == expected {
+                Ok(())
+            } else {
+                Err(format!("listed {listed:?}"))
+            }
+        })(),
+    );
+    record(
+        "a missing blob reads as not-found",
+        match repo.get("check/missing", 0, None) {
+            Err(RepositoryError::NotFound { .. }) => Ok(()),
+            other => Err(format!(
+                "expected not-found, got {:?}",
+                other.map(|data| data.len())
+            )),
+        },
+    );
+    record(
+        "names escaping the repository are refused as invalid",
+        ["../escape", "/etc/passwd", ""]
+            .iter()
+            .map(|name| match repo.get(name, 0, None) {
+                Err(RepositoryError::Invalid { .. }) => Ok(()),
+                other => Err(format!(
+                    "[{name}]: expected an invalid error, got {:?}",
+                    other.map(|d| d.len())
+                )),
+            })
+            .collect::<Result<Vec<()>, String>>()
+            .map(|_| ()),
+    );
+    record(
+        "delete removes a blob, and deleting a missing blob succeeds",
+        (|| {
+            repo.delete("check/a").map_err(fail)?;
+            repo.delete("check/a").map_err(fail)?;
+            match repo.exists("check/a").map_err(fail)? {
+                false => Ok(()),
+                true => Err("the blob still exists".into()),
+            }
+        })(),
+    );
+    drop(repo);
+    let _ = std::fs::remove_dir_all(&scratch);
     results
 }

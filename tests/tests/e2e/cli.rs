@@ -7,6 +7,16 @@ use crate::{fresh_node, shoal};
 #[test]
 fn plugin_check_passes_shipped_plugins_and_fails_broken_ones() {
     let shipped = plugin_path("time-series-pruning");
+    let repository = plugin_path("fs-repository");
+    let (ok, report) = shoal(&["plugin", "check", repository.to_str().expect("utf8 path")]);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("kind:    Repository")
+            && report.contains("PASS  a streamed blob over several chunks")
+            && report.contains("result: PASS (9 checks)"),
+        "{report}"
+    );
+
     let (ok, report) = shoal(&["plugin", "check", shipped.to_str().expect("utf8 path")]);
     assert!(ok, "{report}");
     assert!(
