@@ -34,7 +34,7 @@ pub struct NodeState {
     pub plugins: PluginHost,
     pub cluster: Cluster,
     /// Repositories being written by this node.
-    pub snapshot_locks: crate::snapshot::SnapshotLocks,
+    pub snapshot_activity: crate::snapshot::SnapshotActivity,
     pub started: Instant,
     /// Held for the node's lifetime: a second node on the same data directory is refused.
     _data_lock: std::fs::File,
@@ -106,7 +106,7 @@ impl NodeState {
             indices,
             plugins,
             cluster,
-            snapshot_locks: crate::snapshot::SnapshotLocks::default(),
+            snapshot_activity: crate::snapshot::SnapshotActivity::default(),
             started: Instant::now(),
             _data_lock: data_lock,
         })

@@ -245,6 +245,12 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         (&M::POST, ["_snapshot", repo, "_verify"]) => {
             snapshot::verify_repository(request, repo).await
         }
+        (&M::GET, ["_snapshot", repo, "_status"]) => {
+            snapshot::snapshot_status(request, repo, None).await
+        }
+        (&M::GET, ["_snapshot", repo, name, "_status"]) => {
+            snapshot::snapshot_status(request, repo, Some(name)).await
+        }
         (&M::POST, ["_snapshot", repo, "_cleanup"]) => {
             snapshot::cleanup_repository(request, repo).await
         }

@@ -149,7 +149,7 @@ pub(super) async fn cleanup_repository(request: Request, name: &str) -> Result<R
                 reason: "cannot clean up a readonly repository".into(),
             });
         }
-        let _guard = node.snapshot_locks.acquire(&repository)?;
+        let _guard = node.snapshot_activity.acquire(&repository)?;
         let mut session = snapshot::open(&node, &repository, &meta)?;
         let (blobs, bytes) = snapshot::collect_garbage(&mut session, &repository)?;
         ok(json!({ "results": { "deleted_bytes": bytes, "deleted_blobs": blobs } }))
@@ -204,30 +204,80 @@ pub(super) async fn get_snapshots(
     repository: &str,
     pattern: &str,
 ) -> Result<Reply> {
+    let listed = describe_snapshots(request, repository, pattern, |manifest, repo| {
+        manifest.to_json(repo)
+    })
+    .await?;
+    ok(json!({ "snapshots": listed, "total": listed.len(), "remaining": 0 }))
+}
+
+/// `GET /_snapshot/{repo}/{snapshot}/_status` (or `/_snapshot/{repo}/_status`: the running
+/// ones): per-shard stages, files and bytes.
+pub(super) async fn snapshot_status(
+    request: Request,
+    repository: &str,
+    pattern: Option<&str>,
+) -> Result<Reply> {
+    let listed = match pattern {
+        Some(pattern) => {
+            describe_snapshots(request, repository, pattern, |manifest, repo| {
+                manifest.status_json(repo)
+            })
+            .await?
+        }
+        None => {
+            snapshot::registered(&request.node, repository)?;
+            request
+                .node
+                .snapshot_activity
+                .running(repository)
+                .iter()
+                .map(|(name, progress)| progress.to_json(repository, name))
+                .collect()
+        }
+    };
+    ok(json!({ "snapshots": listed }))
+}
+
+/// The snapshots of `repository` matching `pattern`, finished ones rendered by `render`,
+/// running ones by their progress; a concrete name that matches nothing is a 404.
+async fn describe_snapshots(
+    request: Request,
+    repository: &str,
+    pattern: &str,
+    render: fn(&snapshot::format::SnapshotManifest, &str) -> Value,
+) -> Result<Vec<Value>> {
     let node = request.node.clone();
     let repo = repository.to_string();
     let pattern = pattern.to_string();
     blocking(move || {
         let meta = snapshot::registered(&node, &repo)?;
         let mut session = snapshot::open(&node, &repo, &meta)?;
-        let manifests = snapshot::manifests(&mut session, &repo)?;
-        let mut snapshots = Vec::new();
+        let mut entries: BTreeMap<String, Value> = snapshot::manifests(&mut session, &repo)?
+            .iter()
+            .map(|(name, manifest)| (name.clone(), render(manifest, &repo)))
+            .collect();
+        for (name, progress) in node.snapshot_activity.running(&repo) {
+            let described = progress.to_json(&repo, &name);
+            entries.insert(name, described);
+        }
+        let mut listed = Vec::new();
         for wanted in pattern.split(',') {
             let all = wanted == "_all" || wanted == "*";
-            let before = snapshots.len();
-            for (name, manifest) in &manifests {
+            let before = listed.len();
+            for (name, entry) in &entries {
                 if all || wildcard_match(wanted, name) {
-                    snapshots.push(manifest.to_json(&repo));
+                    listed.push(entry.clone());
                 }
             }
-            if snapshots.len() == before && !all && !wanted.contains('*') {
+            if listed.len() == before && !all && !wanted.contains('*') {
                 return Err(Error::SnapshotMissing {
                     repository: repo.clone(),
                     snapshot: wanted.to_string(),
                 });
             }
         }
-        ok(json!({ "snapshots": snapshots, "total": snapshots.len(), "remaining": 0 }))
+        Ok(listed)
     })
     .await
 }

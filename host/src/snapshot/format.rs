@@ -100,6 +100,52 @@ impl SnapshotManifest {
         (total, failed)
     }
 
+    /// The snapshot as `_status` shows it: every shard's stage, files and bytes.
+    pub fn status_json(&self, repository: &str) -> Value {
+        let (total, failed) = self.shard_counts();
+        let indices: serde_json::Map<String, Value> = self
+            .indices
+            .iter()
+            .map(|(name, index)| {
+                let shards: serde_json::Map<String, Value> = index
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(number, shard)| {
+                        let status = match shard {
+                            Some(shard) => serde_json::json!({
+                                "stage": "DONE",
+                                "stats": {
+                                    "total": {
+                                        "file_count": shard.files.len(),
+                                        "size_in_bytes": shard.files.iter().map(|f| f.size).sum::<u64>(),
+                                    },
+                                },
+                            }),
+                            None => serde_json::json!({ "stage": "FAILURE" }),
+                        };
+                        (number.to_string(), status)
+                    })
+                    .collect();
+                (name.clone(), serde_json::json!({ "shards": shards }))
+            })
+            .collect();
+        serde_json::json!({
+            "snapshot": self.snapshot,
+            "repository": repository,
+            "uuid": self.uuid,
+            "state": self.state,
+            "shards_stats": { "done": total - failed, "failed": failed, "total": total },
+            "stats": {
+                "incremental": { "file_count": self.stats.uploaded_files, "size_in_bytes": self.stats.uploaded_bytes },
+                "total": { "file_count": self.stats.total_files, "size_in_bytes": self.stats.total_bytes },
+                "start_time_in_millis": self.start_time_in_millis,
+                "time_in_millis": self.end_time_in_millis - self.start_time_in_millis,
+            },
+            "indices": indices,
+        })
+    }
+
     /// The snapshot as `GET /_snapshot/{repo}/{snapshot}` shows it.
     pub fn to_json(&self, repository: &str) -> Value {
         let (total, failed) = self.shard_counts();

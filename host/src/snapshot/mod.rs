@@ -36,19 +36,82 @@ use format::{
     SnapshotManifest, SnapshotState, TransferStats, blob_name, manifest_name,
 };
 
-/// Repositories with a snapshot or deletion running on this node (one at a time each).
+/// What this node is doing to repositories: which are being written (one snapshot or
+/// deletion at a time each) and the progress of running snapshots.
 #[derive(Default)]
-pub struct SnapshotLocks {
+pub struct SnapshotActivity {
     busy: Mutex<HashSet<String>>,
+    running: Mutex<BTreeMap<(String, String), Progress>>,
+}
+
+/// A running snapshot's progress.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub start_time_in_millis: i64,
+    pub indices: Vec<String>,
+    pub shards_total: usize,
+    pub shards_done: usize,
+    pub shards_failed: usize,
+    pub stats: TransferStats,
+}
+
+impl SnapshotActivity {
+    /// The snapshots running in `repository`, by name.
+    pub fn running(&self, repository: &str) -> Vec<(String, Progress)> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .iter()
+            .filter(|((repo, _), _)| repo == repository)
+            .map(|((_, name), progress)| (name.clone(), progress.clone()))
+            .collect()
+    }
+
+    fn update(&self, repository: &str, snapshot: &str, change: impl FnOnce(&mut Progress)) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        change(
+            running
+                .entry((repository.to_string(), snapshot.to_string()))
+                .or_default(),
+        );
+    }
+
+    fn finish(&self, repository: &str, snapshot: &str) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.remove(&(repository.to_string(), snapshot.to_string()));
+    }
+}
+
+impl Progress {
+    /// The running snapshot as `GET /_snapshot` and `_status` show it.
+    pub fn to_json(&self, repository: &str, snapshot: &str) -> Value {
+        let now = chrono::Utc::now().timestamp_millis();
+        serde_json::json!({
+            "snapshot": snapshot,
+            "repository": repository,
+            "indices": self.indices,
+            "state": SnapshotState::InProgress,
+            "start_time_in_millis": self.start_time_in_millis,
+            "duration_in_millis": now - self.start_time_in_millis,
+            "shards": {
+                "total": self.shards_total,
+                "done": self.shards_done,
+                "failed": self.shards_failed,
+            },
+            "stats": {
+                "incremental": { "file_count": self.stats.uploaded_files, "size_in_bytes": self.stats.uploaded_bytes },
+                "processed": { "file_count": self.stats.total_files, "size_in_bytes": self.stats.total_bytes },
+            },
+        })
+    }
 }
 
 /// Held while a repository is being written.
 pub struct RepositoryGuard<'a> {
-    locks: &'a SnapshotLocks,
+    locks: &'a SnapshotActivity,
     repository: String,
 }
 
-impl SnapshotLocks {
+impl SnapshotActivity {
     pub fn acquire(&self, repository: &str) -> Result<RepositoryGuard<'_>> {
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         if !busy.insert(repository.to_string()) {
@@ -244,7 +307,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
         });
     }
     validate_snapshot_name(repository, &request.snapshot)?;
-    let _guard = node.snapshot_locks.acquire(repository)?;
+    let _guard = node.snapshot_activity.acquire(repository)?;
     let mut session = open(node, repository, &meta)?;
     claim_writer(node, &mut session, repository)?;
     if session
@@ -259,6 +322,29 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
     }
     let indices = node.indices.resolve(&request.indices, false)?;
     let start = chrono::Utc::now().timestamp_millis();
+    let activity = &node.snapshot_activity;
+    activity.update(repository, &request.snapshot, |progress| {
+        progress.start_time_in_millis = start;
+        progress.indices = indices
+            .iter()
+            .map(|index| index.name().to_string())
+            .collect();
+        progress.shards_total = indices.iter().map(|index| index.shards.len()).sum();
+    });
+    let outcome = take_snapshot(node, request, &mut session, &indices, start);
+    activity.finish(repository, &request.snapshot);
+    outcome
+}
+
+/// The body of [`create`], once the repository is claimed and progress is registered.
+fn take_snapshot(
+    node: &NodeState,
+    request: &CreateRequest,
+    session: &mut RepositorySession,
+    indices: &[std::sync::Arc<crate::index::IndexService>],
+    start: i64,
+) -> Result<SnapshotManifest> {
+    let repository = request.repository.as_str();
     let staging = node.config.data_dir.join("_snapshots").join(new_uuid());
     let mut known: HashSet<String> = session
         .list(BLOB_PREFIX)
@@ -269,7 +355,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
     let mut stats = TransferStats::default();
     let mut failures = Vec::new();
     let mut snapshots = BTreeMap::new();
-    for index in &indices {
+    for index in indices {
         let index_meta = index.meta.persisted_json()?;
         let mut shards = Vec::with_capacity(index.shards.len());
         for shard in &index.shards {
@@ -278,7 +364,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
                 .join(shard.id.shard.to_string());
             let outcome = shard.stage_commit(&shard_staging).and_then(|staged| {
                 upload_shard(
-                    &mut session,
+                    session,
                     repository,
                     &shard_staging,
                     staged,
@@ -286,6 +372,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
                     &mut stats,
                 )
             });
+            let failed = outcome.is_err();
             match outcome {
                 Ok(snapshot) => shards.push(Some(snapshot)),
                 Err(err) => {
@@ -294,6 +381,12 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
                     shards.push(None);
                 }
             }
+            node.snapshot_activity
+                .update(repository, &request.snapshot, |progress| {
+                    progress.shards_done += 1;
+                    progress.shards_failed += usize::from(failed);
+                    progress.stats = stats;
+                });
         }
         snapshots.insert(
             index.name().to_string(),
@@ -415,7 +508,7 @@ pub fn delete(node: &NodeState, repository: &str, snapshot: &str) -> Result<()> 
             reason: "cannot delete a snapshot from a readonly repository".into(),
         });
     }
-    let _guard = node.snapshot_locks.acquire(repository)?;
+    let _guard = node.snapshot_activity.acquire(repository)?;
     let mut session = open(node, repository, &meta)?;
     let name = manifest_name(snapshot);
     if !session.exists(&name).map_err(repo_error(repository))? {

@@ -112,6 +112,38 @@ fn snapshots_are_incremental_and_restore_identical_data() {
         "only new files: {third:?}"
     );
 
+    let status = node.get("/_snapshot/backups/snap-1/_status");
+    assert_eq!(status.status, 200, "{:?}", status.body);
+    let first_status = &status.body["snapshots"][0];
+    assert_eq!(first_status["shards_stats"]["done"], 3);
+    assert_eq!(
+        first_status["indices"]["logs"]["shards"]["1"]["stage"],
+        "DONE"
+    );
+    assert!(
+        first_status["indices"]["logs"]["shards"]["0"]["stats"]["total"]["file_count"].as_u64()
+            > Some(0)
+    );
+    assert_eq!(
+        node.get("/_snapshot/backups/_status").body["snapshots"],
+        json!([]),
+        "nothing running"
+    );
+    assert_eq!(node.get("/_snapshot/backups/nope/_status").status, 404);
+
+    // Without wait_for_completion the snapshot runs in the background.
+    let accepted = node.put("/_snapshot/backups/snap-bg", &json!({"indices": "metrics"}));
+    assert_eq!(accepted.body["accepted"], true, "{:?}", accepted.body);
+    shoal_tests::wait_for(
+        std::time::Duration::from_secs(60),
+        "the background snapshot",
+        || {
+            (node.get("/_snapshot/backups/snap-bg").body["snapshots"][0]["state"] == "SUCCESS")
+                .then_some(())
+        },
+    );
+    assert_eq!(node.delete("/_snapshot/backups/snap-bg").status, 200);
+
     let same_name = node.put(
         "/_snapshot/backups/snap-3?wait_for_completion=true",
         &json!({}),
