@@ -1,7 +1,8 @@
 //! Capabilities granted to a plugin instance. A plugin gets nothing ambient: no files, sockets,
-//! environment or inherited stdio. The only grant today is one preopened directory (a
-//! filesystem repository's location), which must lie inside a directory the operator listed
-//! in `path_repo` (Elasticsearch's `path.repo`); a read-only repository gets it read-only.
+//! environment or inherited stdio. Two grants exist: one preopened directory (a filesystem
+//! repository's location), which must lie inside a directory the operator listed in
+//! `path_repo` (Elasticsearch's `path.repo`) and is read-only for a read-only repository; and
+//! a list of hosts reachable over `wasi:http` (an S3 repository's endpoint).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -14,6 +15,8 @@ pub const GUEST_REPOSITORY_DIR: &str = "/repo";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     pub directory: Option<GrantedDir>,
+    /// Hosts (`host` or `host:port`) reachable over `wasi:http`.
+    pub http_hosts: Vec<String>,
 }
 
 /// A host directory preopened at [`GUEST_REPOSITORY_DIR`].
@@ -49,6 +52,14 @@ impl Grants {
     pub fn directory(dir: GrantedDir) -> Grants {
         Grants {
             directory: Some(dir),
+            ..Grants::default()
+        }
+    }
+
+    pub fn http_hosts(hosts: Vec<String>) -> Grants {
+        Grants {
+            http_hosts: hosts,
+            ..Grants::default()
         }
     }
 

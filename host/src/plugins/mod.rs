@@ -8,6 +8,7 @@
 pub mod bindings;
 pub mod check;
 pub mod grants;
+pub mod http_grant;
 pub mod pruning;
 pub mod repository;
 mod state;
@@ -270,6 +271,9 @@ impl PluginHost {
         // Rust std guests import WASI even when they use none of it; the context a plugin gets
         // grants nothing (no files, sockets or environment).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime)?;
+        // wasi:http is linked for every plugin; each instance's allow-list decides, and it is
+        // empty unless the instance was granted hosts.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(runtime)?;
         PruningPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(runtime)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
@@ -642,6 +646,11 @@ impl Plugin {
             limits,
             started: Instant::now(),
             pruning_indices: Vec::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hosts: http_grant::HttpAllowList {
+                plugin: self.name.clone(),
+                hosts: grants.http_hosts.clone(),
+            },
         };
         let engine = match &loaded.pre {
             KindPre::Pruning(pre) => pre.engine().clone(),

@@ -19,6 +19,19 @@ pub struct PluginState {
     pub started: Instant,
     /// Index names of the pruning call in progress (`pruning-context.index-name`).
     pub pruning_indices: Vec<String>,
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    /// The hosts this instance may reach over `wasi:http` (none unless granted).
+    pub http_hosts: super::http_grant::HttpAllowList,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            hooks: &mut self.http_hosts,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for PluginState {

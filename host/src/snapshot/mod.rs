@@ -161,22 +161,35 @@ pub fn open(node: &NodeState, name: &str, meta: &RepositoryMeta) -> Result<Repos
             ),
         });
     }
-    let grants = match meta.settings.get("location") {
+    let mut grants = Grants::none();
+    match meta.settings.get("location") {
         Some(Value::String(location)) => {
             let dir = grant_repository_dir(location, &node.config.path_repo, meta.readonly)
                 .map_err(|err| Error::Repository {
                     repository: name.to_string(),
                     reason: err.to_string(),
                 })?;
-            Grants::directory(dir)
+            grants.directory = Some(dir);
         }
         Some(other) => {
             return Err(Error::IllegalArgument(format!(
                 "[{name}] location must be a string, got {other}"
             )));
         }
-        None => Grants::none(),
-    };
+        None => {}
+    }
+    // A network repository reaches exactly the host of its endpoint.
+    if let Some(endpoint) = meta.settings.get("endpoint") {
+        let authority = endpoint
+            .as_str()
+            .map(|url| url.split_once("://").map_or(url, |(_, rest)| rest))
+            .map(|rest| rest.split('/').next().unwrap_or_default())
+            .filter(|authority| !authority.is_empty())
+            .ok_or_else(|| {
+                Error::IllegalArgument(format!("[{name}] endpoint must be a URL, got {endpoint}"))
+            })?;
+        grants.http_hosts.push(authority.to_string());
+    }
     Ok(RepositorySession::new(plugin, grants))
 }
 

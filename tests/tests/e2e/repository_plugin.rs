@@ -163,3 +163,59 @@ fn a_read_only_grant_reads_but_cannot_write() {
     );
     assert!(dir.path().join("shared/snap-1/meta").exists());
 }
+
+/// Serves `body` to every connection on a fresh 127.0.0.1 port; returns the port.
+fn serve_forever(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn outgoing_http_reaches_granted_hosts_only() {
+    let port = serve_forever("hello from the granted host");
+    let host = PluginHost::new(None).expect("plugin host");
+    let bytes = shoal_tests::test_plugin("test-http-fetch");
+    let plugin = host
+        .install(shoal::plugins::InstallRequest {
+            name: "http-fetch",
+            version: "0.1.0",
+            bytes: &bytes,
+            shipped: false,
+            expected: Some(PluginKind::Repository),
+            limits: shoal::plugins::LimitsOverride::default(),
+        })
+        .expect("installs");
+    let url = format!("http://127.0.0.1:{port}/blob");
+
+    let mut granted = RepositorySession::new(
+        plugin.clone(),
+        Grants::http_hosts(vec![format!("127.0.0.1:{port}")]),
+    );
+    assert_eq!(
+        granted.get(&url, 0, None).expect("granted host answers"),
+        b"hello from the granted host"
+    );
+
+    for grants in [
+        Grants::none(),
+        Grants::http_hosts(vec![format!("127.0.0.1:{}", port + 1)]),
+    ] {
+        let mut session = RepositorySession::new(plugin.clone(), grants);
+        let err = session.get(&url, 0, None).expect_err("not granted");
+        assert!(matches!(err, RepositoryError::AccessDenied { .. }), "{err}");
+    }
+}
