@@ -65,14 +65,7 @@ fn main() {
     let cp_took = started.elapsed();
     assert!(status.success());
 
-    assert_eq!(
-        node.put(
-            "/_snapshot/r",
-            &json!({"type": "fs", "settings": {"location": "r"}})
-        )
-        .status,
-        200
-    );
+    shoal_tests::register_fs_repository(&node, "r", "r");
     let (snap_took, first) = timed(
         &node,
         "PUT",

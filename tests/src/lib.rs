@@ -54,6 +54,14 @@ pub fn node_with_path_repo(binary: &str, root: &Path) -> anyhow::Result<Node> {
     Node::start(binary, &root.join("data"), &["--path-repo", &repos])
 }
 
+/// Registers the shipped filesystem repository `name` at `location` (under the node's
+/// `path_repo`), asserting that the node accepts it.
+pub fn register_fs_repository(node: &Node, name: &str, location: &str) {
+    let body = serde_json::json!({"type": "fs", "settings": {"location": location}});
+    let reply = node.put(&format!("/_snapshot/{name}"), &body);
+    assert_eq!(reply.status, 200, "registering [{name}]: {:?}", reply.body);
+}
+
 /// A running (or stopped) node process.
 pub struct Node {
     binary: PathBuf,

@@ -142,13 +142,7 @@ pub(super) async fn cleanup_repository(request: Request, name: &str) -> Result<R
     let node = request.node.clone();
     let repository = name.to_string();
     blocking(move || {
-        let meta = snapshot::registered(&node, &repository)?;
-        if meta.readonly {
-            return Err(Error::Repository {
-                repository,
-                reason: "cannot clean up a readonly repository".into(),
-            });
-        }
+        let meta = snapshot::writable(&node, &repository, "clean up")?;
         let _guard = node.snapshot_activity.acquire(&repository)?;
         let mut session = snapshot::open(&node, &repository, &meta)?;
         let (blobs, bytes) = snapshot::collect_garbage(&mut session, &repository)?;
@@ -176,13 +170,7 @@ pub(super) async fn create_snapshot(
         metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
     };
     // Refuse what is refusable before answering, even when not waiting.
-    let meta = snapshot::registered(&request.node, repository)?;
-    if meta.readonly {
-        return Err(Error::Repository {
-            repository: repository.to_string(),
-            reason: "cannot create a snapshot in a readonly repository".into(),
-        });
-    }
+    snapshot::writable(&request.node, repository, "create a snapshot in")?;
     let node = request.node.clone();
     let repo = repository.to_string();
     let work = move || snapshot::create(&node, &create).map(|manifest| manifest.to_json(&repo));
@@ -290,7 +278,7 @@ pub(super) async fn delete_snapshot(
     let node = request.node.clone();
     let (repo, snap) = (repository.to_string(), name.to_string());
     blocking(move || {
-        snapshot::delete(&node, &repo, &snap)?;
+        snapshot::delete(&node, &repo, &[snap])?;
         ok(json!({ "acknowledged": true }))
     })
     .await

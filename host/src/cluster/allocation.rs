@@ -411,6 +411,33 @@ mod tests {
         }
     }
 
+    /// A new index allocated with default settings, every copy started and in sync.
+    fn started_index(
+        nodes: &[DataNode],
+        shards: usize,
+        replicas: u32,
+    ) -> BTreeMap<String, IndexRouting> {
+        let mut routing = allocate(
+            &new_index(shards, replicas),
+            nodes,
+            &AllocationSettings::default(),
+            &BTreeSet::new(),
+            ids(),
+        )
+        .routing;
+        start_all(&mut routing);
+        routing
+    }
+
+    /// `nodes` without the one whose id is `gone`.
+    fn without(nodes: &[DataNode], gone: &str) -> Vec<DataNode> {
+        nodes
+            .iter()
+            .filter(|n| n.node_id != gone)
+            .cloned()
+            .collect()
+    }
+
     fn zones_of(shard: &ShardRouting, nodes: &[DataNode]) -> Vec<String> {
         let mut zones: Vec<String> = shard
             .copies
@@ -547,24 +574,12 @@ mod tests {
     #[test]
     fn a_lost_primary_is_replaced_by_an_in_sync_replica_under_a_new_term() {
         let nodes = [node("a", "z1"), node("b", "z2")];
-        let mut routing = allocate(
-            &new_index(1, 1),
-            &nodes,
-            &AllocationSettings::default(),
-            &BTreeSet::new(),
-            ids(),
-        )
-        .routing;
-        start_all(&mut routing);
+        let mut routing = started_index(&nodes, 1, 1);
         let primary_node = routing["logs"].shards[0]
             .primary()
             .map(|p| p.node_id.clone())
             .expect("primary");
-        let survivor: Vec<DataNode> = nodes
-            .iter()
-            .filter(|n| n.node_id != primary_node)
-            .cloned()
-            .collect();
+        let survivor = without(&nodes, &primary_node);
         fail_departed(&mut routing, &survivor);
         let shard = &routing["logs"].shards[0];
         let primary = shard.primary().expect("promoted");
@@ -575,15 +590,7 @@ mod tests {
     #[test]
     fn a_stale_copy_is_never_promoted() {
         let nodes = [node("a", "z1"), node("b", "z2")];
-        let mut routing = allocate(
-            &new_index(1, 1),
-            &nodes,
-            &AllocationSettings::default(),
-            &BTreeSet::new(),
-            ids(),
-        )
-        .routing;
-        start_all(&mut routing);
+        let mut routing = started_index(&nodes, 1, 1);
         let shard = &mut routing.get_mut("logs").expect("index").shards[0];
         let replica_id = shard
             .copies
@@ -594,11 +601,7 @@ mod tests {
         // The replica missed writes: the master took it out of the in-sync set.
         shard.in_sync.remove(&replica_id);
         let primary_node = shard.primary().map(|p| p.node_id.clone()).expect("primary");
-        let survivor: Vec<DataNode> = nodes
-            .iter()
-            .filter(|n| n.node_id != primary_node)
-            .cloned()
-            .collect();
+        let survivor = without(&nodes, &primary_node);
         fail_departed(&mut routing, &survivor);
         let shard = &routing["logs"].shards[0];
         assert!(
@@ -627,26 +630,14 @@ mod tests {
     #[test]
     fn delayed_replicas_wait_and_allocation_enable_is_honoured() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z3")];
-        let mut routing = allocate(
-            &new_index(1, 1),
-            &nodes,
-            &AllocationSettings::default(),
-            &BTreeSet::new(),
-            ids(),
-        )
-        .routing;
-        start_all(&mut routing);
+        let mut routing = started_index(&nodes, 1, 1);
         let replica_node = routing["logs"].shards[0]
             .copies
             .iter()
             .find(|c| !c.primary)
             .map(|c| c.node_id.clone())
             .expect("replica");
-        let live: Vec<DataNode> = nodes
-            .iter()
-            .filter(|n| n.node_id != replica_node)
-            .cloned()
-            .collect();
+        let live = without(&nodes, &replica_node);
         fail_departed(&mut routing, &live);
         let delayed = BTreeSet::from([("logs".to_string(), 0)]);
         let waiting = allocate(
@@ -690,15 +681,7 @@ mod tests {
     #[test]
     fn excluded_nodes_get_nothing_new_and_their_copies_are_moved() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z3")];
-        let mut routing = allocate(
-            &new_index(3, 1),
-            &nodes,
-            &AllocationSettings::default(),
-            &BTreeSet::new(),
-            ids(),
-        )
-        .routing;
-        start_all(&mut routing);
+        let routing = started_index(&nodes, 3, 1);
         let settings = AllocationSettings::from_settings(|key| {
             (key == "cluster.routing.allocation.exclude.zone").then(|| "z3".to_string())
         });

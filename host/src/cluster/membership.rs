@@ -118,14 +118,7 @@ impl Membership {
             GossipCodec,
             MetaBroadcasts::new(meta_tx),
         );
-        match local.encode() {
-            Ok(bytes) => {
-                if let Err(err) = foca.add_broadcast(&bytes) {
-                    tracing::error!(error = %err, "node metadata does not fit in a gossip packet");
-                }
-            }
-            Err(err) => tracing::error!(error = %err, "cannot encode node metadata"),
-        }
+        broadcast_meta(&mut foca, &local);
         let task = MembershipTask {
             foca,
             runtime: AccumulatingRuntime::new(),
@@ -141,6 +134,7 @@ impl Membership {
             seeds,
             commands: commands.clone(),
             leaving: false,
+            view_changed: false,
         };
         tokio::spawn(task.run(datagrams, command_rx, meta_rx));
         Membership { shared, commands }
@@ -192,6 +186,8 @@ struct MembershipTask {
     seeds: Vec<String>,
     commands: mpsc::Sender<Command>,
     leaving: bool,
+    /// Set when liveness or metadata changed since the view was last published.
+    view_changed: bool,
 }
 
 impl MembershipTask {
@@ -232,7 +228,11 @@ impl MembershipTask {
                 _ = announce.tick() => self.housekeeping().await,
             }
             self.drain_runtime();
-            self.publish_view();
+            // Most packets are probes that change nothing; the view is rebuilt only when
+            // liveness or metadata changed.
+            if std::mem::take(&mut self.view_changed) {
+                self.publish_view();
+            }
         }
     }
 
@@ -306,6 +306,13 @@ impl MembershipTask {
     }
 
     fn on_notification(&mut self, notification: OwnedNotification<MemberId>) {
+        self.view_changed |= matches!(
+            notification,
+            OwnedNotification::MemberUp(_)
+                | OwnedNotification::MemberDown(_)
+                | OwnedNotification::Rename(..)
+                | OwnedNotification::Rejoin(_)
+        );
         match notification {
             OwnedNotification::MemberUp(id) => {
                 self.alive.insert(id.addr, id.clone());
@@ -337,14 +344,7 @@ impl MembershipTask {
                     local.revision = 0;
                     local.clone()
                 };
-                match meta.encode() {
-                    Ok(bytes) => {
-                        if let Err(err) = self.foca.add_broadcast(&bytes) {
-                            tracing::error!(error = %err, "cannot broadcast node metadata");
-                        }
-                    }
-                    Err(err) => tracing::error!(error = %err, "cannot encode node metadata"),
-                }
+                broadcast_meta(&mut self.foca, &meta);
             }
             OwnedNotification::Active => tracing::info!("gossip: in contact with the cluster"),
             OwnedNotification::Idle => tracing::info!("gossip: no live peers"),
@@ -363,6 +363,7 @@ impl MembershipTask {
         });
         if newer && meta.node_id != read(&self.shared.local).node_id {
             self.metas.insert(meta.node_id.clone(), meta);
+            self.view_changed = true;
         }
     }
 
@@ -448,6 +449,18 @@ impl MembershipTask {
             }
             let _ = self.shared.events.send(event);
         }
+    }
+}
+
+/// Starts spreading `meta` (a newer version replaces older ones in every node's backlog).
+fn broadcast_meta(foca: &mut Foca<MemberId, GossipCodec, StdRng, MetaBroadcasts>, meta: &NodeMeta) {
+    match meta.encode() {
+        Ok(bytes) => {
+            if let Err(err) = foca.add_broadcast(&bytes) {
+                tracing::error!(error = %err, "node metadata does not fit in a gossip packet");
+            }
+        }
+        Err(err) => tracing::error!(error = %err, "cannot encode node metadata"),
     }
 }
 

@@ -118,31 +118,25 @@ impl Cluster {
 /// Picks the node's certificates: explicit files, or a development CA (`--dev-ca`, or a CA
 /// private to this node when nothing is configured and there are no seeds to join).
 fn resolve_tls(config: &NodeConfig, state_dir: &Path) -> Result<TlsFiles, ClusterError> {
-    let explicit = [&config.tls_ca, &config.tls_cert, &config.tls_key];
-    let given = explicit.iter().filter(|path| path.is_some()).count();
-    match (given, &config.dev_ca) {
-        (3, None) => {
-            let (Some(ca), Some(cert), Some(key)) = (&config.tls_ca, &config.tls_cert, &config.tls_key) else {
-                return Err(ClusterError::TlsSettings("incomplete".into()));
-            };
-            Ok(TlsFiles {
-                ca_cert: ca.clone(),
-                node: CertPair {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                },
-            })
-        }
-        (0, Some(dir)) => {
+    let explicit = (&config.tls_ca, &config.tls_cert, &config.tls_key);
+    match (explicit, &config.dev_ca) {
+        ((Some(ca), Some(cert), Some(key)), None) => Ok(TlsFiles {
+            ca_cert: ca.clone(),
+            node: CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        }),
+        ((None, None, None), Some(dir)) => {
             tracing::warn!(dev_ca = %dir.display(), "using a development CA: every node that can read its key can join; use --tls-ca/--tls-cert/--tls-key in production");
             dev_ca_files(dir, config)
         }
-        (0, None) if config.seeds.is_empty() => {
+        ((None, None, None), None) if config.seeds.is_empty() => {
             let dir = state_dir.join("dev-ca");
             tracing::warn!(dev_ca = %dir.display(), "no TLS configured: using a CA private to this node, so no other node can join it; give --dev-ca DIR (shared by local nodes) or --tls-ca/--tls-cert/--tls-key to form a cluster");
             dev_ca_files(&dir, config)
         }
-        (0, None) => Err(ClusterError::TlsSettings(
+        ((None, None, None), None) => Err(ClusterError::TlsSettings(
             "joining seeds needs the cluster's certificates: set --tls-ca, --tls-cert and --tls-key (or --dev-ca DIR for a local cluster)".into(),
         )),
         (_, Some(_)) => Err(ClusterError::TlsSettings(

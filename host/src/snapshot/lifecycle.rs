@@ -121,8 +121,10 @@ pub async fn retention(node: Arc<NodeState>, only: Option<&str>) -> Result<u64> 
             drop(session);
             let now = chrono::Utc::now().timestamp_millis();
             let victims = retention_victims(taken, &retention, now).map_err(Error::IllegalArgument)?;
+            if !victims.is_empty() {
+                super::delete(&worker, &repository, &victims)?;
+            }
             for victim in &victims {
-                super::delete(&worker, &repository, victim)?;
                 tracing::info!(policy = %policy_id, snapshot = %victim, "retention deleted snapshot");
             }
             Ok(victims.len() as u64)

@@ -193,6 +193,18 @@ pub fn open(node: &NodeState, name: &str, meta: &RepositoryMeta) -> Result<Repos
     Ok(RepositorySession::new(plugin, grants))
 }
 
+/// Looks a repository up and refuses a readonly one: `action` says what was refused.
+pub fn writable(node: &NodeState, name: &str, action: &str) -> Result<RepositoryMeta> {
+    let meta = registered(node, name)?;
+    if meta.readonly {
+        return Err(Error::Repository {
+            repository: name.to_string(),
+            reason: format!("cannot {action} a readonly repository"),
+        });
+    }
+    Ok(meta)
+}
+
 /// Looks a repository up in the cluster state.
 pub fn registered(node: &NodeState, name: &str) -> Result<RepositoryMeta> {
     node.cluster
@@ -312,13 +324,7 @@ pub struct CreateRequest {
 /// `FAILED`; either way the manifest records the reasons and the indices are untouched.
 pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManifest> {
     let repository = request.repository.as_str();
-    let meta = registered(node, repository)?;
-    if meta.readonly {
-        return Err(Error::Repository {
-            repository: repository.to_string(),
-            reason: "cannot create a snapshot in a readonly repository".into(),
-        });
-    }
+    let meta = writable(node, repository, "create a snapshot in")?;
     validate_snapshot_name(repository, &request.snapshot)?;
     let _guard = node.snapshot_activity.acquire(repository)?;
     let mut session = open(node, repository, &meta)?;
@@ -512,26 +518,29 @@ fn validate_snapshot_name(repository: &str, snapshot: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a snapshot and the blobs no other snapshot needs (blocking).
-pub fn delete(node: &NodeState, repository: &str, snapshot: &str) -> Result<()> {
-    let meta = registered(node, repository)?;
-    if meta.readonly {
-        return Err(Error::Repository {
-            repository: repository.to_string(),
-            reason: "cannot delete a snapshot from a readonly repository".into(),
-        });
-    }
+/// Deletes snapshots, then (once) the blobs no remaining snapshot needs (blocking). Every
+/// name must exist; nothing is deleted otherwise.
+pub fn delete(node: &NodeState, repository: &str, snapshots: &[String]) -> Result<()> {
+    let meta = writable(node, repository, "delete snapshots from")?;
     let _guard = node.snapshot_activity.acquire(repository)?;
     let mut session = open(node, repository, &meta)?;
-    let name = manifest_name(snapshot);
-    if !session.exists(&name).map_err(repo_error(repository))? {
-        return Err(Error::SnapshotMissing {
-            repository: repository.to_string(),
-            snapshot: snapshot.to_string(),
-        });
+    for snapshot in snapshots {
+        if !session
+            .exists(&manifest_name(snapshot))
+            .map_err(repo_error(repository))?
+        {
+            return Err(Error::SnapshotMissing {
+                repository: repository.to_string(),
+                snapshot: snapshot.clone(),
+            });
+        }
     }
-    // The manifest goes first: from then on the snapshot is gone, whatever happens next.
-    session.delete(&name).map_err(repo_error(repository))?;
+    // Manifests go first: from then on the snapshots are gone, whatever happens next.
+    for snapshot in snapshots {
+        session
+            .delete(&manifest_name(snapshot))
+            .map_err(repo_error(repository))?;
+    }
     collect_garbage(&mut session, repository)?;
     Ok(())
 }

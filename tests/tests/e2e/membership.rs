@@ -192,29 +192,22 @@ fn joining_without_certificates_or_with_half_of_them_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf8");
-    let (ok, out) = shoal(&[
-        "start",
-        "--data-dir",
-        data,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--transport-addr",
-        "127.0.0.1:0",
-        "--seed",
-        "127.0.0.1:1",
-    ]);
+    let start = |extra: &[&str]| {
+        let mut args = vec![
+            "start",
+            "--data-dir",
+            data,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--transport-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        shoal(&args)
+    };
+    let (ok, out) = start(&["--seed", "127.0.0.1:1"]);
     assert!(!ok && out.contains("--tls-ca"), "{out}");
-    let (ok, out) = shoal(&[
-        "start",
-        "--data-dir",
-        data,
-        "--http-addr",
-        "127.0.0.1:0",
-        "--transport-addr",
-        "127.0.0.1:0",
-        "--tls-ca",
-        "/nonexistent/ca.crt",
-    ]);
+    let (ok, out) = start(&["--tls-ca", "/nonexistent/ca.crt"]);
     assert!(!ok && out.contains("must be given together"), "{out}");
 }
 

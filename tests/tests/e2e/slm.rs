@@ -25,14 +25,7 @@ fn policy_snapshots(node: &Node, repo: &str, policy: &str) -> Vec<String> {
 fn a_scheduled_policy_snapshots_by_itself_and_retention_deletes_the_oldest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = shoal_tests::node_with_path_repo(BIN, dir.path()).expect("node starts");
-    assert_eq!(
-        node.put(
-            "/_snapshot/r",
-            &json!({"type": "fs", "settings": {"location": "r"}})
-        )
-        .status,
-        200
-    );
+    shoal_tests::register_fs_repository(&node, "r", "r");
     let indexed = node.put("/docs/_doc/1?refresh=true", &json!({"n": 1}));
     assert_eq!(indexed.status, 201, "{:?}", indexed.body);
 
@@ -131,14 +124,7 @@ fn chrono_like_today(node: &Node) -> String {
 fn policies_are_validated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = shoal_tests::node_with_path_repo(BIN, dir.path()).expect("node starts");
-    assert_eq!(
-        node.put(
-            "/_snapshot/r",
-            &json!({"type": "fs", "settings": {"location": "r"}})
-        )
-        .status,
-        200
-    );
+    shoal_tests::register_fs_repository(&node, "r", "r");
     let base = json!({"schedule": "0 30 1 * * ?", "name": "<n-{now/d}>", "repository": "r"});
     let with = |key: &str, value: Value| {
         let mut body = base.clone();

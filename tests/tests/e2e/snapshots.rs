@@ -64,11 +64,7 @@ fn uploaded_bytes(info: &Value) -> u64 {
 fn snapshots_are_incremental_and_restore_identical_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = node_with_path_repo(dir.path());
-    let reply = node.put(
-        "/_snapshot/backups",
-        &json!({"type": "fs", "settings": {"location": "backups"}}),
-    );
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    shoal_tests::register_fs_repository(&node, "backups", "backups");
     assert_eq!(
         node.get("/_snapshot/backups").body["backups"]["type"],
         "fs-repository"
@@ -263,14 +259,7 @@ fn repositories_are_checked_and_readonly_ones_cannot_write() {
 
     // One cluster writes; a readonly registration of the same place can list and restore only.
     index_docs(&node, "docs", 0, 20);
-    assert_eq!(
-        node.put(
-            "/_snapshot/main",
-            &json!({"type": "fs", "settings": {"location": "shared"}})
-        )
-        .status,
-        200
-    );
+    shoal_tests::register_fs_repository(&node, "main", "shared");
     snapshot(&node, "main", "s1", json!({"indices": "docs"}));
     let ro = node.put(
         "/_snapshot/mirror",
@@ -310,14 +299,7 @@ fn a_corrupted_blob_is_named_at_restore_and_nothing_is_half_restored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = node_with_path_repo(dir.path());
     index_docs(&node, "docs", 0, 100);
-    assert_eq!(
-        node.put(
-            "/_snapshot/r",
-            &json!({"type": "fs", "settings": {"location": "r"}})
-        )
-        .status,
-        200
-    );
+    shoal_tests::register_fs_repository(&node, "r", "r");
     snapshot(&node, "r", "s1", json!({}));
     let blobs = dir.path().join("repos/r/blobs");
     let mut corrupted = None;

@@ -182,7 +182,8 @@ impl Consensus {
 
     /// The elected master as this node last heard.
     pub fn master(&self) -> Option<RaftPeer> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let leader = metrics.current_leader?;
         metrics
             .membership_config
@@ -193,7 +194,8 @@ impl Consensus {
 
     /// The current Raft term and the voting configuration (node ids).
     pub fn coordination(&self) -> (u64, Vec<String>) {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let membership = metrics.membership_config.membership();
         let voters = membership
             .voter_ids()
