@@ -77,6 +77,20 @@ pub enum Error {
     },
     #[error("[{repository}] a snapshot or deletion is already running in this repository")]
     ConcurrentSnapshot { repository: String },
+    /// No copy of a shard can take the request right now (no started primary, a primary that
+    /// moved); the coordinator retries until its timeout.
+    #[error("{0}")]
+    ShardNotAvailable(String),
+    /// A replica refused operations from a primary that has since been replaced.
+    #[error("{shard} refused operations of primary term {term}: the shard is in term {current}")]
+    StalePrimaryTerm {
+        shard: String,
+        term: u64,
+        current: u64,
+    },
+    /// An error another node answered with, kept as that node rendered it.
+    #[error("{}", cause.get("reason").and_then(Value::as_str).unwrap_or("remote failure"))]
+    Remote { status: u16, cause: Value },
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
     #[error("index engine error: {0}")]
@@ -87,8 +101,14 @@ pub enum Error {
 
 impl Error {
     /// The Elasticsearch `error.type` string for this error.
-    pub fn es_type(&self) -> &'static str {
+    pub fn es_type(&self) -> &str {
         match self {
+            Error::ShardNotAvailable(_) => "unavailable_shards_exception",
+            Error::StalePrimaryTerm { .. } => "stale_primary_term_exception",
+            Error::Remote { cause, .. } => cause
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("exception"),
             Error::IndexNotFound(_) => "index_not_found_exception",
             Error::IndexAlreadyExists { .. } => "resource_already_exists_exception",
             Error::InvalidIndexName { .. } => "invalid_index_name_exception",
@@ -120,6 +140,9 @@ impl Error {
     /// The HTTP status Elasticsearch answers this error with.
     pub fn status(&self) -> u16 {
         match self {
+            Error::ShardNotAvailable(_) => 503,
+            Error::StalePrimaryTerm { .. } => 409,
+            Error::Remote { status, .. } => *status,
             Error::IndexNotFound(_)
             | Error::DocumentMissing { .. }
             | Error::NoHandler { .. }
@@ -151,6 +174,9 @@ impl Error {
 
     /// The `error` object (without the outer `status`), as it appears in bulk item results too.
     pub fn to_es_cause(&self) -> Value {
+        if let Error::Remote { cause, .. } = self {
+            return cause.clone();
+        }
         let mut cause = json!({ "type": self.es_type(), "reason": self.to_string() });
         match self {
             Error::IndexNotFound(index) => {
@@ -176,6 +202,34 @@ impl Error {
         let mut error = cause.clone();
         error["root_cause"] = json!([cause]);
         json!({ "error": error, "status": self.status() })
+    }
+}
+
+/// An error as it crosses the wire between nodes: its status and Elasticsearch cause.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WireError {
+    pub status: u16,
+    /// The cause object as JSON text.
+    pub cause: String,
+}
+
+impl From<&Error> for WireError {
+    fn from(err: &Error) -> WireError {
+        WireError {
+            status: err.status(),
+            cause: err.to_es_cause().to_string(),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(wire: WireError) -> Error {
+        let cause = serde_json::from_str(&wire.cause)
+            .unwrap_or_else(|_| json!({"type": "exception", "reason": wire.cause}));
+        Error::Remote {
+            status: wire.status,
+            cause,
+        }
     }
 }
 

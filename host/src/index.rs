@@ -209,7 +209,6 @@ struct PersistedIndex {
     creation_date: i64,
     settings: IndexSettings,
     mappings: Value,
-    primary_terms: Vec<u64>,
 }
 
 /// Index metadata shared by the index's shards; implements [`MappingSource`].
@@ -220,7 +219,6 @@ pub struct IndexMeta {
     dir: PathBuf,
     settings: RwLock<IndexSettings>,
     mapping: RwLock<Arc<Mapping>>,
-    primary_terms: Vec<u64>,
     /// Serializes read-modify-persist of settings and mapping.
     persist_lock: Mutex<()>,
 }
@@ -261,7 +259,6 @@ impl IndexMeta {
             creation_date: self.creation_date,
             settings: settings.clone(),
             mappings: mapping.to_json(),
-            primary_terms: self.primary_terms.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&persisted)
             .map_err(|err| Error::Internal(err.to_string()))?;
@@ -280,6 +277,29 @@ impl IndexMeta {
             *settings = updated.clone();
         }
         Ok(updated)
+    }
+
+    /// Takes the cluster's settings and mapping for this index where they differ from the local
+    /// ones (a settings update or explicit mapping committed through the master).
+    pub fn adopt_cluster_metadata(
+        &self,
+        meta: &crate::cluster::state::IndexMetadata,
+    ) -> Result<()> {
+        if self.settings() != meta.settings {
+            let _guard = self
+                .persist_lock
+                .lock()
+                .map_err(|_| Error::Internal("metadata lock poisoned".into()))?;
+            self.persist(&meta.settings, &self.mapping())?;
+            if let Ok(mut settings) = self.settings.write() {
+                *settings = meta.settings.clone();
+            }
+        }
+        let cluster_mapping = Mapping::parse(&meta.mappings)?;
+        if self.mapping().merge(&cluster_mapping)? != *self.mapping() {
+            self.grow(&cluster_mapping)?;
+        }
+        Ok(())
     }
 
     /// Merges a user-supplied mapping (`PUT /{index}/_mapping`).
@@ -312,21 +332,31 @@ impl MappingSource for IndexMeta {
     }
 }
 
-/// A live index: metadata plus open shards.
+/// A live index on this node: metadata plus the shard copies this node holds (the routing
+/// table decides which; copies come and go as the cluster allocates them).
 pub struct IndexService {
     pub meta: Arc<IndexMeta>,
-    pub shards: Vec<Arc<Shard>>,
+    shards: RwLock<BTreeMap<u32, Arc<Shard>>>,
 }
+
+/// What a shard copy's directory records about which copy it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CopyMarker {
+    pub allocation_id: String,
+}
+
+const COPY_MARKER: &str = "_copy.json";
 
 impl IndexService {
     pub fn name(&self) -> &str {
         &self.meta.name
     }
 
-    /// Creates a new index on disk under `dir` and opens its shards.
+    /// Lays out a new index under `dir` (metadata only; copies are opened as allocated).
     pub fn create(
         dir: &Path,
         name: &str,
+        creation_date: i64,
         settings: IndexSettings,
         mapping: Mapping,
     ) -> Result<IndexService> {
@@ -338,18 +368,20 @@ impl IndexService {
         let meta = IndexMeta {
             name: name.to_string(),
             uuid,
-            creation_date: chrono::Utc::now().timestamp_millis(),
+            creation_date,
             dir: dir.to_path_buf(),
-            primary_terms: vec![1; settings.number_of_shards as usize],
             settings: RwLock::new(settings.clone()),
             mapping: RwLock::new(Arc::new(mapping.clone())),
             persist_lock: Mutex::new(()),
         };
         meta.persist(&settings, &mapping)?;
-        Self::open_shards(Arc::new(meta))
+        Ok(IndexService {
+            meta: Arc::new(meta),
+            shards: RwLock::new(BTreeMap::new()),
+        })
     }
 
-    /// Opens an index persisted under `dir`.
+    /// Opens an index persisted under `dir` with every shard copy found there.
     pub fn open(dir: &Path) -> Result<IndexService> {
         let bytes = std::fs::read(dir.join("_meta.json"))?;
         let persisted: PersistedIndex = serde_json::from_slice(&bytes).map_err(|err| {
@@ -364,37 +396,103 @@ impl IndexService {
             uuid: persisted.uuid,
             creation_date: persisted.creation_date,
             dir: dir.to_path_buf(),
-            primary_terms: persisted.primary_terms,
             settings: RwLock::new(persisted.settings),
             mapping: RwLock::new(Arc::new(mapping)),
             persist_lock: Mutex::new(()),
         };
-        Self::open_shards(Arc::new(meta))
-    }
-
-    fn open_shards(meta: Arc<IndexMeta>) -> Result<IndexService> {
-        let settings = meta.settings();
-        let mut shards = Vec::with_capacity(settings.number_of_shards as usize);
-        for number in 0..settings.number_of_shards {
-            let id = ShardId {
-                index: meta.name.clone(),
-                shard: number,
-            };
-            let term = meta
-                .primary_terms
-                .get(number as usize)
-                .copied()
-                .unwrap_or(1);
-            let shard = Shard::open(id, &meta.dir.join(number.to_string()), term, meta.as_ref())?;
-            shards.push(Arc::new(shard));
+        let index = IndexService {
+            meta: Arc::new(meta),
+            shards: RwLock::new(BTreeMap::new()),
+        };
+        for number in 0..index.number_of_shards() {
+            if index.copy_dir(number).join("index").exists() {
+                index.open_copy(number)?;
+            }
         }
-        Ok(IndexService { meta, shards })
+        Ok(index)
     }
 
-    /// The shard a document id (or explicit routing value) belongs to.
-    pub fn shard_for(&self, id: &str, routing: Option<&str>) -> &Arc<Shard> {
-        let number = shard_for_routing(routing.unwrap_or(id), self.shards.len() as u32);
-        &self.shards[number as usize]
+    pub fn number_of_shards(&self) -> u32 {
+        self.meta.settings().number_of_shards
+    }
+
+    /// Where copy `number` keeps its files.
+    pub fn copy_dir(&self, number: u32) -> PathBuf {
+        self.meta.dir.join(number.to_string())
+    }
+
+    /// Opens (or creates empty) the copy of shard `number` on disk.
+    pub fn open_copy(&self, number: u32) -> Result<Arc<Shard>> {
+        if let Some(open) = self.shard(number) {
+            return Ok(open);
+        }
+        let id = ShardId {
+            index: self.meta.name.clone(),
+            shard: number,
+        };
+        let shard = Arc::new(Shard::open(
+            id,
+            &self.copy_dir(number),
+            1,
+            self.meta.as_ref(),
+        )?);
+        self.shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number, shard.clone());
+        Ok(shard)
+    }
+
+    /// Closes copy `number` and deletes its files.
+    pub fn remove_copy(&self, number: u32) -> Result<()> {
+        let removed = self
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&number);
+        drop(removed);
+        let dir = self.copy_dir(number);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Which allocation the copy on disk belongs to, if recorded.
+    pub fn copy_marker(&self, number: u32) -> Option<CopyMarker> {
+        let bytes = std::fs::read(self.copy_dir(number).join(COPY_MARKER)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn write_copy_marker(&self, number: u32, marker: &CopyMarker) -> Result<()> {
+        let dir = self.copy_dir(number);
+        std::fs::create_dir_all(&dir)?;
+        let bytes = serde_json::to_vec(marker).map_err(|err| Error::Internal(err.to_string()))?;
+        Ok(write_atomically(&dir.join(COPY_MARKER), &bytes)?)
+    }
+
+    /// The open copy of shard `number`, if this node holds one.
+    pub fn shard(&self, number: u32) -> Option<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&number)
+            .cloned()
+    }
+
+    /// Every shard copy open on this node.
+    pub fn local_shards(&self) -> Vec<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The shard number a document id (or explicit routing value) belongs to.
+    pub fn shard_number_for(&self, id: &str, routing: Option<&str>) -> u32 {
+        shard_for_routing(routing.unwrap_or(id), self.number_of_shards())
     }
 
     /// Index description for `GET /{index}`.
@@ -407,11 +505,14 @@ impl IndexService {
     }
 
     pub fn doc_count(&self) -> u64 {
-        self.shards.iter().map(|s| s.searcher().num_docs()).sum()
+        self.local_shards()
+            .iter()
+            .map(|s| s.searcher().num_docs())
+            .sum()
     }
 
     pub fn deleted_doc_count(&self) -> u64 {
-        self.shards
+        self.local_shards()
             .iter()
             .map(|s| {
                 s.searcher()
@@ -424,7 +525,7 @@ impl IndexService {
     }
 
     pub fn store_size(&self) -> u64 {
-        self.shards.iter().map(|s| s.store_size()).sum()
+        self.local_shards().iter().map(|s| s.store_size()).sum()
     }
 }
 

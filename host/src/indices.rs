@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde_json::Value;
-
+use crate::cluster::state::IndexMetadata;
 use crate::error::{Error, Result};
-use crate::ids::new_uuid;
-use crate::index::{IndexService, parse_create_body, validate_index_name};
+use crate::index::IndexService;
+use crate::mapping::Mapping;
 
 /// All indices this node holds.
 pub struct Indices {
@@ -37,7 +36,7 @@ impl Indices {
             let index = IndexService::open(&path)?;
             tracing::info!(
                 index = index.name(),
-                shards = index.shards.len(),
+                copies = index.local_shards().len(),
                 "opened index"
             );
             indices.insert(index.name().to_string(), Arc::new(index));
@@ -71,58 +70,49 @@ impl Indices {
         self.read().contains_key(name)
     }
 
-    /// Creates an index from a `PUT /{index}` body.
-    pub fn create(&self, name: &str, body: &Value) -> Result<Arc<IndexService>> {
-        validate_index_name(name)?;
-        let (settings, mapping) = parse_create_body(body)?;
-        let _guard = self
+    /// Makes sure the index the cluster state describes is laid out here (metadata only;
+    /// copies open as they are allocated). An older index of the same name is replaced.
+    pub fn ensure(&self, name: &str, meta: &IndexMetadata) -> Result<Arc<IndexService>> {
+        if let Some(existing) = self.read().get(name)
+            && existing.meta.uuid == meta.uuid
+        {
+            let index = existing.clone();
+            index.meta.adopt_cluster_metadata(meta)?;
+            return Ok(index);
+        }
+        let guard = self
             .admin_lock
             .lock()
             .map_err(|_| Error::Internal("index admin lock poisoned".into()))?;
-        if let Some(existing) = self.read().get(name) {
-            return Err(Error::IndexAlreadyExists {
-                name: name.to_string(),
-                uuid: existing.meta.uuid.clone(),
-            });
+        // Checked again under the lock: a concurrent caller may have laid it out meanwhile.
+        if let Some(existing) = self.read().get(name).cloned() {
+            if existing.meta.uuid == meta.uuid {
+                return Ok(existing);
+            }
+            drop(guard);
+            self.delete(name)?;
+            return self.ensure(name, meta);
         }
-        let uuid = new_uuid();
-        let index = Arc::new(IndexService::create(
-            &self.dir.join(&uuid),
-            name,
-            settings,
-            mapping,
-        )?);
-        tracing::info!(
-            index = name,
-            uuid,
-            shards = index.shards.len(),
-            "created index"
-        );
+        let dir = self.dir.join(&meta.uuid);
+        let index = if dir.join("_meta.json").exists() {
+            // Laid out before (a restore, or a restart that raced the state): open it.
+            IndexService::open(&dir)?
+        } else {
+            let mapping = Mapping::parse(&meta.mappings)?;
+            IndexService::create(
+                &dir,
+                name,
+                meta.creation_date,
+                meta.settings.clone(),
+                mapping,
+            )?
+        };
+        let index = Arc::new(index);
+        tracing::info!(index = name, uuid = %meta.uuid, "laid out index");
         self.indices
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), index.clone());
-        Ok(index)
-    }
-
-    /// Registers an index whose files were laid out under `indices/{uuid}` by a restore.
-    pub fn adopt(&self, uuid: &str) -> Result<Arc<IndexService>> {
-        let _guard = self
-            .admin_lock
-            .lock()
-            .map_err(|_| Error::Internal("index admin lock poisoned".into()))?;
-        let index = Arc::new(IndexService::open(&self.dir.join(uuid))?);
-        let name = index.name().to_string();
-        if let Some(existing) = self.read().get(&name) {
-            return Err(Error::IndexAlreadyExists {
-                name,
-                uuid: existing.meta.uuid.clone(),
-            });
-        }
-        self.indices
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, index.clone());
         Ok(index)
     }
 

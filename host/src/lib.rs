@@ -9,6 +9,7 @@
 //! - [`shard`]: one tantivy index per shard with its translog, sequence numbers and versions.
 //! - [`mapping`]: field types, dynamic mapping, date parsing.
 //! - [`plugins`]: the WebAssembly plugin host (wasmtime) and the policy call sites.
+//! - [`replication`]: shard copies across nodes: routing, replication, recovery, fan-out.
 //! - [`node`]: wiring, background refresh, graceful shutdown; [`cli`] and [`config`] at the edge.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod indices;
 pub mod mapping;
 pub mod node;
 pub mod plugins;
+pub mod replication;
 pub mod routing;
 pub mod search;
 pub mod shard;

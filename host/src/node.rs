@@ -35,6 +35,10 @@ pub struct NodeState {
     pub cluster: Cluster,
     /// Repositories being written by this node.
     pub snapshot_activity: crate::snapshot::SnapshotActivity,
+    /// What this node does with each of its shard copies.
+    pub copies: crate::replication::LocalCopies,
+    /// Peer recoveries this node completed.
+    pub recoveries: crate::replication::Recoveries,
     pub started: Instant,
     /// Held for the node's lifetime: a second node on the same data directory is refused.
     _data_lock: std::fs::File,
@@ -107,6 +111,8 @@ impl NodeState {
             plugins,
             cluster,
             snapshot_activity: crate::snapshot::SnapshotActivity::default(),
+            copies: crate::replication::LocalCopies::default(),
+            recoveries: crate::replication::Recoveries::default(),
             started: Instant::now(),
             _data_lock: data_lock,
         })
@@ -115,7 +121,7 @@ impl NodeState {
     /// Flushes every shard so the next start replays nothing.
     pub fn flush_all(&self) {
         for index in self.indices.all() {
-            for shard in &index.shards {
+            for shard in index.local_shards() {
                 if let Err(err) = shard.flush() {
                     tracing::error!(shard = %shard.id, error = %err, "flush at shutdown failed");
                 }
@@ -140,8 +146,22 @@ pub async fn run(
     let state = Arc::new(
         tokio::task::spawn_blocking(move || NodeState::open(config, data_dir, cluster)).await??,
     );
+    state
+        .cluster
+        .rpc_server
+        .set_data_handler(Arc::new(crate::replication::server::DataServer {
+            node: Arc::downgrade(&state),
+        }));
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = tokio::spawn(refresh_loop(state.clone(), stop_rx.clone()));
+    let applier = tokio::spawn(crate::replication::applier::run(
+        state.clone(),
+        stop_rx.clone(),
+    ));
+    let allocator = tokio::spawn(crate::replication::master::run(
+        state.clone(),
+        stop_rx.clone(),
+    ));
     let lifecycle = tokio::spawn(crate::snapshot::lifecycle::scheduler(
         state.clone(),
         stop_rx,
@@ -155,6 +175,8 @@ pub async fn run(
     state.cluster.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = background.await;
+    let _ = applier.await;
+    let _ = allocator.await;
     let _ = lifecycle.await;
     let flushing = state.clone();
     tokio::task::spawn_blocking(move || flushing.flush_all()).await?;
@@ -178,7 +200,7 @@ async fn refresh_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             let mut due = Vec::new();
             for index in state.indices.all() {
                 let settings = index.meta.settings();
-                for shard in &index.shards {
+                for shard in index.local_shards() {
                     let key = (index.meta.uuid.clone(), shard.id.shard);
                     let refresh_due = settings.refresh_interval.is_some_and(|interval| {
                         last_refresh

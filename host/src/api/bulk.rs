@@ -9,18 +9,19 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::documents::{apply_refresh, index_for_write, shards_header};
-use super::{Reply, Request, blocking};
+use super::{Reply, Request};
 use crate::error::{Error, Result, illegal};
 use crate::ids::new_document_id;
 use crate::index::IndexService;
-use crate::shard::{Condition, Shard, WriteOp, WriteOutcome, WriteResult};
+use crate::replication::writes;
+use crate::shard::{Condition, WriteOp, WriteOutcome, WriteResult};
 
 /// An item's outcome, with the index it was written to.
 type ItemResult = Result<(Arc<IndexService>, WriteOutcome)>;
 /// One shard's share of a bulk request: (position in the request, op), in order.
-type ShardBatch = (Arc<IndexService>, Arc<Shard>, Vec<(usize, WriteOp)>);
+type ShardBatch = (Arc<IndexService>, u32, Vec<(usize, WriteOp)>);
 /// Shards of one index to refresh, with the highest `_seq_no` written to each.
-type RefreshGroup = (Arc<IndexService>, Vec<(Arc<Shard>, i64)>);
+type RefreshGroup = (Arc<IndexService>, Vec<(u32, i64)>);
 
 /// One parsed bulk item.
 struct Item {
@@ -220,14 +221,14 @@ pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Resul
             }
             Ok((op, routing)) => {
                 ids.push(op.id().to_string());
-                match index_for_write(&request, &item.index) {
+                match index_for_write(&request, &item.index).await {
                     Err(err) => results[position] = Some(Err(err)),
                     Ok(index) => {
-                        let shard = index.shard_for(op.id(), routing.as_deref()).clone();
-                        let key = (index.meta.uuid.clone(), shard.id.shard);
+                        let number = index.shard_number_for(op.id(), routing.as_deref());
+                        let key = (index.meta.uuid.clone(), number);
                         groups
                             .entry(key)
-                            .or_insert_with(|| (index.clone(), shard, Vec::new()))
+                            .or_insert_with(|| (index.clone(), number, Vec::new()))
                             .2
                             .push((position, op));
                     }
@@ -235,13 +236,20 @@ pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Resul
             }
         }
     }
-    let mut refresh_targets: Vec<(Arc<IndexService>, Arc<Shard>, i64)> = Vec::new();
-    for (index, shard, ops) in groups.into_values() {
+    // Every shard's batch goes to its primary at once; each shard's items stay in order.
+    let mut batches = tokio::task::JoinSet::new();
+    for (index, number, ops) in groups.into_values() {
         let (positions, ops): (Vec<usize>, Vec<WriteOp>) = ops.into_iter().unzip();
-        let meta = index.meta.clone();
-        let durability = meta.settings().translog_durability;
-        let writer = shard.clone();
-        let outcomes = blocking(move || writer.apply(ops, meta.as_ref(), durability)).await;
+        let node = request.node.clone();
+        batches.spawn(async move {
+            let outcomes = writes::write(&node, index.name(), number, ops).await;
+            (index, number, positions, outcomes)
+        });
+    }
+    let mut refresh_targets: Vec<(Arc<IndexService>, u32, i64)> = Vec::new();
+    while let Some(joined) = batches.join_next().await {
+        let (index, number, positions, outcomes) =
+            joined.map_err(|err| Error::Internal(format!("bulk shard task failed: {err}")))?;
         match outcomes {
             Ok(outcomes) => {
                 let mut max_seq_no = -1;
@@ -251,23 +259,23 @@ pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Resul
                     }
                     results[position] = Some(outcome.map(|o| (index.clone(), o)));
                 }
-                refresh_targets.push((index, shard, max_seq_no));
+                refresh_targets.push((index, number, max_seq_no));
             }
             Err(err) => {
-                let message = err.to_string();
+                let wire = crate::error::WireError::from(&err);
                 for position in positions {
-                    results[position] = Some(Err(Error::Internal(message.clone())));
+                    results[position] = Some(Err(wire.clone().into()));
                 }
             }
         }
     }
     let mut by_index: BTreeMap<String, RefreshGroup> = BTreeMap::new();
-    for (index, shard, seq_no) in refresh_targets {
+    for (index, number, seq_no) in refresh_targets {
         by_index
             .entry(index.meta.uuid.clone())
             .or_insert_with(|| (index.clone(), Vec::new()))
             .1
-            .push((shard, seq_no));
+            .push((number, seq_no));
     }
     for (index, shards) in by_index.into_values() {
         apply_refresh(&request, &index, shards).await?;

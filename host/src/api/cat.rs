@@ -112,12 +112,12 @@ fn size(bytes: u64, raw: bool) -> String {
 fn health_table(node: &crate::node::NodeState) -> Result<Table> {
     let summary = summary(node, None)?;
     let now = chrono::Utc::now();
-    let total = summary.primaries + summary.unassigned_replicas;
-    let percent = if total == 0 {
-        100.0
-    } else {
-        summary.primaries as f64 * 100.0 / total as f64
-    };
+    let percent = summary.active_percent();
+    let live = node.cluster.membership.live_nodes();
+    let data = live
+        .iter()
+        .filter(|meta| meta.has_role(crate::config::Role::Data))
+        .count();
     Ok((
         vec![
             "epoch",
@@ -139,13 +139,13 @@ fn health_table(node: &crate::node::NodeState) -> Result<Table> {
             now.format("%H:%M:%S").to_string(),
             node.config.cluster_name.clone(),
             status_of(&summary).to_string(),
-            "1".into(),
-            "1".into(),
-            summary.primaries.to_string(),
-            summary.primaries.to_string(),
+            live.len().to_string(),
+            data.to_string(),
+            summary.active.to_string(),
+            summary.active_primaries.to_string(),
             "0".into(),
-            "0".into(),
-            summary.unassigned_replicas.to_string(),
+            summary.initializing.to_string(),
+            summary.unassigned.to_string(),
             "0".into(),
             format!("{percent:.1}%"),
         ]],
@@ -159,11 +159,9 @@ fn indices_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool)
         .map(|index| {
             let settings = index.meta.settings();
             let store = index.store_size();
-            let health = if settings.number_of_replicas > 0 {
-                "yellow"
-            } else {
-                "green"
-            };
+            let health = super::cluster::summary(node, Some(index.name()))
+                .map(|summary| status_of(&summary))
+                .unwrap_or("red");
             vec![
                 health.to_string(),
                 "open".to_string(),
@@ -197,28 +195,63 @@ fn indices_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool)
 
 fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) -> Result<Table> {
     let indices = node.indices.resolve(target.unwrap_or("_all"), false)?;
-    let ip = node.config.http_addr.ip().to_string();
+    let state = node.cluster.consensus.state();
+    let members: std::collections::HashMap<String, crate::cluster::NodeMeta> = node
+        .cluster
+        .membership
+        .live_nodes()
+        .into_iter()
+        .map(|meta| (meta.node_id.clone(), meta))
+        .collect();
     let mut rows = Vec::new();
     for index in &indices {
-        let replicas = index.meta.settings().number_of_replicas;
-        for shard in &index.shards {
-            let number = shard.id.shard.to_string();
-            rows.push(vec![
-                index.name().to_string(),
-                number.clone(),
-                "p".into(),
-                "STARTED".into(),
-                shard.searcher().num_docs().to_string(),
-                size(shard.store_size(), raw),
-                ip.clone(),
-                node.config.node_name.clone(),
-                shard.segment_count().to_string(),
-            ]);
-            for _ in 0..replicas {
+        let Some(routing) = state.routing.get(index.name()) else {
+            continue;
+        };
+        for (number, shard) in routing.shards.iter().enumerate() {
+            let mut listed = 0;
+            for copy in &shard.copies {
+                listed += 1;
+                let member = members.get(&copy.node_id);
+                // Document counts and sizes are known for this node's copies.
+                let local = (copy.node_id == node.identity.node_id)
+                    .then(|| index.shard(number as u32))
+                    .flatten();
                 rows.push(vec![
                     index.name().to_string(),
-                    number.clone(),
-                    "r".into(),
+                    number.to_string(),
+                    if copy.primary { "p" } else { "r" }.into(),
+                    if copy.started {
+                        "STARTED"
+                    } else {
+                        "INITIALIZING"
+                    }
+                    .into(),
+                    local
+                        .as_ref()
+                        .map(|s| s.searcher().num_docs().to_string())
+                        .unwrap_or_default(),
+                    local
+                        .as_ref()
+                        .map(|s| size(s.store_size(), raw))
+                        .unwrap_or_default(),
+                    member
+                        .map(|m| m.http_addr.ip().to_string())
+                        .unwrap_or_default(),
+                    member.map(|m| m.name.clone()).unwrap_or_default(),
+                    local
+                        .as_ref()
+                        .map(|s| s.segment_count().to_string())
+                        .unwrap_or_default(),
+                ]);
+            }
+            let missing = if shard.primary().is_some() { 0 } else { 1 };
+            for position in 0..(routing.replicas as usize + 1).saturating_sub(listed) {
+                let primary = position < missing;
+                rows.push(vec![
+                    index.name().to_string(),
+                    number.to_string(),
+                    if primary { "p" } else { "r" }.into(),
                     "UNASSIGNED".into(),
                     String::new(),
                     String::new(),

@@ -9,6 +9,7 @@ use super::{Reply, Request, blocking, ok};
 use std::collections::BTreeMap;
 
 use crate::cluster::NodeMeta;
+use crate::cluster::allocation::Health;
 use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
 use crate::cluster::state::{StateCommand, flatten_settings};
 use crate::config::Role;
@@ -35,10 +36,27 @@ pub(super) fn root(request: &Request) -> Result<Reply> {
     }))
 }
 
-/// Shard counts as health reports them.
+/// Shard counts as health reports them, from the routing table.
+#[derive(Debug, Default)]
 pub(super) struct ShardSummary {
-    pub primaries: u64,
-    pub unassigned_replicas: u64,
+    pub active_primaries: u64,
+    pub active: u64,
+    pub initializing: u64,
+    pub unassigned: u64,
+    pub unassigned_primaries: u64,
+    /// red: a primary is not active; yellow: a replica is not; green: every copy is.
+    pub worst: Option<Health>,
+}
+
+impl ShardSummary {
+    pub fn active_percent(&self) -> f64 {
+        let total = self.active + self.initializing + self.unassigned;
+        if total == 0 {
+            100.0
+        } else {
+            self.active as f64 * 100.0 / total as f64
+        }
+    }
 }
 
 pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<ShardSummary> {
@@ -46,25 +64,36 @@ pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<Shar
         Some(expression) => node.indices.resolve(expression, false)?,
         None => node.indices.all(),
     };
-    let mut summary = ShardSummary {
-        primaries: 0,
-        unassigned_replicas: 0,
-    };
+    let state = node.cluster.consensus.state();
+    let mut summary = ShardSummary::default();
     for index in &indices {
-        let settings = index.meta.settings();
-        summary.primaries += u64::from(settings.number_of_shards);
-        summary.unassigned_replicas +=
-            u64::from(settings.number_of_shards) * u64::from(settings.number_of_replicas);
+        let Some(routing) = state.routing.get(index.name()) else {
+            continue;
+        };
+        for shard in &routing.shards {
+            let health = shard.health(routing.replicas);
+            summary.worst = summary.worst.max(Some(health));
+            let started = shard.copies.iter().filter(|copy| copy.started).count() as u64;
+            let copies = shard.copies.len() as u64;
+            let wanted = u64::from(routing.replicas) + 1;
+            summary.active += started;
+            summary.initializing += copies - started;
+            summary.unassigned += wanted.saturating_sub(copies);
+            match shard.primary() {
+                Some(primary) if primary.started => summary.active_primaries += 1,
+                Some(_) => {}
+                None => summary.unassigned_primaries += 1,
+            }
+        }
     }
     Ok(summary)
 }
 
-/// Health on one node: every primary is active, so green unless replicas cannot be placed.
 pub(super) fn status_of(summary: &ShardSummary) -> &'static str {
-    if summary.unassigned_replicas > 0 {
-        "yellow"
-    } else {
-        "green"
+    match summary.worst {
+        None | Some(Health::Green) => "green",
+        Some(Health::Yellow) => "yellow",
+        Some(Health::Red) => "red",
     }
 }
 
@@ -106,24 +135,19 @@ pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<R
                 .is_none_or(|accepts| accepts(live.len()));
         let timed_out = !satisfied && tokio::time::Instant::now() >= deadline;
         if satisfied || timed_out {
-            let total = summary.primaries + summary.unassigned_replicas;
-            let percent = if total == 0 {
-                100.0
-            } else {
-                summary.primaries as f64 * 100.0 / total as f64
-            };
+            let percent = summary.active_percent();
             let body = json!({
                 "cluster_name": request.node.config.cluster_name,
                 "status": status,
                 "timed_out": timed_out,
                 "number_of_nodes": live.len(),
                 "number_of_data_nodes": data_nodes,
-                "active_primary_shards": summary.primaries,
-                "active_shards": summary.primaries,
+                "active_primary_shards": summary.active_primaries,
+                "active_shards": summary.active,
                 "relocating_shards": 0,
-                "initializing_shards": 0,
-                "unassigned_shards": summary.unassigned_replicas,
-                "unassigned_primary_shards": 0,
+                "initializing_shards": summary.initializing,
+                "unassigned_shards": summary.unassigned,
+                "unassigned_primary_shards": summary.unassigned_primaries,
                 "delayed_unassigned_shards": 0,
                 "number_of_pending_tasks": 0,
                 "number_of_in_flight_fetch": 0,
@@ -183,7 +207,35 @@ pub(super) fn state(request: &Request) -> Result<Reply> {
             },
             "persistent": nest_settings(&state.persistent_settings),
             "transient": nest_settings(&state.transient_settings),
-            "indices": {},
+            "indices": state.indices.iter().map(|(name, meta)| (name.clone(), json!({
+                "index_uuid": meta.uuid,
+                "creation_date": meta.creation_date.to_string(),
+                "number_of_shards": meta.settings.number_of_shards,
+                "number_of_replicas": meta.settings.number_of_replicas,
+                "mappings": meta.mappings,
+                "primary_terms": state.routing.get(name).map(|routing| {
+                    routing.shards.iter().map(|shard| shard.primary_term).collect::<Vec<_>>()
+                }),
+                "in_sync_allocations": state.routing.get(name).map(|routing| {
+                    routing.shards.iter().enumerate()
+                        .map(|(number, shard)| (number.to_string(), json!(shard.in_sync)))
+                        .collect::<serde_json::Map<String, Value>>()
+                }),
+            }))).collect::<serde_json::Map<String, Value>>(),
+        },
+        "routing_table": {
+            "indices": state.routing.iter().map(|(name, routing)| (name.clone(), json!({
+                "shards": routing.shards.iter().enumerate().map(|(number, shard)| {
+                    (number.to_string(), json!(shard.copies.iter().map(|copy| json!({
+                        "state": if copy.started { "STARTED" } else { "INITIALIZING" },
+                        "primary": copy.primary,
+                        "node": copy.node_id,
+                        "shard": number,
+                        "index": name,
+                        "allocation_id": { "id": copy.allocation_id },
+                    })).collect::<Vec<_>>()))
+                }).collect::<serde_json::Map<String, Value>>(),
+            }))).collect::<serde_json::Map<String, Value>>(),
         },
     }))
 }
@@ -371,7 +423,7 @@ pub(super) async fn node_stats(request: &Request) -> Result<Reply> {
         for index in node.indices.all() {
             add(&mut stats, "docs", "count", index.doc_count());
             add(&mut stats, "docs", "deleted", index.deleted_doc_count());
-            for shard in &index.shards {
+            for shard in index.local_shards() {
                 let counters = &shard.counters;
                 add(&mut stats, "store", "size_in_bytes", shard.store_size());
                 add(

@@ -4,23 +4,31 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::{Reply, Request, blocking, ok};
+use super::{Reply, Request, ok};
 use crate::error::{Error, Result, illegal, parsing};
 use crate::ids::new_document_id;
 use crate::index::IndexService;
+use crate::replication::{admin, reads, writes};
 use crate::search::source_filter::SourceFilter;
 use crate::shard::{Condition, WriteOp, WriteOutcome, WriteResult};
 
 /// The index to write to, created on first use as Elasticsearch's `auto_create_index` does.
-pub(super) fn index_for_write(request: &Request, name: &str) -> Result<Arc<IndexService>> {
-    match request.node.indices.get(name) {
-        Ok(index) => Ok(index),
-        Err(Error::IndexNotFound(_)) => match request.node.indices.create(name, &Value::Null) {
-            Ok(index) => Ok(index),
-            Err(Error::IndexAlreadyExists { .. }) => request.node.indices.get(name),
-            Err(err) => Err(err),
-        },
-        Err(err) => Err(err),
+pub(super) async fn index_for_write(request: &Request, name: &str) -> Result<Arc<IndexService>> {
+    match admin::index(&request.node, name) {
+        Err(Error::IndexNotFound(_)) => {
+            match admin::create_index(
+                &request.node,
+                name,
+                &Value::Null,
+                crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT,
+            )
+            .await
+            {
+                Ok(_) | Err(Error::IndexAlreadyExists { .. }) => admin::index(&request.node, name),
+                Err(err) => Err(err),
+            }
+        }
+        other => other,
     }
 }
 
@@ -53,30 +61,31 @@ pub(super) fn outcome_json(index: &IndexService, outcome: &WriteOutcome) -> Valu
     })
 }
 
-/// Honours `refresh=true|wait_for` after a write to `shard`.
+/// Honours `refresh=true|wait_for` after a write to shards of `index` (`(shard, seq_no)`).
 pub(super) async fn apply_refresh(
     request: &Request,
-    index: &IndexService,
-    shards: Vec<(Arc<crate::shard::Shard>, i64)>,
+    index: &Arc<IndexService>,
+    shards: Vec<(u32, i64)>,
 ) -> Result<bool> {
     match request.param("refresh") {
         None | Some("false") => Ok(false),
         Some("" | "true") => {
-            blocking(move || {
-                for (shard, _) in shards {
-                    shard.refresh()?;
-                }
-                Ok(())
-            })
-            .await?;
+            reads::refresh(&request.node, std::slice::from_ref(index)).await?;
             Ok(true)
         }
         Some("wait_for") => {
-            if index.meta.settings().refresh_interval.is_none() {
-                blocking(move || shards.iter().try_for_each(|(shard, _)| shard.refresh())).await?;
+            let local: Vec<_> = shards
+                .iter()
+                .filter_map(|(number, seq_no)| {
+                    reads::local_copy(&request.node, index, *number).map(|shard| (shard, *seq_no))
+                })
+                .collect();
+            if index.meta.settings().refresh_interval.is_none() || local.len() < shards.len() {
+                // Copies elsewhere (or no periodic refresh): refresh them now instead.
+                reads::refresh(&request.node, std::slice::from_ref(index)).await?;
                 return Ok(false);
             }
-            for (shard, seq_no) in shards {
+            for (shard, seq_no) in local {
                 shard.wait_for_refresh(seq_no).await;
             }
             Ok(false)
@@ -91,15 +100,12 @@ async fn write_one(
     op: WriteOp,
     routing: Option<String>,
 ) -> Result<WriteOutcome> {
-    let shard = index.shard_for(op.id(), routing.as_deref()).clone();
-    let meta = index.meta.clone();
-    let durability = meta.settings().translog_durability;
-    let writer = shard.clone();
-    let mut outcomes = blocking(move || writer.apply(vec![op], meta.as_ref(), durability)).await?;
+    let number = index.shard_number_for(op.id(), routing.as_deref());
+    let mut outcomes = writes::write(&request.node, index.name(), number, vec![op]).await?;
     let outcome = outcomes
         .pop()
         .ok_or_else(|| Error::Internal("write produced no result".into()))??;
-    apply_refresh(request, &index, vec![(shard, outcome.seq_no)]).await?;
+    apply_refresh(request, &index, vec![(number, outcome.seq_no)]).await?;
     Ok(outcome)
 }
 
@@ -116,7 +122,7 @@ pub(super) async fn index(
         ));
     }
     let create = create || request.param("op_type") == Some("create") || id.is_none();
-    let index = index_for_write(&request, name)?;
+    let index = index_for_write(&request, name).await?;
     let auto_id = id.is_none();
     let id = id.map(str::to_string).unwrap_or_else(new_document_id);
     let op = WriteOp::Index {
@@ -145,7 +151,7 @@ pub(super) async fn index(
 }
 
 pub(super) async fn delete(request: Request, name: &str, id: &str) -> Result<Reply> {
-    let index = request.node.indices.get(name)?;
+    let index = admin::index(&request.node, name)?;
     let op = WriteOp::Delete {
         id: id.to_string(),
         condition: condition(&request)?,
@@ -177,7 +183,7 @@ pub(super) async fn update(request: Request, name: &str, id: &str) -> Result<Rep
     if doc.is_none() && object.get("upsert").is_none() {
         return Err(illegal("Validation Failed: 1: script or doc is missing;"));
     }
-    let index = index_for_write(&request, name)?;
+    let index = index_for_write(&request, name).await?;
     let op = WriteOp::Update {
         id: id.to_string(),
         doc,
@@ -218,14 +224,15 @@ fn source_filter(request: &Request) -> SourceFilter {
     .unwrap_or_else(SourceFilter::all)
 }
 
-/// Reads one document; `Ok(None)` when it does not exist.
+/// Reads one document from any copy of its shard; `Ok(None)` when it does not exist.
 async fn read_doc(
+    request: &Request,
     index: Arc<IndexService>,
     id: String,
     routing: Option<String>,
 ) -> Result<Option<crate::shard::StoredDoc>> {
-    let shard = index.shard_for(&id, routing.as_deref()).clone();
-    blocking(move || shard.get(&id)).await
+    let number = index.shard_number_for(&id, routing.as_deref());
+    reads::get(&request.node, &index, number, &id).await
 }
 
 fn found_json(index: &str, doc: &crate::shard::StoredDoc, filter: &SourceFilter) -> Result<Value> {
@@ -242,9 +249,9 @@ fn found_json(index: &str, doc: &crate::shard::StoredDoc, filter: &SourceFilter)
 }
 
 pub(super) async fn get(request: Request, name: &str, id: &str) -> Result<Reply> {
-    let index = request.node.indices.get(name)?;
+    let index = admin::index(&request.node, name)?;
     let routing = request.param("routing").map(str::to_string);
-    match read_doc(index, id.to_string(), routing).await? {
+    match read_doc(&request, index, id.to_string(), routing).await? {
         Some(doc) => ok(found_json(name, &doc, &source_filter(&request))?),
         None => Ok(Reply::Json(
             404,
@@ -254,9 +261,9 @@ pub(super) async fn get(request: Request, name: &str, id: &str) -> Result<Reply>
 }
 
 pub(super) async fn get_source(request: Request, name: &str, id: &str) -> Result<Reply> {
-    let index = request.node.indices.get(name)?;
+    let index = admin::index(&request.node, name)?;
     let routing = request.param("routing").map(str::to_string);
-    match read_doc(index, id.to_string(), routing).await? {
+    match read_doc(&request, index, id.to_string(), routing).await? {
         Some(doc) => {
             let source: Value = serde_json::from_slice(&doc.source)
                 .map_err(|err| Error::Internal(err.to_string()))?;
@@ -308,7 +315,7 @@ pub(super) async fn mget(request: Request, default_index: Option<&str>) -> Resul
     let mut docs = Vec::with_capacity(wanted.len());
     for (index_name, id, routing, filter) in wanted {
         let filter = filter.unwrap_or_else(|| default_filter.clone());
-        let entry = match request.node.indices.get(&index_name) {
+        let entry = match admin::index(&request.node, &index_name) {
             Err(err) => {
                 let mut entry = Map::new();
                 entry.insert("_index".into(), json!(index_name));
@@ -316,7 +323,7 @@ pub(super) async fn mget(request: Request, default_index: Option<&str>) -> Resul
                 entry.insert("error".into(), err.to_es_cause());
                 Value::Object(entry)
             }
-            Ok(index) => match read_doc(index, id.clone(), routing).await? {
+            Ok(index) => match read_doc(&request, index, id.clone(), routing).await? {
                 Some(doc) => found_json(&index_name, &doc, &filter)?,
                 None => json!({ "_index": index_name, "_id": id, "found": false }),
             },

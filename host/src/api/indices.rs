@@ -6,14 +6,14 @@ use super::{Reply, Request, blocking, ok};
 use crate::error::{Error, Result};
 use crate::index::IndexService;
 use crate::mapping::Mapping;
+use crate::replication::admin;
 use crate::shard::Shard;
 
 pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
     let body = request.json()?;
-    let node = request.node.clone();
-    let owned = name.to_string();
-    blocking(move || node.indices.create(&owned, &body).map(|_| ())).await?;
-    ok(json!({ "acknowledged": true, "shards_acknowledged": true, "index": name }))
+    let started =
+        admin::create_index(&request.node, name, &body, master_timeout(&request)?).await?;
+    ok(json!({ "acknowledged": true, "shards_acknowledged": started, "index": name }))
 }
 
 pub(super) fn get(request: &Request, expression: &str) -> Result<Reply> {
@@ -35,13 +35,12 @@ pub(super) async fn delete(request: Request, expression: &str) -> Result<Reply> 
     if targets.is_empty() && !expression.contains('*') && expression != "_all" {
         return Err(Error::IndexNotFound(expression.to_string()));
     }
-    let node = request.node.clone();
     let names: Vec<String> = targets
         .iter()
         .map(|index| index.name().to_string())
         .collect();
     drop(targets);
-    blocking(move || names.iter().try_for_each(|name| node.indices.delete(name))).await?;
+    admin::delete_indices(&request.node, &names, master_timeout(&request)?).await?;
     ok(json!({ "acknowledged": true }))
 }
 
@@ -70,17 +69,17 @@ pub(super) fn get_mapping(request: &Request, expression: &str) -> Result<Reply> 
     )
 }
 
-pub(super) fn put_mapping(request: &Request, expression: &str) -> Result<Reply> {
+pub(super) async fn put_mapping(request: Request, expression: &str) -> Result<Reply> {
     let body = request.json()?;
     let addition = Mapping::parse(&body)?;
     let targets = request.node.indices.resolve(expression, false)?;
-    // Validate against every target first, so a conflict on one changes none.
-    for index in &targets {
-        index.meta.mapping().merge(&addition)?;
-    }
-    for index in &targets {
-        index.meta.put_mapping(&addition)?;
-    }
+    admin::put_mapping(
+        &request.node,
+        &targets,
+        &addition,
+        master_timeout(&request)?,
+    )
+    .await?;
     ok(json!({ "acknowledged": true }))
 }
 
@@ -92,20 +91,23 @@ pub(super) fn get_settings(request: &Request, expression: &str) -> Result<Reply>
     )
 }
 
-pub(super) fn put_settings(request: &Request, expression: &str) -> Result<Reply> {
+pub(super) async fn put_settings(request: Request, expression: &str) -> Result<Reply> {
     let body = request.json()?;
     let body = body.get("settings").cloned().unwrap_or(body);
     let targets = request.node.indices.resolve(expression, false)?;
-    for index in &targets {
-        index.meta.settings().apply(&body, false)?;
-    }
-    for index in &targets {
-        index.meta.update_settings(&body)?;
-    }
+    admin::update_settings(&request.node, &targets, &body, master_timeout(&request)?).await?;
     ok(json!({ "acknowledged": true }))
 }
 
-/// Runs `operation` on every shard of the targeted indices, off the async runtime.
+fn master_timeout(request: &Request) -> Result<std::time::Duration> {
+    Ok(match request.param("master_timeout") {
+        Some(text) => crate::units::parse_time_value(text)?
+            .unwrap_or(crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT),
+        None => crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT,
+    })
+}
+
+/// Runs `operation` on this node's copies of the targeted indices, off the async runtime.
 async fn for_each_shard(
     request: Request,
     expression: &str,
@@ -115,19 +117,25 @@ async fn for_each_shard(
         .node
         .indices
         .resolve(expression, request.flag("ignore_unavailable"))?;
-    let total: usize = targets.iter().map(|index| index.shards.len()).sum();
-    blocking(move || {
-        targets
-            .iter()
-            .flat_map(|index| index.shards.iter())
-            .try_for_each(|shard| operation(shard))
-    })
-    .await?;
+    let shards: Vec<_> = targets
+        .iter()
+        .flat_map(|index| index.local_shards())
+        .collect();
+    let total = shards.len();
+    blocking(move || shards.iter().try_for_each(|shard| operation(shard))).await?;
     ok(json!({ "_shards": { "total": total, "successful": total, "failed": 0 } }))
 }
 
+/// Refreshes every copy of the targeted indices, on every node.
 pub(super) async fn refresh(request: Request, expression: &str) -> Result<Reply> {
-    for_each_shard(request, expression, Shard::refresh).await
+    let targets = request
+        .node
+        .indices
+        .resolve(expression, request.flag("ignore_unavailable"))?;
+    let (total, successful) = crate::replication::reads::refresh(&request.node, &targets).await?;
+    ok(
+        json!({ "_shards": { "total": total, "successful": successful, "failed": total - successful } }),
+    )
 }
 
 pub(super) async fn flush(request: Request, expression: &str) -> Result<Reply> {

@@ -296,10 +296,10 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         (&M::POST, ["_plugins", name, "_disable"]) => plugins::set_enabled(&request, name, false),
         (&M::GET, ["_mapping"]) => indices::get_mapping(&request, "_all"),
         (&M::GET, [index, "_mapping"]) => indices::get_mapping(&request, index),
-        (&M::PUT | &M::POST, [index, "_mapping"]) => indices::put_mapping(&request, index),
+        (&M::PUT | &M::POST, [index, "_mapping"]) => indices::put_mapping(request, index).await,
         (&M::GET, ["_settings"]) => indices::get_settings(&request, "_all"),
         (&M::GET, [index, "_settings"]) => indices::get_settings(&request, index),
-        (&M::PUT, [index, "_settings"]) => indices::put_settings(&request, index),
+        (&M::PUT, [index, "_settings"]) => indices::put_settings(request, index).await,
         (&M::PUT | &M::POST, [index, "_doc", id]) => {
             documents::index(request, index, Some(id), false).await
         }

@@ -2,9 +2,12 @@
 
 use serde_json::Value;
 
-use super::{Reply, Request, blocking, ok};
+use std::collections::HashMap;
+
+use super::{Reply, Request, ok};
 use crate::error::Result;
-use crate::search::{self, SearchRequest};
+use crate::replication::reads;
+use crate::search::SearchRequest;
 
 fn targets(
     request: &Request,
@@ -18,18 +21,15 @@ pub(super) async fn search(request: Request, expression: &str) -> Result<Reply> 
     let indices = targets(&request, expression)?;
     let body = request.json()?;
     let search_request = SearchRequest::parse(&body, &request.params)?;
-    let node = request.node.clone();
-    let expression = expression.to_string();
-    // The search runs on this worker thread: `block_in_place` hands the worker's other tasks to
-    // another thread, which costs far less than waking a blocking-pool thread per request.
-    let response = tokio::task::block_in_place(move || {
-        let scope = search::SearchScope {
-            indices: &indices,
-            expression: &expression,
-            plugins: Some(&node.plugins),
-        };
-        search::execute(&scope, &search_request)
-    })?;
+    // This node's shards are searched on this worker thread (`block_in_place` hands the
+    // worker's other tasks to another thread, far cheaper than a blocking-pool hop per request);
+    // other nodes' shards in parallel.
+    let input = reads::SearchInput {
+        body: &body,
+        params: &request.params,
+        expression,
+    };
+    let response = reads::search(&request.node, &indices, input, &search_request).await?;
     let bytes = serde_json::to_vec(&response)
         .map_err(|err| crate::error::Error::Internal(err.to_string()))?;
     Ok(Reply::Raw(200, bytes))
@@ -42,6 +42,15 @@ pub(super) async fn count(request: Request, expression: &str) -> Result<Reply> {
     if let Some(q) = request.param("q") {
         query = serde_json::json!({"query_string": {"query": q}});
     }
-    let response = blocking(move || search::count(&indices, &query)).await?;
-    ok(response)
+    // A count is a search for no hits with an exact total.
+    let body = serde_json::json!({ "query": query, "size": 0, "track_total_hits": true });
+    let search_request = SearchRequest::parse(&body, &HashMap::new())?;
+    let input = reads::SearchInput {
+        body: &body,
+        params: &request.params,
+        expression,
+    };
+    let response = reads::search(&request.node, &indices, input, &search_request).await?;
+    let count = response.hits.total.map_or(0, |total| total.value);
+    ok(serde_json::json!({ "count": count, "_shards": response.shards }))
 }

@@ -302,7 +302,22 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
     };
     let node = request.node.clone();
     let snap = name.to_string();
-    let restored = blocking(move || snapshot::restore(&node, &restore)).await?;
+    let laid_out = blocking(move || snapshot::restore(&node, &restore)).await?;
+    let mut restored = Vec::with_capacity(laid_out.len());
+    for index in laid_out {
+        let command = crate::cluster::state::StateCommand::CreateIndex {
+            name: index.name.clone(),
+            meta: index.meta.clone(),
+            routing: index.routing,
+        };
+        if let Err(err) = super::cluster::commit(&request, command, Error::IllegalArgument).await {
+            let _ = std::fs::remove_dir_all(request.node.indices.index_dir(&index.meta.uuid));
+            return Err(err);
+        }
+        request.node.indices.ensure(&index.name, &index.meta)?;
+        crate::replication::admin::wait_for_primaries(&request.node, &index.name).await;
+        restored.push(index.name);
+    }
     ok(json!({
         "snapshot": {
             "snapshot": snap,

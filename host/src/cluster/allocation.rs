@@ -176,25 +176,63 @@ pub fn fail_departed(routing: &mut BTreeMap<String, IndexRouting>, live: &[DataN
     let live_ids: BTreeSet<&str> = live.iter().map(|node| node.node_id.as_str()).collect();
     for index in routing.values_mut() {
         for shard in &mut index.shards {
-            let lost_primary = shard
-                .primary()
-                .is_some_and(|primary| !live_ids.contains(primary.node_id.as_str()));
-            shard
+            let departed: Vec<String> = shard
                 .copies
-                .retain(|copy| live_ids.contains(copy.node_id.as_str()));
-            if lost_primary {
-                let in_sync = &shard.in_sync;
-                if let Some(replica) = shard
-                    .copies
-                    .iter_mut()
-                    .find(|copy| copy.started && in_sync.contains(&copy.allocation_id))
-                {
-                    replica.primary = true;
-                    shard.primary_term += 1;
-                }
+                .iter()
+                .filter(|copy| !live_ids.contains(copy.node_id.as_str()))
+                .map(|copy| copy.allocation_id.clone())
+                .collect();
+            for allocation_id in departed {
+                remove_copy(shard, &allocation_id, true);
             }
         }
     }
+}
+
+/// Removes one failed copy from a shard and from its in-sync set; returns false when the copy
+/// is not allocated any more.
+pub fn fail_copy(shard: &mut ShardRouting, allocation_id: &str) -> bool {
+    remove_copy(shard, allocation_id, false)
+}
+
+/// Removes a copy; a lost primary is replaced by a started in-sync replica under a new term.
+/// A departed copy stays in the in-sync set (so a shard whose every copy left turns red rather
+/// than restarting empty); a failed one leaves it.
+fn remove_copy(shard: &mut ShardRouting, allocation_id: &str, departed: bool) -> bool {
+    let Some(position) = shard
+        .copies
+        .iter()
+        .position(|copy| copy.allocation_id == allocation_id)
+    else {
+        return false;
+    };
+    let removed = shard.copies.remove(position);
+    if !departed && !removed.primary {
+        shard.in_sync.remove(allocation_id);
+    }
+    if removed.primary {
+        promote_replica(shard);
+    }
+    true
+}
+
+/// Makes a started in-sync replica the primary in a new term. The other copies are dropped
+/// and recovered afresh from it: they may hold operations of the old term that the new primary
+/// never saw, and a file copy is the one resync that cannot diverge.
+fn promote_replica(shard: &mut ShardRouting) {
+    let in_sync = &shard.in_sync;
+    let Some(position) = shard
+        .copies
+        .iter()
+        .position(|copy| copy.started && in_sync.contains(&copy.allocation_id))
+    else {
+        return;
+    };
+    let mut promoted = shard.copies.swap_remove(position);
+    promoted.primary = true;
+    shard.primary_term += 1;
+    shard.in_sync = BTreeSet::from([promoted.allocation_id.clone()]);
+    shard.copies = vec![promoted];
 }
 
 /// Assigns missing primaries of new shards and missing replicas, and proposes moves off

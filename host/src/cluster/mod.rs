@@ -50,6 +50,8 @@ pub struct Cluster {
     pub transport: Transport,
     pub membership: Membership,
     pub consensus: Arc<Consensus>,
+    pub rpc: rpc::RpcClient,
+    pub rpc_server: Arc<rpc::RpcServer>,
 }
 
 impl Cluster {
@@ -99,9 +101,11 @@ impl Cluster {
             tracing::warn!("the founding node has not committed the cluster identity yet");
         }
         Ok(Cluster {
+            rpc: rpc::RpcClient::new(transport.clone()),
             transport,
             membership,
             consensus,
+            rpc_server: server,
         })
     }
 

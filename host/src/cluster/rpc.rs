@@ -20,6 +20,7 @@ use super::consensus::{Consensus, ProposeError, TypeConfig};
 use super::membership::Membership;
 use super::node_meta::NodeMeta;
 use super::state::{CommandOutcome, StateCommand};
+use crate::replication::wire::{DataRequest, DataResponse};
 use crate::transport::{BoxFuture, RpcHandler, Transport, TransportError};
 
 /// Bump on an incompatible change to the RPC messages.
@@ -40,6 +41,8 @@ pub enum Request {
     Raft(RaftRequest),
     /// A cluster-state change for the master to commit.
     Propose(StateCommand),
+    /// A shard-level request of the data plane.
+    Data(DataRequest),
 }
 
 /// Raft's own messages.
@@ -58,6 +61,7 @@ pub enum Response {
     RaftVote(Result<VoteResponse<u64>, RaftError<u64>>),
     RaftInstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Proposed(Result<CommandOutcome, ProposeError>),
+    Data(DataResponse),
     /// The peer could not serve the request.
     Failed {
         reason: String,
@@ -130,6 +134,19 @@ impl RpcClient {
         }
     }
 
+    /// Sends a data-plane request.
+    pub async fn data(
+        &self,
+        to: SocketAddr,
+        request: DataRequest,
+        timeout: Duration,
+    ) -> Result<DataResponse, RpcError> {
+        match self.call(to, &Request::Data(request), timeout).await? {
+            Response::Data(response) => Ok(response),
+            _ => Err(RpcError::Unexpected("something else")),
+        }
+    }
+
     pub async fn node_info(&self, to: SocketAddr, timeout: Duration) -> Result<NodeMeta, RpcError> {
         match self.call(to, &Request::NodeInfo, timeout).await? {
             Response::NodeInfo(meta) => Ok(meta),
@@ -138,11 +155,17 @@ impl RpcClient {
     }
 }
 
+/// Serves the data plane's requests (set once the node's shards are open).
+pub trait DataHandler: Send + Sync {
+    fn handle(&self, request: DataRequest) -> BoxFuture<'_, DataResponse>;
+}
+
 /// Serves requests from peers with this node's state.
 pub struct RpcServer {
     membership: Membership,
     /// Set once Raft has started (it needs the transport, which needs this server).
     consensus: OnceLock<Arc<Consensus>>,
+    data: OnceLock<Arc<dyn DataHandler>>,
 }
 
 impl RpcServer {
@@ -150,6 +173,7 @@ impl RpcServer {
         RpcServer {
             membership,
             consensus: OnceLock::new(),
+            data: OnceLock::new(),
         }
     }
 
@@ -157,7 +181,19 @@ impl RpcServer {
         let _ = self.consensus.set(consensus);
     }
 
+    pub fn set_data_handler(&self, handler: Arc<dyn DataHandler>) {
+        let _ = self.data.set(handler);
+    }
+
     async fn answer(&self, request: Request) -> Response {
+        if let Request::Data(request) = request {
+            return match self.data.get() {
+                Some(handler) => Response::Data(handler.handle(request).await),
+                None => Response::Failed {
+                    reason: "the node is still opening its shards".into(),
+                },
+            };
+        }
         let consensus = self.consensus.get();
         match (request, consensus) {
             (Request::NodeInfo, _) => Response::NodeInfo(self.membership.local()),
@@ -165,6 +201,9 @@ impl RpcServer {
             (Request::Propose(command), Some(consensus)) => {
                 Response::Proposed(consensus.propose_as_master(command).await)
             }
+            (Request::Data(_), _) => Response::Failed {
+                reason: "unreachable: data requests are answered above".into(),
+            },
             (_, None) => Response::Failed {
                 reason: "the node is still starting".into(),
             },

@@ -2,14 +2,17 @@
 //! change it. Applying a command is a pure function of the state, so every node that applies
 //! the same committed log reaches the same state.
 //!
-//! Today it holds the cluster's identity and persistent settings; indices, routing, in-sync
-//! sets and primary terms join it as the replication work lands.
+//! It holds the cluster's identity and settings, the indices (settings and mappings at
+//! creation), the routing table with each shard's in-sync copies and primary term, snapshot
+//! repositories and lifecycle policies.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::allocation::{self, IndexRouting};
+use crate::index::IndexSettings;
 use crate::snapshot::slm::{SlmPolicy, SlmRun, SlmStats};
 
 /// Settings `PUT /_cluster/settings` accepts. Others are refused, as Elasticsearch refuses
@@ -37,6 +40,16 @@ pub struct RepositoryMeta {
     pub readonly: bool,
 }
 
+/// An index as the cluster knows it: identity, settings and the mapping it was created with
+/// (each copy grows its own mapping dynamically from the documents it indexes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexMetadata {
+    pub uuid: String,
+    pub creation_date: i64,
+    pub settings: IndexSettings,
+    pub mappings: Value,
+}
+
 /// The replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -55,6 +68,10 @@ pub struct ClusterState {
     /// Snapshot lifecycle policies by id, and what their runs did.
     pub slm_policies: BTreeMap<String, SlmPolicy>,
     pub slm_stats: BTreeMap<String, SlmStats>,
+    /// Indices by name.
+    pub indices: BTreeMap<String, IndexMetadata>,
+    /// Where every copy of every shard lives, which copies are in sync, and primary terms.
+    pub routing: BTreeMap<String, IndexRouting>,
 }
 
 /// A change to the cluster state, proposed to the master and committed by the quorum.
@@ -89,6 +106,46 @@ pub enum StateCommand {
         id: String,
         run: Option<SlmRun>,
         deleted: u64,
+    },
+    /// Creates an index with its first routing (primaries placed by the proposer).
+    CreateIndex {
+        name: String,
+        meta: IndexMetadata,
+        routing: IndexRouting,
+    },
+    DeleteIndex {
+        name: String,
+    },
+    /// Replaces an index's explicit mapping (merged by the proposer).
+    PutMapping {
+        name: String,
+        mappings: Value,
+    },
+    /// Replaces an index's dynamic settings (replica count, refresh, ...).
+    UpdateIndexSettings {
+        name: String,
+        settings: IndexSettings,
+    },
+    /// The master's allocation decision, computed from state `based_on`: applied only if no
+    /// other change landed since, so a decision never overwrites a copy's progress.
+    Reroute {
+        based_on: u64,
+        routing: BTreeMap<String, IndexRouting>,
+    },
+    /// A copy finished recovering: it serves reads and joins the in-sync set.
+    ShardStarted {
+        index: String,
+        shard: usize,
+        allocation_id: String,
+    },
+    /// A copy failed (a replica missed a write, a recovery broke): it leaves the routing and
+    /// the in-sync set. Sent by the primary of `primary_term`; a stale primary is refused.
+    ShardFailed {
+        index: String,
+        shard: usize,
+        allocation_id: String,
+        primary_term: u64,
+        reason: String,
     },
 }
 
@@ -151,12 +208,110 @@ impl ClusterState {
                     }
                 }
             }
+            StateCommand::CreateIndex {
+                name,
+                meta,
+                routing,
+            } => {
+                if let Some(existing) = self.indices.get(name) {
+                    return self.reject(format!("index [{name}/{}] already exists", existing.uuid));
+                }
+                self.indices.insert(name.clone(), meta.clone());
+                self.routing.insert(name.clone(), routing.clone());
+            }
+            StateCommand::DeleteIndex { name } => {
+                if self.indices.remove(name).is_none() {
+                    return self.reject(format!("no such index [{name}]"));
+                }
+                self.routing.remove(name);
+            }
+            StateCommand::PutMapping { name, mappings } => {
+                let Some(meta) = self.indices.get_mut(name) else {
+                    return self.reject(format!("no such index [{name}]"));
+                };
+                meta.mappings = mappings.clone();
+            }
+            StateCommand::UpdateIndexSettings { name, settings } => {
+                let Some(meta) = self.indices.get_mut(name) else {
+                    return self.reject(format!("no such index [{name}]"));
+                };
+                meta.settings = settings.clone();
+                if let Some(routing) = self.routing.get_mut(name) {
+                    routing.replicas = settings.number_of_replicas;
+                }
+            }
+            StateCommand::Reroute { based_on, routing } => {
+                if *based_on != self.version {
+                    return self.reject(format!(
+                        "allocation computed on state {based_on}, now {}",
+                        self.version
+                    ));
+                }
+                for (name, index) in routing {
+                    if self.routing.contains_key(name) {
+                        self.routing.insert(name.clone(), index.clone());
+                    }
+                }
+            }
+            StateCommand::ShardStarted {
+                index,
+                shard,
+                allocation_id,
+            } => {
+                let started = self.shard_routing_mut(index, *shard).and_then(|routing| {
+                    let copy = routing
+                        .copies
+                        .iter_mut()
+                        .find(|copy| copy.allocation_id == *allocation_id)?;
+                    copy.started = true;
+                    routing.in_sync.insert(allocation_id.clone());
+                    Some(())
+                });
+                if started.is_none() {
+                    return self.reject(format!(
+                        "copy [{allocation_id}] of [{index}][{shard}] is no longer allocated"
+                    ));
+                }
+            }
+            StateCommand::ShardFailed {
+                index,
+                shard,
+                allocation_id,
+                primary_term,
+                ..
+            } => {
+                let failed = match self.shard_routing_mut(index, *shard) {
+                    None => Err(format!("no shard [{index}][{shard}]")),
+                    Some(routing) if *primary_term < routing.primary_term => Err(format!(
+                        "primary term {primary_term} is stale, the shard is in term {}",
+                        routing.primary_term
+                    )),
+                    Some(routing) => {
+                        if allocation::fail_copy(routing, allocation_id) {
+                            Ok(())
+                        } else {
+                            Err(format!("copy [{allocation_id}] is no longer allocated"))
+                        }
+                    }
+                };
+                if let Err(reason) = failed {
+                    return self.reject(reason);
+                }
+            }
         }
         self.version += 1;
         CommandOutcome {
             version: self.version,
             rejected: None,
         }
+    }
+
+    fn shard_routing_mut(
+        &mut self,
+        index: &str,
+        shard: usize,
+    ) -> Option<&mut allocation::ShardRouting> {
+        self.routing.get_mut(index)?.shards.get_mut(shard)
     }
 
     fn reject(&self, reason: String) -> CommandOutcome {

@@ -8,7 +8,7 @@ use tantivy::columnar::{Column, ColumnType, MonotonicallyMappableToU64, StrColum
 use tantivy::{DateTime, DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
 /// One sort criterion.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum SortSpec {
     Score {
         descending: bool,
@@ -22,7 +22,7 @@ pub enum SortSpec {
 }
 
 /// A sort value; `Missing` always sorts last, as Elasticsearch's default `_last` does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SortValue {
     Missing,
     Int(i64),

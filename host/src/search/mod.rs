@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tantivy::aggregation::agg_req::Aggregations;
@@ -337,12 +337,6 @@ struct ShardResult {
     aggs: Option<IntermediateAggregationResults>,
 }
 
-/// A hit chosen for the fetch phase.
-struct MergedHit {
-    result: usize,
-    hit: SortedHit,
-}
-
 /// The sort specs for one index (field names become columns).
 fn sort_specs(
     request: &SearchRequest,
@@ -501,18 +495,51 @@ fn query_shard(
     })
 }
 
-/// Where a search runs: the indices it resolved to, the expression the user wrote, and the
-/// plugin host (for time-series pruning).
+/// Where a search runs: the indices it resolved to, the expression the user wrote, the plugin
+/// host (for time-series pruning), and which of this node's shards to search (`None`: all).
 pub struct SearchScope<'a> {
     pub indices: &'a [Arc<IndexService>],
     pub expression: &'a str,
     pub plugins: Option<&'a PluginHost>,
+    pub shards: Option<&'a HashMap<String, Vec<u32>>>,
 }
 
-/// Executes a search (blocking: call from a blocking thread).
+/// What one node's shards found: the top `from + size` hits of each, already fetched, and the
+/// partial aggregations. The coordinator merges the phases of every node.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ShardPhase {
+    pub total_shards: usize,
+    pub skipped_shards: usize,
+    pub total: u64,
+    pub max_score: Option<f32>,
+    pub hits: Vec<PhaseHit>,
+    pub aggs: Option<IntermediateAggregationResults>,
+    /// The aggregation request as translated for the searched mappings (for the final reduce)
+    /// and as the user wrote it (to check every node translated it alike).
+    pub agg_request: Option<(Value, Aggregations)>,
+    pub sort_specs: Option<Vec<SortSpec>>,
+}
+
+/// A fetched hit with what orders it among all shards' hits.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PhaseHit {
+    pub keys: Vec<SortValue>,
+    /// `(index, shard)` and rank within the shard, the tie-breakers after the sort keys.
+    pub shard: (String, u32),
+    pub rank: usize,
+    pub hit: Hit,
+}
+
+/// Executes a search over this node's shards only (blocking: call from a blocking thread).
 pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<SearchResponse> {
-    let indices = scope.indices;
     let started = Instant::now();
+    let phase = execute_local(scope, request)?;
+    merge(request, vec![phase], Vec::new(), started)
+}
+
+/// The query-and-fetch phase on this node's shards in `scope`.
+pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<ShardPhase> {
+    let indices = scope.indices;
     let window = request.from + request.size;
     for index in indices {
         let max_window = index.meta.settings().max_result_window;
@@ -527,10 +554,25 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
     }
     let now_millis = chrono::Utc::now().timestamp_millis();
     // Pin one point-in-time view per shard: pruning decides on the same view the query reads.
+    let selected = |index: &IndexService| -> Vec<Arc<Shard>> {
+        let local = index.local_shards();
+        match scope.shards {
+            None => local,
+            Some(wanted) => {
+                let numbers = wanted.get(index.name()).map(Vec::as_slice).unwrap_or(&[]);
+                local
+                    .into_iter()
+                    .filter(|shard| numbers.contains(&shard.id.shard))
+                    .collect()
+            }
+        }
+    };
+    let per_index: Vec<Vec<Arc<Shard>>> = indices.iter().map(|index| selected(index)).collect();
     let targets: Vec<ShardTarget> = indices
         .iter()
-        .flat_map(|index| {
-            index.shards.iter().map(|shard| ShardTarget {
+        .zip(&per_index)
+        .flat_map(|(index, shards)| {
+            shards.iter().map(|shard| ShardTarget {
                 index: index.clone(),
                 shard: shard.clone(),
                 searcher: shard.searcher(),
@@ -553,9 +595,8 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
     let mut results = Vec::new();
     let mut agg_request: Option<(Value, Aggregations)> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
-    for (position, index) in indices.iter().enumerate() {
-        let index_targets: Vec<(ShardTarget, bool)> =
-            targets.by_ref().take(index.shards.len()).collect();
+    for (position, (index, shards)) in indices.iter().zip(&per_index).enumerate() {
+        let index_targets: Vec<(ShardTarget, bool)> = targets.by_ref().take(shards.len()).collect();
         // An index whose every shard was pruned needs no translation, except the first one, so
         // that the response still has its aggregations (empty) and bad queries are refused.
         if position > 0 && index_targets.iter().all(|(_, kept)| !kept) {
@@ -597,43 +638,104 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
             )?);
         }
     }
-    let specs = match specs_for_merge {
+    let total: u64 = results.iter().map(|r| r.hits.total).sum();
+    let max_score = results.iter().filter_map(|r| r.max_score).reduce(f32::max);
+    let explicit_sort = !request.sort.is_empty();
+    let mut hits = Vec::new();
+    let mut aggs: Option<IntermediateAggregationResults> = None;
+    for result in &mut results {
+        for (rank, hit) in std::mem::take(&mut result.hits.hits)
+            .into_iter()
+            .take(request.from + request.size)
+            .enumerate()
+        {
+            hits.push(PhaseHit {
+                hit: fetch_hit(result, hit.address, &hit, request, explicit_sort)?,
+                keys: hit.keys,
+                shard: (result.index.name().to_string(), result.shard.id.shard),
+                rank,
+            });
+        }
+        if let Some(part) = result.aggs.take() {
+            match &mut aggs {
+                Some(acc) => acc.merge_fruits(part)?,
+                None => aggs = Some(part),
+            }
+        }
+    }
+    Ok(ShardPhase {
+        total_shards,
+        skipped_shards,
+        total,
+        max_score,
+        hits,
+        aggs,
+        agg_request,
+        sort_specs: specs_for_merge,
+    })
+}
+
+/// Merges the phases of every node that searched (and the failures of shards that could not
+/// be searched) into the response.
+pub fn merge(
+    request: &SearchRequest,
+    phases: Vec<ShardPhase>,
+    failures: Vec<Value>,
+    started: Instant,
+) -> Result<SearchResponse> {
+    let mut agg_request: Option<(Value, Aggregations)> = None;
+    let mut specs: Option<Vec<SortSpec>> = None;
+    let mut total = 0;
+    let mut max_score: Option<f32> = None;
+    let mut total_shards = failures.len();
+    let mut skipped_shards = 0;
+    let mut hits = Vec::new();
+    let mut intermediate: Option<IntermediateAggregationResults> = None;
+    for phase in phases {
+        if let (Some((previous, _)), Some((current, _))) = (&agg_request, &phase.agg_request)
+            && previous != current
+        {
+            return Err(illegal(
+                "aggregations resolve to different field types across the searched indices",
+            ));
+        }
+        if agg_request.is_none() {
+            agg_request = phase.agg_request;
+        }
+        if specs.is_none() {
+            specs = phase.sort_specs;
+        }
+        total += phase.total;
+        max_score = match (max_score, phase.max_score) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        total_shards += phase.total_shards;
+        skipped_shards += phase.skipped_shards;
+        hits.extend(phase.hits);
+        if let Some(part) = phase.aggs {
+            match &mut intermediate {
+                Some(acc) => acc.merge_fruits(part)?,
+                None => intermediate = Some(part),
+            }
+        }
+    }
+    let specs = match specs {
         Some(specs) if !specs.is_empty() => specs,
         _ => vec![SortSpec::Score { descending: true }],
     };
-    let total: u64 = results.iter().map(|r| r.hits.total).sum();
-    let max_score = results.iter().filter_map(|r| r.max_score).reduce(f32::max);
-    let mut merged: Vec<MergedHit> = results
-        .iter_mut()
-        .enumerate()
-        .flat_map(|(i, r)| {
-            std::mem::take(&mut r.hits.hits)
-                .into_iter()
-                .map(move |hit| MergedHit { result: i, hit })
-        })
-        .collect();
-    merged.sort_by(|a, b| {
-        compare_keys(&specs, &a.hit.keys, &b.hit.keys)
-            .then_with(|| a.result.cmp(&b.result))
-            .then_with(|| a.hit.address.cmp(&b.hit.address))
+    hits.sort_by(|a, b| {
+        compare_keys(&specs, &a.keys, &b.keys)
+            .then_with(|| a.shard.cmp(&b.shard))
+            .then_with(|| a.rank.cmp(&b.rank))
     });
-    let page: Vec<&MergedHit> = merged
-        .iter()
+    let page: Vec<Hit> = hits
+        .into_iter()
         .skip(request.from)
         .take(request.size)
+        .map(|hit| hit.hit)
         .collect();
     let explicit_sort = !request.sort.is_empty();
-    let mut hits = Vec::with_capacity(page.len());
-    for merged_hit in page {
-        let result = &results[merged_hit.result];
-        hits.push(fetch_hit(
-            result,
-            merged_hit.hit.address,
-            &merged_hit.hit,
-            request,
-            explicit_sort,
-        )?);
-    }
     let total = request.track_total_hits.map(|limit| {
         if total > limit {
             TotalHits {
@@ -649,37 +751,30 @@ pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<Searc
     });
     let show_scores = (!explicit_sort || request.track_scores) && request.size > 0;
     let mut aggregations = None;
-    if let Some(agg_request) = agg_request {
-        let mut intermediate: Option<IntermediateAggregationResults> = None;
-        for result in &mut results {
-            if let Some(part) = result.aggs.take() {
-                match &mut intermediate {
-                    Some(acc) => acc.merge_fruits(part)?,
-                    None => intermediate = Some(part),
-                }
-            }
-        }
+    if let Some((_, agg_request)) = agg_request {
         let final_result = intermediate
             .unwrap_or_default()
-            .into_final_result(agg_request.1, AggregationLimitsGuard::default())
+            .into_final_result(agg_request, AggregationLimitsGuard::default())
             .map_err(|err| Error::SearchPhase(format!("aggregation failed: {err}")))?;
         aggregations = Some(
             serde_json::to_value(final_result).map_err(|err| Error::Internal(err.to_string()))?,
         );
     }
+    let failed = failures.len();
     Ok(SearchResponse {
         took: started.elapsed().as_millis() as u64,
         timed_out: false,
         shards: ShardsSummary {
             total: total_shards,
-            successful: total_shards,
+            successful: total_shards - failed,
             skipped: skipped_shards,
-            failed: 0,
+            failed,
+            failures,
         },
         hits: HitsSection {
             total,
             max_score: if show_scores { max_score } else { None },
-            hits,
+            hits: page,
         },
         aggregations,
     })
@@ -704,6 +799,8 @@ pub struct ShardsSummary {
     pub successful: usize,
     pub skipped: usize,
     pub failed: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -721,7 +818,7 @@ pub struct TotalHits {
 }
 
 /// One search hit.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Hit {
     #[serde(rename = "_index")]
     pub index: String,
@@ -786,7 +883,7 @@ type IndexQuery = (Box<dyn Query>, HashMap<String, LeafKind>);
 /// Translates `query` for one index; `None` for an index without shards.
 fn index_query(index: &IndexService, query: &Value, now_millis: i64) -> Result<Option<IndexQuery>> {
     let leaves = index.meta.mapping().leaves();
-    let Some(first) = index.shards.first() else {
+    let Some(first) = index.local_shards().into_iter().next() else {
         return Ok(None);
     };
     let ctx = QueryContext {
@@ -811,7 +908,7 @@ pub fn count(indices: &[Arc<IndexService>], query: &Value) -> Result<Value> {
         let Some((query, _)) = index_query(index, query, now_millis)? else {
             continue;
         };
-        for shard in &index.shards {
+        for shard in index.local_shards() {
             shards += 1;
             total += shard.searcher().search(query.as_ref(), &Count)? as u64;
         }

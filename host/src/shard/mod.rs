@@ -190,7 +190,25 @@ pub struct StagedCommit {
     pub files: Vec<String>,
 }
 
-/// A shard copy (today always the primary).
+/// A copy this primary replicates to: its allocation id and the node holding it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReplicaTarget {
+    pub allocation_id: String,
+    pub node_id: String,
+}
+
+/// What the primary must send to its replicas after a batch: the operations it logged, in the
+/// term it logged them, and the copies that must receive them (fixed under the write lock, so
+/// a copy added by a recovery sees every operation either in its files or in a batch).
+#[derive(Debug, Clone, Default)]
+pub struct ReplicationBatch {
+    pub primary_term: u64,
+    pub ops: Vec<TranslogOp>,
+    pub targets: Vec<ReplicaTarget>,
+}
+
+/// A shard copy: the primary (which assigns sequence numbers) or a replica (which applies the
+/// primary's operations).
 pub struct Shard {
     pub id: ShardId,
     pub schema: ShardSchema,
@@ -212,8 +230,14 @@ struct WriteState {
     max_seq_no: i64,
     primary_term: u64,
     live: HashMap<String, LiveVersion>,
+    /// Operations logged by the batch being applied, for its replicas.
+    pending_ops: Vec<TranslogOp>,
     /// Set after an I/O failure mid-write: the copy refuses writes until restarted.
     failure: Option<String>,
+    /// Only a primary assigns sequence numbers; a replica takes them from its primary.
+    primary: bool,
+    /// The copies a primary replicates to.
+    targets: Vec<ReplicaTarget>,
 }
 
 /// The current version of a document, whether live or committed.
@@ -272,7 +296,10 @@ impl Shard {
                 max_seq_no: payload.local_checkpoint,
                 primary_term,
                 live: HashMap::new(),
+                pending_ops: Vec::new(),
                 failure: None,
+                primary: false,
+                targets: Vec::new(),
             }),
             sync,
             refreshed_seq_no,
@@ -335,15 +362,16 @@ impl Shard {
         Ok(replayed)
     }
 
-    /// Applies a batch of writes in order; each op succeeds or fails on its own. Returns once
-    /// every successful op is durable as `durability` requires.
+    /// Applies a batch of writes in order on the primary; each op succeeds or fails on its own.
+    /// Returns once every successful op is durable as `durability` requires, with what the
+    /// replicas must now receive.
     pub fn apply(
         &self,
         ops: Vec<WriteOp>,
         mappings: &dyn MappingSource,
         durability: Durability,
-    ) -> Result<Vec<Result<WriteOutcome>>> {
-        let (outcomes, position) = {
+    ) -> Result<(Vec<Result<WriteOutcome>>, ReplicationBatch)> {
+        let (outcomes, position, batch) = {
             let mut state = self.lock()?;
             if let Some(failure) = &state.failure {
                 return Err(Error::Internal(format!(
@@ -351,6 +379,13 @@ impl Shard {
                     self.id
                 )));
             }
+            if !state.primary {
+                return Err(Error::ShardNotAvailable(format!(
+                    "{} is not the primary copy on this node",
+                    self.id
+                )));
+            }
+            let first_new = state.max_seq_no + 1;
             let mut outcomes = Vec::with_capacity(ops.len());
             for op in ops {
                 let outcome = self.apply_one(&mut state, op, mappings);
@@ -359,6 +394,16 @@ impl Shard {
                 }
                 outcomes.push(outcome);
             }
+            let mut batch = ReplicationBatch {
+                primary_term: state.primary_term,
+                ops: Vec::new(),
+                targets: state.targets.clone(),
+            };
+            if !batch.targets.is_empty() {
+                batch.ops = state.pending_ops.drain(..).collect();
+            }
+            state.pending_ops.clear();
+            debug_assert!(batch.ops.iter().all(|op| op.seq_no >= first_new));
             let position = match state.translog.flush_buffer() {
                 Ok(position) => position,
                 Err(err) => {
@@ -366,13 +411,173 @@ impl Shard {
                     return Err(err);
                 }
             };
-            (outcomes, position)
+            (outcomes, position, batch)
         };
         self.needs_refresh.store(true, Ordering::Release);
         if durability == Durability::Request && outcomes.iter().any(|o| o.is_ok()) {
             self.sync.sync_to(position)?;
         }
-        Ok(outcomes)
+        Ok((outcomes, batch))
+    }
+
+    /// Applies operations the primary of `primary_term` assigned. Operations from an older
+    /// primary are refused (fencing); a newer term is adopted. An operation older than what
+    /// this copy holds for the same document is skipped, so batches may arrive in any order.
+    /// Returns the highest sequence number this copy has seen.
+    pub fn apply_replicated(
+        &self,
+        primary_term: u64,
+        ops: &[TranslogOp],
+        mappings: &dyn MappingSource,
+        durability: Durability,
+    ) -> Result<i64> {
+        let (position, max_seq_no) = {
+            let mut state = self.lock()?;
+            if let Some(failure) = &state.failure {
+                return Err(Error::Internal(format!(
+                    "shard {} is failed: {failure}",
+                    self.id
+                )));
+            }
+            if primary_term < state.primary_term {
+                return Err(Error::StalePrimaryTerm {
+                    shard: self.id.to_string(),
+                    term: primary_term,
+                    current: state.primary_term,
+                });
+            }
+            if state.primary && primary_term == state.primary_term {
+                return Err(Error::ShardNotAvailable(format!(
+                    "{} is a primary in term {primary_term} and takes no replicated operations",
+                    self.id
+                )));
+            }
+            state.primary_term = primary_term;
+            for op in ops {
+                if let Err(err) = self.apply_replicated_one(&mut state, op, mappings) {
+                    if matches!(err, Error::Io(_)) {
+                        state.failure = Some(err.to_string());
+                    }
+                    return Err(err);
+                }
+            }
+            (state.translog.flush_buffer()?, state.max_seq_no)
+        };
+        self.needs_refresh.store(true, Ordering::Release);
+        if durability == Durability::Request {
+            self.sync.sync_to(position)?;
+        }
+        Ok(max_seq_no)
+    }
+
+    fn apply_replicated_one(
+        &self,
+        state: &mut WriteState,
+        op: &TranslogOp,
+        mappings: &dyn MappingSource,
+    ) -> Result<()> {
+        state.max_seq_no = state.max_seq_no.max(op.seq_no);
+        if let Some(current) = self.current_version(state, &op.id)?
+            && current.seq_no >= op.seq_no
+        {
+            return Ok(());
+        }
+        let id_term = Term::from_field_text(self.schema.id, &op.id);
+        let source = match op.kind {
+            OpKind::Index => {
+                let value: Value = serde_json::from_slice(&op.source).map_err(|err| {
+                    Error::Internal(format!(
+                        "replicated op {} of {} has invalid source: {err}",
+                        op.seq_no, self.id
+                    ))
+                })?;
+                let mut parsed = parse_document(&mappings.current(), &value)?;
+                if let Some(grown) = parsed.updated_mapping.take() {
+                    let merged = mappings.grow(&grown)?;
+                    parsed = parse_document(&merged, &value)?;
+                }
+                let meta = DocMeta {
+                    seq_no: op.seq_no,
+                    version: op.version,
+                    primary_term: op.primary_term,
+                };
+                state.translog.append(op.record())?;
+                state.writer.delete_term(id_term);
+                state
+                    .writer
+                    .add_document(self.schema.document(&op.id, &op.source, meta, &parsed))?;
+                self.counters.index_total.fetch_add(1, Ordering::Relaxed);
+                Some(Arc::new(op.source.clone()))
+            }
+            OpKind::Delete => {
+                state.translog.append(op.record())?;
+                state.writer.delete_term(id_term);
+                self.counters.delete_total.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        state.live.insert(
+            op.id.clone(),
+            LiveVersion {
+                seq_no: op.seq_no,
+                primary_term: op.primary_term,
+                version: op.version,
+                source,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets this copy's role from the routing table: primary or replica and its term; a
+    /// primary replicates to the `started` copies plus those a recovery added that are still
+    /// `recovering` (merged under the write lock, so a recovery's target is never lost).
+    pub fn set_role(
+        &self,
+        primary: bool,
+        primary_term: u64,
+        started: Vec<ReplicaTarget>,
+        recovering: &std::collections::BTreeSet<String>,
+    ) {
+        let Ok(mut state) = self.lock() else {
+            return;
+        };
+        if primary && !state.primary {
+            tracing::info!(shard = %self.id, term = primary_term, "this copy is now the primary");
+        }
+        state.primary = primary;
+        state.primary_term = state.primary_term.max(primary_term);
+        let kept: Vec<ReplicaTarget> = state
+            .targets
+            .iter()
+            .filter(|t| {
+                recovering.contains(&t.allocation_id)
+                    && !started.iter().any(|s| s.allocation_id == t.allocation_id)
+            })
+            .cloned()
+            .collect();
+        state.targets = if primary {
+            started.into_iter().chain(kept).collect()
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// The copies this primary currently replicates to.
+    pub fn replication_targets(&self) -> Vec<ReplicaTarget> {
+        self.lock()
+            .map(|state| state.targets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops replicating to a copy (it failed and left the in-sync set).
+    pub fn drop_target(&self, allocation_id: &str) {
+        if let Ok(mut state) = self.lock() {
+            state.targets.retain(|t| t.allocation_id != allocation_id);
+        }
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.lock().map(|state| state.primary).unwrap_or(false)
     }
 
     fn apply_one(
@@ -502,14 +707,18 @@ impl Shard {
                 };
                 let seq_no = state.max_seq_no + 1;
                 let primary_term = state.primary_term;
-                state.translog.append(OpRecord {
+                let record = OpRecord {
                     kind: OpKind::Delete,
                     seq_no,
                     primary_term,
                     version,
                     id: &id,
                     source: &[],
-                })?;
+                };
+                state.translog.append(record)?;
+                if !state.targets.is_empty() {
+                    state.pending_ops.push(record.to_owned_op());
+                }
                 state.max_seq_no = seq_no;
                 state
                     .writer
@@ -571,14 +780,18 @@ impl Shard {
             primary_term,
         };
         let document = self.schema.document(&id, &raw, meta, &parsed);
-        state.translog.append(OpRecord {
+        let record = OpRecord {
             kind: OpKind::Index,
             seq_no,
             primary_term,
             version,
             id: &id,
             source: &raw,
-        })?;
+        };
+        state.translog.append(record)?;
+        if !state.targets.is_empty() {
+            state.pending_ops.push(record.to_owned_op());
+        }
         state.max_seq_no = seq_no;
         if !append_only {
             // An auto-generated id cannot exist yet: skipping the delete spares tantivy a term
@@ -782,7 +995,37 @@ impl Shard {
     /// copy that costs no bytes and survives merges deleting the originals, while writes go on.
     /// Returns the commit's `meta.json` and the staged segment file names.
     pub fn stage_commit(&self, staging: &Path) -> Result<StagedCommit> {
+        self.stage_commit_then(staging, None)
+    }
+
+    /// Stages a commit for a recovering copy and, under the same lock, starts replicating to
+    /// it: every operation is then either in the staged files or sent to the copy.
+    pub fn stage_for_recovery(
+        &self,
+        staging: &Path,
+        target: ReplicaTarget,
+    ) -> Result<StagedCommit> {
+        self.stage_commit_then(staging, Some(target))
+    }
+
+    fn stage_commit_then(
+        &self,
+        staging: &Path,
+        add_target: Option<ReplicaTarget>,
+    ) -> Result<StagedCommit> {
         let mut state = self.lock()?;
+        if let Some(target) = add_target {
+            if !state.primary {
+                return Err(Error::ShardNotAvailable(format!(
+                    "{} is not the primary copy on this node",
+                    self.id
+                )));
+            }
+            state
+                .targets
+                .retain(|t| t.allocation_id != target.allocation_id);
+            state.targets.push(target);
+        }
         state.translog.roll_and_trim()?;
         self.commit_locked(&mut state)?;
         let index_dir = self.path.join("index");

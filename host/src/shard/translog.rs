@@ -17,13 +17,14 @@ const FILE_MAGIC: &[u8; 8] = b"SHTLOG01";
 const MAX_FRAME_LEN: usize = 1 << 30;
 
 /// One logged operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TranslogOp {
     pub kind: OpKind,
     pub seq_no: i64,
     pub primary_term: u64,
     pub version: i64,
     pub id: String,
+    #[serde(with = "serde_bytes")]
     pub source: Vec<u8>,
 }
 
@@ -36,6 +37,19 @@ pub struct OpRecord<'a> {
     pub version: i64,
     pub id: &'a str,
     pub source: &'a [u8],
+}
+
+impl OpRecord<'_> {
+    pub fn to_owned_op(&self) -> TranslogOp {
+        TranslogOp {
+            kind: self.kind,
+            seq_no: self.seq_no,
+            primary_term: self.primary_term,
+            version: self.version,
+            id: self.id.to_string(),
+            source: self.source.to_vec(),
+        }
+    }
 }
 
 impl TranslogOp {
@@ -51,7 +65,7 @@ impl TranslogOp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OpKind {
     Index = 1,
     Delete = 2,

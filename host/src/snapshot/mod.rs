@@ -348,7 +348,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
             .iter()
             .map(|index| index.name().to_string())
             .collect();
-        progress.shards_total = indices.iter().map(|index| index.shards.len()).sum();
+        progress.shards_total = indices.iter().map(|index| index.local_shards().len()).sum();
     });
     let outcome = take_snapshot(node, request, &mut session, &indices, start);
     activity.finish(repository, &request.snapshot);
@@ -376,8 +376,9 @@ fn take_snapshot(
     let mut snapshots = BTreeMap::new();
     for index in indices {
         let index_meta = index.meta.persisted_json()?;
-        let mut shards = Vec::with_capacity(index.shards.len());
-        for shard in &index.shards {
+        let local = index.local_shards();
+        let mut shards = Vec::with_capacity(local.len());
+        for shard in &local {
             let shard_staging = staging
                 .join(&index.meta.uuid)
                 .join(shard.id.shard.to_string());
@@ -572,8 +573,16 @@ pub struct RestoreRequest {
     pub partial: bool,
 }
 
-/// Restores indices from a snapshot (blocking); returns the restored index names.
-pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<String>> {
+/// An index a restore laid out on this node, ready to be committed to the cluster state with
+/// its primaries here.
+pub struct RestoredIndex {
+    pub name: String,
+    pub meta: crate::cluster::state::IndexMetadata,
+    pub routing: crate::cluster::allocation::IndexRouting,
+}
+
+/// Restores indices from a snapshot onto this node's disk (blocking); the caller commits them.
+pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<RestoredIndex>> {
     let repository = request.repository.as_str();
     let restore_error = |reason: String| Error::SnapshotRestore {
         repository: repository.to_string(),
@@ -619,7 +628,7 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<String>
             request.rename_replacement.as_deref(),
         )?;
         crate::index::validate_index_name(&target)?;
-        if node.indices.exists(&target) {
+        if node.cluster.consensus.state().indices.contains_key(&target) {
             return Err(restore_error(format!(
                 "cannot restore index [{target}] because an open index with same name already exists in the cluster"
             )));
@@ -645,13 +654,65 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<String>
                 "restoring [{source}] as [{target}]: {err}"
             )));
         }
-        node.indices.adopt(&uuid).inspect_err(|_| {
+        let adopted = adopt_restored(node, &dir, &target, &uuid, index);
+        let restored_index = adopted.inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&dir);
         })?;
         tracing::info!(repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
-        restored.push(target);
+        restored.push(restored_index);
     }
     Ok(restored)
+}
+
+/// Marks every laid-out shard as a primary copy of this node and describes the index for the
+/// cluster state (the applier then opens the copies from disk instead of creating them).
+fn adopt_restored(
+    node: &NodeState,
+    dir: &Path,
+    target: &str,
+    uuid: &str,
+    index: &IndexSnapshot,
+) -> Result<RestoredIndex> {
+    use crate::cluster::allocation::{IndexRouting, ShardCopy, ShardRouting};
+    let settings: crate::index::IndexSettings =
+        serde_json::from_value(index.meta.get("settings").cloned().unwrap_or_default())
+            .map_err(|err| Error::Internal(format!("snapshot index settings: {err}")))?;
+    let mut shards = Vec::with_capacity(index.shards.len());
+    for number in 0..index.shards.len() {
+        let allocation_id = new_uuid();
+        let marker = crate::index::CopyMarker {
+            allocation_id: allocation_id.clone(),
+        };
+        let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
+        crate::index::write_atomically(&dir.join(number.to_string()).join("_copy.json"), &bytes)?;
+        shards.push(ShardRouting {
+            copies: vec![ShardCopy {
+                node_id: node.identity.node_id.clone(),
+                primary: true,
+                started: false,
+                allocation_id: allocation_id.clone(),
+            }],
+            in_sync: [allocation_id].into(),
+            primary_term: 1,
+        });
+    }
+    Ok(RestoredIndex {
+        name: target.to_string(),
+        meta: crate::cluster::state::IndexMetadata {
+            uuid: uuid.to_string(),
+            creation_date: index
+                .meta
+                .get("creation_date")
+                .and_then(Value::as_i64)
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+            mappings: index.meta.get("mappings").cloned().unwrap_or_default(),
+            settings: settings.clone(),
+        },
+        routing: IndexRouting {
+            replicas: settings.number_of_replicas,
+            shards,
+        },
+    })
 }
 
 fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Result<String> {

@@ -175,6 +175,11 @@ impl Consensus {
         )
     }
 
+    /// A receiver that sees every cluster state this node applies.
+    pub fn watch(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
     /// The latest cluster state this node has applied.
     pub fn state(&self) -> Arc<ClusterState> {
         self.state.borrow().clone()

@@ -1,0 +1,228 @@
+//! Index administration through the cluster state: creating, deleting, re-setting and mapping
+//! an index is a committed change that every node then applies, never a local edit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::master::{allocation_settings, data_nodes};
+use crate::cluster::allocation::{self, IndexRouting, ShardRouting};
+use crate::cluster::consensus::ProposeError;
+use crate::cluster::state::{IndexMetadata, StateCommand};
+use crate::error::{Error, Result};
+use crate::ids::new_uuid;
+use crate::index::{IndexService, parse_create_body, validate_index_name};
+use crate::mapping::Mapping;
+use crate::node::NodeState;
+
+/// How long index creation waits for its primaries to start (`shards_acknowledged`).
+const WAIT_FOR_PRIMARIES: Duration = Duration::from_secs(30);
+
+async fn commit(node: &NodeState, command: StateCommand, timeout: Duration) -> Result<()> {
+    node.cluster
+        .consensus
+        .propose(command, timeout)
+        .await
+        .map(|_| ())
+        .map_err(|err| match err {
+            ProposeError::Rejected(reason) => Error::IllegalArgument(reason),
+            other => Error::MasterNotDiscovered(other.to_string()),
+        })
+}
+
+/// The index as laid out on this node, laying it out from the cluster state if this node has
+/// not applied it yet.
+pub fn index(node: &NodeState, name: &str) -> Result<Arc<IndexService>> {
+    match node.indices.get(name) {
+        Ok(index) => Ok(index),
+        Err(Error::IndexNotFound(_)) => {
+            let state = node.cluster.consensus.state();
+            let meta = state
+                .indices
+                .get(name)
+                .ok_or_else(|| Error::IndexNotFound(name.to_string()))?;
+            node.indices.ensure(name, meta)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Creates an index from a `PUT /{index}` body; returns whether its primaries started in time.
+pub async fn create_index(
+    node: &Arc<NodeState>,
+    name: &str,
+    body: &Value,
+    master_timeout: Duration,
+) -> Result<bool> {
+    validate_index_name(name)?;
+    let (settings, mapping) = parse_create_body(body)?;
+    let state = node.cluster.consensus.state();
+    if let Some(existing) = state.indices.get(name) {
+        return Err(Error::IndexAlreadyExists {
+            name: name.to_string(),
+            uuid: existing.uuid.clone(),
+        });
+    }
+    let fresh = BTreeMap::from([(
+        name.to_string(),
+        IndexRouting {
+            replicas: settings.number_of_replicas,
+            shards: vec![ShardRouting::default(); settings.number_of_shards as usize],
+        },
+    )]);
+    let mut decided = allocation::allocate(
+        &fresh,
+        &data_nodes(node),
+        &allocation_settings(&state),
+        &BTreeSet::new(),
+        new_uuid,
+    );
+    let routing = decided.routing.remove(name).unwrap_or_default();
+    let meta = IndexMetadata {
+        uuid: new_uuid(),
+        creation_date: chrono::Utc::now().timestamp_millis(),
+        settings,
+        mappings: mapping.to_json(),
+    };
+    let command = StateCommand::CreateIndex {
+        name: name.to_string(),
+        meta: meta.clone(),
+        routing,
+    };
+    match node
+        .cluster
+        .consensus
+        .propose(command, master_timeout)
+        .await
+    {
+        Ok(_) => {}
+        Err(ProposeError::Rejected(_)) => {
+            let state = node.cluster.consensus.state();
+            return Err(Error::IndexAlreadyExists {
+                name: name.to_string(),
+                uuid: state
+                    .indices
+                    .get(name)
+                    .map(|m| m.uuid.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        Err(other) => return Err(Error::MasterNotDiscovered(other.to_string())),
+    }
+    tracing::info!(index = name, uuid = %meta.uuid, "created index");
+    node.indices.ensure(name, &meta)?;
+    Ok(wait_for_primaries(node, name).await)
+}
+
+/// Waits (up to 30 s) until every primary of `name` is started; returns whether they are.
+pub async fn wait_for_primaries(node: &NodeState, name: &str) -> bool {
+    let mut states = node.cluster.consensus.watch();
+    let started = tokio::time::timeout(
+        WAIT_FOR_PRIMARIES,
+        states.wait_for(|state| {
+            state.routing.get(name).is_some_and(|routing| {
+                routing
+                    .shards
+                    .iter()
+                    .all(|shard| shard.primary().is_some_and(|p| p.started))
+            })
+        }),
+    )
+    .await;
+    matches!(started, Ok(Ok(_)))
+}
+
+/// Deletes indices by name.
+pub async fn delete_indices(node: &NodeState, names: &[String], timeout: Duration) -> Result<()> {
+    for name in names {
+        commit(
+            node,
+            StateCommand::DeleteIndex { name: name.clone() },
+            timeout,
+        )
+        .await
+        .or_else(|err| match err {
+            // Deleted meanwhile by another request: the outcome the caller wanted.
+            Error::IllegalArgument(_) => Ok(()),
+            other => Err(other),
+        })?;
+        match node.indices.delete(name) {
+            Ok(()) | Err(Error::IndexNotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+        node.copies.forget_index(name);
+    }
+    Ok(())
+}
+
+/// Updates dynamic settings of `indices` (validated against each first, so a bad value for one
+/// changes none).
+pub async fn update_settings(
+    node: &NodeState,
+    indices: &[Arc<IndexService>],
+    body: &Value,
+    timeout: Duration,
+) -> Result<()> {
+    let mut updated = Vec::with_capacity(indices.len());
+    for index in indices {
+        updated.push(index.meta.settings().apply(body, false)?);
+    }
+    for (index, settings) in indices.iter().zip(updated) {
+        commit(
+            node,
+            StateCommand::UpdateIndexSettings {
+                name: index.name().to_string(),
+                settings,
+            },
+            timeout,
+        )
+        .await?;
+        adopt(node, index)?;
+    }
+    Ok(())
+}
+
+/// Merges an explicit mapping into `indices` (checked against each first).
+pub async fn put_mapping(
+    node: &NodeState,
+    indices: &[Arc<IndexService>],
+    addition: &Mapping,
+    timeout: Duration,
+) -> Result<()> {
+    let state = node.cluster.consensus.state();
+    let mut merged = Vec::with_capacity(indices.len());
+    for index in indices {
+        index.meta.mapping().merge(addition)?;
+        let cluster_mapping = state
+            .indices
+            .get(index.name())
+            .map(|meta| Mapping::parse(&meta.mappings))
+            .transpose()?
+            .unwrap_or_default();
+        merged.push(cluster_mapping.merge(addition)?);
+    }
+    for (index, mapping) in indices.iter().zip(merged) {
+        commit(
+            node,
+            StateCommand::PutMapping {
+                name: index.name().to_string(),
+                mappings: mapping.to_json(),
+            },
+            timeout,
+        )
+        .await?;
+        adopt(node, index)?;
+    }
+    Ok(())
+}
+
+/// Applies the committed metadata of `index` here now, so this request's response reflects it.
+fn adopt(node: &NodeState, index: &IndexService) -> Result<()> {
+    let state = node.cluster.consensus.state();
+    match state.indices.get(index.name()) {
+        Some(meta) => index.meta.adopt_cluster_metadata(meta),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,281 @@
+//! Makes this node's shard copies match the committed routing: lays out every index the
+//! cluster has, opens the copies allocated here (empty for a new primary, from disk when the
+//! copy on disk is the allocated one, by peer recovery otherwise), gives each its role and term,
+//! and removes copies and indices the cluster no longer has here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::recovery;
+use crate::api::blocking;
+use crate::cluster::allocation::{ShardCopy, ShardRouting};
+use crate::cluster::state::{ClusterState, StateCommand};
+use crate::error::Result;
+use crate::index::{CopyMarker, IndexService};
+use crate::node::NodeState;
+use crate::shard::ReplicaTarget;
+
+/// Re-checks even without a state change, so a failed step is retried.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Runs until `stop` flips, applying every new cluster state.
+pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    let mut states = node.cluster.consensus.watch();
+    let mut applier = Applier {
+        node,
+        reported: HashMap::new(),
+    };
+    loop {
+        let state = states.borrow_and_update().clone();
+        if state.cluster_uuid.is_some()
+            && let Err(err) = applier.apply(&state).await
+        {
+            tracing::warn!(version = state.version, error = %err, "applying the cluster state failed; retrying");
+        }
+        tokio::select! {
+            _ = states.changed() => {}
+            _ = tokio::time::sleep(RECHECK) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+struct Applier {
+    node: Arc<NodeState>,
+    /// Copies reported started, and when (re-proposed if the state has not caught up).
+    reported: HashMap<String, Instant>,
+}
+
+impl Applier {
+    async fn apply(&mut self, state: &ClusterState) -> Result<()> {
+        for (name, meta) in &state.indices {
+            let node = self.node.clone();
+            let (name, meta) = (name.clone(), meta.clone());
+            blocking(move || node.indices.ensure(&name, &meta).map(|_| ())).await?;
+        }
+        for index in self.node.indices.all() {
+            let known = state
+                .indices
+                .get(index.name())
+                .is_some_and(|meta| meta.uuid == index.meta.uuid);
+            if !known {
+                let name = index.name().to_string();
+                tracing::info!(index = name, "removing an index the cluster no longer has");
+                self.node.copies.forget_index(&name);
+                let node = self.node.clone();
+                blocking(move || node.indices.delete(&name)).await?;
+            }
+        }
+        for (name, routing) in &state.routing {
+            let Ok(index) = self.node.indices.get(name) else {
+                continue;
+            };
+            for (number, shard) in routing.shards.iter().enumerate() {
+                if let Err(err) = self.apply_shard(&index, number as u32, shard).await {
+                    tracing::warn!(index = name, shard = number, error = %err, "could not apply the routing of a shard");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_shard(
+        &mut self,
+        index: &Arc<IndexService>,
+        number: u32,
+        routing: &ShardRouting,
+    ) -> Result<()> {
+        let name = index.name().to_string();
+        let local = &self.node.identity.node_id;
+        let Some(copy) = routing.copies.iter().find(|copy| &copy.node_id == local) else {
+            return self.drop_copy(index, number).await;
+        };
+        if self
+            .node
+            .copies
+            .is_recovering(&name, number, &copy.allocation_id)
+        {
+            return Ok(());
+        }
+        if self.node.copies.active(&name, number).as_deref() != Some(&copy.allocation_id) {
+            let on_disk = index
+                .copy_marker(number)
+                .is_some_and(|marker| marker.allocation_id == copy.allocation_id);
+            if on_disk {
+                let service = index.clone();
+                blocking(move || service.open_copy(number)).await?;
+                self.node
+                    .copies
+                    .set_active(&name, number, &copy.allocation_id);
+            } else if copy.primary && !copy.started {
+                self.create_empty(index, number, copy).await?;
+            } else if !copy.primary && !copy.started {
+                self.start_recovery(index, number, copy, routing);
+                return Ok(());
+            } else {
+                // A started copy this node does not have (its files were lost): fail it so
+                // the master allocates a fresh one.
+                tracing::warn!(
+                    index = name,
+                    shard = number,
+                    "an allocated copy is missing from disk"
+                );
+                self.propose(StateCommand::ShardFailed {
+                    index: name,
+                    shard: number as usize,
+                    allocation_id: copy.allocation_id.clone(),
+                    primary_term: routing.primary_term,
+                    reason: "copy missing on its node".into(),
+                });
+                return Ok(());
+            }
+        }
+        let Some(shard) = index.shard(number) else {
+            return Ok(());
+        };
+        let started: Vec<ReplicaTarget> = routing
+            .copies
+            .iter()
+            .filter(|c| !c.primary && c.started)
+            .map(target)
+            .collect();
+        let recovering: BTreeSet<String> = routing
+            .copies
+            .iter()
+            .filter(|c| !c.primary && !c.started)
+            .map(|c| c.allocation_id.clone())
+            .collect();
+        shard.set_role(copy.primary, routing.primary_term, started, &recovering);
+        let due = self
+            .reported
+            .get(&copy.allocation_id)
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(5));
+        if copy.primary && !copy.started && due {
+            self.reported
+                .insert(copy.allocation_id.clone(), Instant::now());
+            self.propose(StateCommand::ShardStarted {
+                index: name,
+                shard: number as usize,
+                allocation_id: copy.allocation_id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn create_empty(
+        &mut self,
+        index: &Arc<IndexService>,
+        number: u32,
+        copy: &ShardCopy,
+    ) -> Result<()> {
+        let service = index.clone();
+        let marker = CopyMarker {
+            allocation_id: copy.allocation_id.clone(),
+        };
+        blocking(move || {
+            service.remove_copy(number)?;
+            service.write_copy_marker(number, &marker)?;
+            service.open_copy(number).map(|_| ())
+        })
+        .await?;
+        self.node
+            .copies
+            .set_active(index.name(), number, &copy.allocation_id);
+        tracing::info!(index = index.name(), shard = number, copy = %copy.allocation_id, "created a new primary");
+        Ok(())
+    }
+
+    fn start_recovery(
+        &self,
+        index: &IndexService,
+        number: u32,
+        copy: &ShardCopy,
+        routing: &ShardRouting,
+    ) {
+        let Some(primary) = routing.primary().filter(|p| p.started) else {
+            return;
+        };
+        let node = self.node.clone();
+        let (name, allocation_id, primary_node, term) = (
+            index.name().to_string(),
+            copy.allocation_id.clone(),
+            primary.node_id.clone(),
+            routing.primary_term,
+        );
+        // Registered before the task starts, so the next pass does not start a second one.
+        self.node
+            .copies
+            .start_recovering(&name, number, &allocation_id);
+        tokio::spawn(async move {
+            if recovery::recover(
+                node.clone(),
+                name.clone(),
+                number,
+                allocation_id.clone(),
+                primary_node,
+                term,
+            )
+            .await
+            .is_err()
+            {
+                // Give the primary a moment before the master allocates the copy again.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let command = StateCommand::ShardFailed {
+                    index: name,
+                    shard: number as usize,
+                    allocation_id,
+                    primary_term: term,
+                    reason: "recovery failed".into(),
+                };
+                let _ = node
+                    .cluster
+                    .consensus
+                    .propose(command, super::SHARD_REQUEST_TIMEOUT)
+                    .await;
+            }
+        });
+    }
+
+    /// Closes and deletes a copy the routing no longer places here.
+    async fn drop_copy(&self, index: &Arc<IndexService>, number: u32) -> Result<()> {
+        let name = index.name();
+        let held = self.node.copies.active(name, number).is_some()
+            || index.shard(number).is_some()
+            || index.copy_dir(number).exists();
+        if !held {
+            return Ok(());
+        }
+        tracing::info!(
+            index = name,
+            shard = number,
+            "removing a copy the routing moved away"
+        );
+        self.node.copies.forget(name, number);
+        let service = index.clone();
+        blocking(move || service.remove_copy(number)).await
+    }
+
+    fn propose(&self, command: StateCommand) {
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            if let Err(err) = node
+                .cluster
+                .consensus
+                .propose(command, super::SHARD_REQUEST_TIMEOUT)
+                .await
+            {
+                tracing::warn!(error = %err, "a shard state change was not committed");
+            }
+        });
+    }
+}
+
+fn target(copy: &ShardCopy) -> ReplicaTarget {
+    ReplicaTarget {
+        allocation_id: copy.allocation_id.clone(),
+        node_id: copy.node_id.clone(),
+    }
+}

@@ -1,0 +1,289 @@
+//! Shard copies across nodes. The routing table in the cluster state says which node holds
+//! which copy; this layer makes it so and keeps the copies identical:
+//! - [`applier`]: opens, promotes, recovers and removes this node's copies as the committed
+//!   routing changes;
+//! - [`master`]: on the elected master, turns membership into allocation decisions;
+//! - [`writes`]: forwards writes to the primary, which replicates each batch to its in-sync
+//!   copies before acknowledging (or has the master fail a copy that cannot take it);
+//! - [`recovery`]: a new copy copies the primary's files, then receives every later operation;
+//! - [`reads`]: GET, refresh and search over whichever node holds each shard;
+//! - [`wire`] and [`server`]: the messages and how a node answers them.
+
+pub mod admin;
+pub mod applier;
+pub mod master;
+pub mod reads;
+pub mod recovery;
+pub mod server;
+pub mod wire;
+pub mod writes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::cluster::allocation::{ShardCopy, ShardRouting};
+use crate::cluster::state::ClusterState;
+use crate::error::{Error, Result};
+use crate::node::NodeState;
+use crate::shard::translog::TranslogOp;
+
+/// How long a coordinator keeps retrying a request whose shard has no usable copy (a primary
+/// failing over, a copy starting): Elasticsearch's default `timeout` of one minute.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(60);
+
+/// How long one shard-level request to a peer may take.
+pub const SHARD_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What this node is doing with its copy of a shard.
+#[derive(Debug)]
+enum CopyStatus {
+    /// Copying files from the primary; replicated operations wait in `buffer`.
+    Recovering {
+        allocation_id: String,
+        buffer: Vec<(u64, Vec<TranslogOp>)>,
+    },
+    /// Open and serving as `allocation_id`.
+    Active { allocation_id: String },
+}
+
+/// This node's copies by `(index, shard)`.
+#[derive(Debug, Default)]
+pub struct LocalCopies {
+    copies: Mutex<HashMap<(String, u32), CopyStatus>>,
+}
+
+/// Where a replicated batch goes on this node.
+pub enum ReplicaSlot {
+    /// The copy is open: apply the operations.
+    Apply,
+    /// The copy is recovering: the batch was buffered.
+    Buffered,
+}
+
+impl LocalCopies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), CopyStatus>> {
+        self.copies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The allocation id of the active copy of a shard, if this node has one.
+    pub fn active(&self, index: &str, shard: u32) -> Option<String> {
+        match self.lock().get(&(index.to_string(), shard)) {
+            Some(CopyStatus::Active { allocation_id }) => Some(allocation_id.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn is_recovering(&self, index: &str, shard: u32, allocation_id: &str) -> bool {
+        matches!(
+            self.lock().get(&(index.to_string(), shard)),
+            Some(CopyStatus::Recovering { allocation_id: a, .. }) if a == allocation_id
+        )
+    }
+
+    fn set_active(&self, index: &str, shard: u32, allocation_id: &str) {
+        self.lock().insert(
+            (index.to_string(), shard),
+            CopyStatus::Active {
+                allocation_id: allocation_id.to_string(),
+            },
+        );
+    }
+
+    fn start_recovering(&self, index: &str, shard: u32, allocation_id: &str) {
+        self.lock().insert(
+            (index.to_string(), shard),
+            CopyStatus::Recovering {
+                allocation_id: allocation_id.to_string(),
+                buffer: Vec::new(),
+            },
+        );
+    }
+
+    /// Takes what was buffered, or, when nothing was, makes the copy active (atomically, so no
+    /// batch slips between the last drain and activation).
+    fn drain_or_activate(
+        &self,
+        index: &str,
+        shard: u32,
+        allocation_id: &str,
+    ) -> Option<Vec<(u64, Vec<TranslogOp>)>> {
+        let mut copies = self.lock();
+        let key = (index.to_string(), shard);
+        if let Some(CopyStatus::Recovering { buffer, .. }) = copies.get_mut(&key)
+            && !buffer.is_empty()
+        {
+            return Some(std::mem::take(buffer));
+        }
+        copies.insert(
+            key,
+            CopyStatus::Active {
+                allocation_id: allocation_id.to_string(),
+            },
+        );
+        None
+    }
+
+    fn forget(&self, index: &str, shard: u32) {
+        self.lock().remove(&(index.to_string(), shard));
+    }
+
+    fn forget_index(&self, index: &str) {
+        self.lock().retain(|(name, _), _| name != index);
+    }
+
+    /// Decides what to do with a replicated batch for `allocation_id`.
+    pub fn route_replicated(
+        &self,
+        index: &str,
+        shard: u32,
+        allocation_id: &str,
+        primary_term: u64,
+        ops: &[TranslogOp],
+    ) -> Result<ReplicaSlot> {
+        match self.lock().get_mut(&(index.to_string(), shard)) {
+            Some(CopyStatus::Active { allocation_id: a }) if a == allocation_id => {
+                Ok(ReplicaSlot::Apply)
+            }
+            Some(CopyStatus::Recovering {
+                allocation_id: a,
+                buffer,
+            }) if a == allocation_id => {
+                buffer.push((primary_term, ops.to_vec()));
+                Ok(ReplicaSlot::Buffered)
+            }
+            _ => Err(Error::ShardNotAvailable(format!(
+                "[{index}][{shard}] copy [{allocation_id}] is not on this node"
+            ))),
+        }
+    }
+}
+
+/// The transport address of a live node.
+pub fn node_address(node: &NodeState, node_id: &str) -> Option<SocketAddr> {
+    node.cluster
+        .membership
+        .live_nodes()
+        .into_iter()
+        .find(|meta| meta.node_id == node_id)
+        .map(|meta| meta.transport_addr)
+}
+
+/// The routing of one shard in `state`.
+pub fn shard_routing<'a>(
+    state: &'a ClusterState,
+    index: &str,
+    shard: u32,
+) -> Result<&'a ShardRouting> {
+    state
+        .routing
+        .get(index)
+        .ok_or_else(|| Error::IndexNotFound(index.to_string()))?
+        .shards
+        .get(shard as usize)
+        .ok_or_else(|| Error::ShardNotAvailable(format!("[{index}][{shard}] does not exist")))
+}
+
+/// The started primary of a shard, or why there is none.
+pub fn started_primary<'a>(
+    state: &'a ClusterState,
+    index: &str,
+    shard: u32,
+) -> Result<&'a ShardCopy> {
+    shard_routing(state, index, shard)?
+        .primary()
+        .filter(|copy| copy.started)
+        .ok_or_else(|| {
+            Error::ShardNotAvailable(format!("primary shard [{index}][{shard}] is not active"))
+        })
+}
+
+/// Retries `attempt` while it fails with an error that a routing change may cure, until
+/// `UNAVAILABLE_RETRY` has passed.
+pub async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        match attempt().await {
+            Err(err) if is_retryable(&err) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %err, "shard unavailable; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Errors that a routing change (failover, a copy starting) may cure.
+fn is_retryable(err: &Error) -> bool {
+    match err {
+        Error::ShardNotAvailable(_) | Error::StalePrimaryTerm { .. } => true,
+        Error::Remote { .. } => matches!(
+            err.es_type(),
+            "unavailable_shards_exception"
+                | "stale_primary_term_exception"
+                | "node_not_connected_exception"
+        ),
+        _ => false,
+    }
+}
+
+/// A failed call to a peer, as a retryable error.
+pub fn unreachable(node_id: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Remote {
+        status: 503,
+        cause: serde_json::json!({
+            "type": "node_not_connected_exception",
+            "reason": format!("node [{node_id}] is not reachable: {reason}"),
+        }),
+    }
+}
+
+/// A finished peer recovery, for `_cat/recovery`.
+#[derive(Debug, Clone)]
+pub struct RecoveryRecord {
+    pub index: String,
+    pub shard: u32,
+    pub source_node: String,
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// The most recent recoveries this node completed as the target.
+#[derive(Debug, Default)]
+pub struct Recoveries {
+    done: Mutex<std::collections::VecDeque<RecoveryRecord>>,
+}
+
+impl Recoveries {
+    const KEPT: usize = 256;
+
+    pub fn record(&self, index: &str, shard: u32, source_node: &str, bytes: u64, took: Duration) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if done.len() == Self::KEPT {
+            done.pop_front();
+        }
+        done.push_back(RecoveryRecord {
+            index: index.to_string(),
+            shard,
+            source_node: source_node.to_string(),
+            bytes,
+            took,
+        });
+    }
+
+    pub fn list(&self) -> Vec<RecoveryRecord> {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}

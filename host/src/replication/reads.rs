@@ -1,0 +1,320 @@
+//! Reads across nodes: a realtime GET goes to a copy of the document's shard (this node's when
+//! it has one); a search asks one started copy of every shard, spreading the load over the
+//! copies, retries a shard on another copy when its node fails, and reports the shards that no
+//! copy could answer in `_shards.failures` (partial results, as Elasticsearch does by default).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use super::wire::{DataRequest, DataResponse};
+use super::{SHARD_REQUEST_TIMEOUT, node_address, shard_routing, unreachable, with_retries};
+use crate::api::blocking;
+use crate::cluster::allocation::ShardRouting;
+use crate::error::{Error, Result};
+use crate::index::IndexService;
+use crate::node::NodeState;
+use crate::search::{self, SearchRequest, SearchResponse, SearchScope, ShardPhase};
+use crate::shard::{Shard, StoredDoc};
+
+/// Rotates the copy each search asks, so every copy takes its share.
+static NEXT_COPY: AtomicUsize = AtomicUsize::new(0);
+
+/// This node's active copy of a shard.
+pub fn local_copy(node: &NodeState, index: &IndexService, number: u32) -> Option<Arc<Shard>> {
+    node.copies.active(index.name(), number)?;
+    index.shard(number)
+}
+
+/// Realtime GET of `id` from shard `number`.
+pub async fn get(
+    node: &Arc<NodeState>,
+    index: &Arc<IndexService>,
+    number: u32,
+    id: &str,
+) -> Result<Option<StoredDoc>> {
+    with_retries(|| async move {
+        if let Some(shard) = local_copy(node, index, number) {
+            let id = id.to_string();
+            return blocking(move || shard.get(&id)).await;
+        }
+        let state = node.cluster.consensus.state();
+        let routing = shard_routing(&state, index.name(), number)?;
+        let copy = pick_copy(routing, &node.identity.node_id, None, &[]).ok_or_else(|| {
+            Error::ShardNotAvailable(format!("[{}][{number}] has no active copy", index.name()))
+        })?;
+        let request = DataRequest::Get {
+            index: index.name().to_string(),
+            shard: number,
+            id: id.to_string(),
+        };
+        match ask(node, &copy, request).await? {
+            DataResponse::Doc(doc) => Ok(doc.map(StoredDoc::from)),
+            _ => Err(Error::Internal("the copy answered something else".into())),
+        }
+    })
+    .await
+}
+
+async fn ask(node: &NodeState, node_id: &str, request: DataRequest) -> Result<DataResponse> {
+    let addr = node_address(node, node_id).ok_or_else(|| unreachable(node_id, "not live"))?;
+    match node
+        .cluster
+        .rpc
+        .data(addr, request, SHARD_REQUEST_TIMEOUT)
+        .await
+    {
+        Ok(DataResponse::Failed(err)) => Err(err.into()),
+        Ok(response) => Ok(response),
+        Err(err) => Err(unreachable(node_id, err)),
+    }
+}
+
+/// The node whose copy of a shard should answer: honours `preference` (`_primary`, `_local`),
+/// otherwise rotates over the started copies. `avoid` lists nodes that already failed.
+fn pick_copy(
+    routing: &ShardRouting,
+    local: &str,
+    preference: Option<&str>,
+    avoid: &[String],
+) -> Option<String> {
+    let started: Vec<_> = routing
+        .copies
+        .iter()
+        .filter(|copy| copy.started && !avoid.contains(&copy.node_id))
+        .collect();
+    match preference {
+        Some("_primary") => started
+            .iter()
+            .find(|copy| copy.primary)
+            .map(|copy| copy.node_id.clone()),
+        Some("_local") if started.iter().any(|copy| copy.node_id == local) => {
+            Some(local.to_string())
+        }
+        _ if started.is_empty() => None,
+        _ => {
+            let turn = NEXT_COPY.fetch_add(1, Ordering::Relaxed);
+            Some(started[turn % started.len()].node_id.clone())
+        }
+    }
+}
+
+/// `(index, shard numbers)` one node is asked to search.
+type ShardGroup = HashMap<String, Vec<u32>>;
+
+/// A search body as the coordinator received it, for nodes that run a phase.
+pub struct SearchInput<'a> {
+    pub body: &'a Value,
+    pub params: &'a HashMap<String, String>,
+    pub expression: &'a str,
+}
+
+/// Runs a search over every shard of `indices`, wherever their copies are.
+pub async fn search(
+    node: &Arc<NodeState>,
+    indices: &[Arc<IndexService>],
+    input: SearchInput<'_>,
+    request: &SearchRequest,
+) -> Result<SearchResponse> {
+    let started = Instant::now();
+    let state = node.cluster.consensus.state();
+    let local = node.identity.node_id.clone();
+    let preference = input.params.get("preference").map(String::as_str);
+    let mut plan: BTreeMap<String, ShardGroup> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for index in indices {
+        let Some(routing) = state.routing.get(index.name()) else {
+            continue;
+        };
+        for (number, shard) in routing.shards.iter().enumerate() {
+            match pick_copy(shard, &local, preference, &[]) {
+                Some(node_id) => plan
+                    .entry(node_id)
+                    .or_default()
+                    .entry(index.name().to_string())
+                    .or_default()
+                    .push(number as u32),
+                None => failures.push(shard_failure(
+                    index.name(),
+                    number as u32,
+                    "no active copy of this shard",
+                )),
+            }
+        }
+    }
+    let body_text = input.body.to_string();
+    let params: Vec<(String, String)> = input
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut remote = JoinSet::new();
+    let local_group = plan.remove(&local);
+    for (node_id, group) in plan {
+        let node = node.clone();
+        let request = search_request(&group, &body_text, &params, input.expression);
+        remote.spawn(async move {
+            let answer = ask(&node, &node_id, request).await.and_then(decode_phase);
+            (node_id, group, answer)
+        });
+    }
+    let mut phases = Vec::new();
+    if let Some(group) = local_group {
+        phases.push(search_here(
+            node,
+            indices,
+            input.expression,
+            request,
+            &group,
+        )?);
+    }
+    let mut retry: Vec<(String, ShardGroup)> = Vec::new();
+    while let Some(joined) = remote.join_next().await {
+        let (node_id, group, answer) =
+            joined.map_err(|err| Error::Internal(format!("search task failed: {err}")))?;
+        match answer {
+            Ok(phase) => phases.push(phase),
+            // The request itself is wrong: every copy would say so.
+            Err(err) if err.status() == 400 => return Err(err),
+            Err(err) => {
+                tracing::debug!(node = %node_id, error = %err, "a node failed its search phase; retrying its shards elsewhere");
+                retry.push((node_id, group));
+            }
+        }
+    }
+    for (failed_node, group) in retry {
+        for (index, numbers) in group {
+            for number in numbers {
+                let Some(routing) = state
+                    .routing
+                    .get(&index)
+                    .and_then(|r| r.shards.get(number as usize))
+                else {
+                    continue;
+                };
+                let single: ShardGroup = HashMap::from([(index.clone(), vec![number])]);
+                let answer =
+                    match pick_copy(routing, &local, None, std::slice::from_ref(&failed_node)) {
+                        None => Err(Error::ShardNotAvailable("no other active copy".into())),
+                        Some(other) if other == local => {
+                            search_here(node, indices, input.expression, request, &single)
+                        }
+                        Some(other) => {
+                            let request =
+                                search_request(&single, &body_text, &params, input.expression);
+                            ask(node, &other, request).await.and_then(decode_phase)
+                        }
+                    };
+                match answer {
+                    Ok(phase) => phases.push(phase),
+                    Err(err) => failures.push(shard_failure(&index, number, &err.to_string())),
+                }
+            }
+        }
+    }
+    search::merge(request, phases, failures, started)
+}
+
+fn search_request(
+    group: &ShardGroup,
+    body: &str,
+    params: &[(String, String)],
+    expression: &str,
+) -> DataRequest {
+    DataRequest::Search {
+        targets: group.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        body: body.to_string(),
+        params: params.to_vec(),
+        expression: expression.to_string(),
+    }
+}
+
+fn decode_phase(response: DataResponse) -> Result<ShardPhase> {
+    match response {
+        DataResponse::Searched(text) => serde_json::from_str(&text)
+            .map_err(|err| Error::Internal(format!("unreadable search phase: {err}"))),
+        _ => Err(Error::Internal("the node answered something else".into())),
+    }
+}
+
+/// Runs the phase on this node's copies (on this worker thread: see `api::search`).
+pub fn search_here(
+    node: &NodeState,
+    indices: &[Arc<IndexService>],
+    expression: &str,
+    request: &SearchRequest,
+    group: &ShardGroup,
+) -> Result<ShardPhase> {
+    tokio::task::block_in_place(|| {
+        let scope = SearchScope {
+            indices,
+            expression,
+            plugins: Some(&node.plugins),
+            shards: Some(group),
+        };
+        search::execute_local(&scope, request)
+    })
+}
+
+fn shard_failure(index: &str, shard: u32, reason: &str) -> Value {
+    json!({
+        "shard": shard,
+        "index": index,
+        "reason": { "type": "no_shard_available_action_exception", "reason": reason },
+    })
+}
+
+/// Refreshes every copy of `indices` on every node that holds one; returns (total, successful)
+/// copies.
+pub async fn refresh(
+    node: &Arc<NodeState>,
+    indices: &[Arc<IndexService>],
+) -> Result<(usize, usize)> {
+    let state = node.cluster.consensus.state();
+    let mut total = 0;
+    let mut successful = 0;
+    let mut remote: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for index in indices {
+        let Some(routing) = state.routing.get(index.name()) else {
+            continue;
+        };
+        for shard in &routing.shards {
+            for copy in shard.copies.iter().filter(|copy| copy.started) {
+                total += 1;
+                if copy.node_id != node.identity.node_id {
+                    let names = remote.entry(copy.node_id.clone()).or_default();
+                    if !names.contains(&index.name().to_string()) {
+                        names.push(index.name().to_string());
+                    }
+                }
+            }
+        }
+    }
+    let local: Vec<Arc<Shard>> = indices
+        .iter()
+        .flat_map(|index| {
+            index
+                .local_shards()
+                .into_iter()
+                .filter(|shard| node.copies.active(index.name(), shard.id.shard).is_some())
+        })
+        .collect();
+    successful += local.len();
+    blocking(move || local.iter().try_for_each(|shard| shard.refresh())).await?;
+    for (node_id, names) in remote {
+        for name in names {
+            let request = DataRequest::Refresh {
+                index: name,
+                shards: Vec::new(),
+            };
+            if let Ok(DataResponse::Refreshed { copies }) = ask(node, &node_id, request).await {
+                successful += copies;
+            }
+        }
+    }
+    Ok((total, successful.min(total.max(successful))))
+}

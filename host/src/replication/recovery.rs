@@ -1,0 +1,300 @@
+//! Peer recovery: how a new copy gets every operation its primary has. The primary flushes,
+//! hard-links the files of that commit into a staging directory and, under the same write
+//! lock, starts replicating to the new copy; the copy fetches the staged files in chunks,
+//! opens them, applies the batches it buffered meanwhile, and asks the master to mark it
+//! started and in sync. No operation can fall between the files and the batches.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+
+use super::wire::{DataRequest, DataResponse};
+use super::{SHARD_REQUEST_TIMEOUT, node_address, unreachable};
+use crate::api::blocking;
+use crate::cluster::state::StateCommand;
+use crate::error::{Error, Result};
+use crate::index::{CopyMarker, IndexService};
+use crate::node::NodeState;
+use crate::shard::{ReplicaTarget, Shard};
+
+/// Bytes per fetched chunk.
+const CHUNK_BYTES: u32 = 1 << 20;
+
+fn staging_dir(index: &IndexService, number: u32, allocation_id: &str) -> std::path::PathBuf {
+    index
+        .copy_dir(number)
+        .join("recovery")
+        .join(sanitize(allocation_id))
+}
+
+/// Allocation ids and file names come from peers: keep them to one path component.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
+fn primary_copy(
+    node: &NodeState,
+    index: &str,
+    number: u32,
+) -> Result<(Arc<IndexService>, Arc<Shard>)> {
+    let service = node.indices.get(index)?;
+    let shard = service
+        .shard(number)
+        .filter(|shard| shard.is_primary() && node.copies.active(index, number).is_some())
+        .ok_or_else(|| {
+            Error::ShardNotAvailable(format!("[{index}][{number}] has no primary on this node"))
+        })?;
+    Ok((service, shard))
+}
+
+/// Primary side: stages a commit for `allocation_id` and starts replicating to it.
+pub async fn start(
+    node: &NodeState,
+    index: &str,
+    number: u32,
+    allocation_id: String,
+    node_id: String,
+) -> Result<DataResponse> {
+    let (service, shard) = primary_copy(node, index, number)?;
+    let staging = staging_dir(&service, number, &allocation_id);
+    let target = ReplicaTarget {
+        allocation_id,
+        node_id,
+    };
+    blocking(move || {
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        let staged = shard.stage_for_recovery(&staging, target)?;
+        let mut files = Vec::with_capacity(staged.files.len());
+        for name in staged.files {
+            let size = std::fs::metadata(staging.join(&name))?.len();
+            files.push((name, size));
+        }
+        Ok(DataResponse::RecoveryPlan {
+            meta_json: staged.meta_json,
+            files,
+        })
+    })
+    .await
+}
+
+/// Primary side: one chunk of a staged file.
+pub async fn chunk(
+    node: &NodeState,
+    index: &str,
+    number: u32,
+    allocation_id: &str,
+    file: &str,
+    offset: u64,
+    len: u32,
+) -> Result<DataResponse> {
+    let service = node.indices.get(index)?;
+    if sanitize(file) != file || file.is_empty() {
+        return Err(Error::IllegalArgument(format!(
+            "invalid recovery file name [{file}]"
+        )));
+    }
+    let path = staging_dir(&service, number, allocation_id).join(file);
+    let len = len.min(CHUNK_BYTES * 4) as usize;
+    blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut handle = std::fs::File::open(&path)?;
+        handle.seek(SeekFrom::Start(offset))?;
+        let mut data = Vec::with_capacity(len);
+        handle.take(len as u64).read_to_end(&mut data)?;
+        Ok(DataResponse::Chunk { data })
+    })
+    .await
+}
+
+/// Primary side: the copy has everything; drop the staging.
+pub async fn finish(
+    node: &NodeState,
+    index: &str,
+    number: u32,
+    allocation_id: &str,
+) -> Result<DataResponse> {
+    let service = node.indices.get(index)?;
+    let staging = staging_dir(&service, number, allocation_id);
+    blocking(move || {
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        Ok(DataResponse::Done)
+    })
+    .await
+}
+
+/// Copy side: recovers `allocation_id` of shard `number` from the primary on `primary_node`,
+/// then reports it started. On failure the partial copy is removed.
+pub async fn recover(
+    node: Arc<NodeState>,
+    index: String,
+    number: u32,
+    allocation_id: String,
+    primary_node: String,
+    primary_term: u64,
+) -> Result<()> {
+    node.copies.start_recovering(&index, number, &allocation_id);
+    let started = std::time::Instant::now();
+    let result = copy_from_primary(
+        &node,
+        &index,
+        number,
+        &allocation_id,
+        &primary_node,
+        primary_term,
+    )
+    .await;
+    match &result {
+        Ok(bytes) => {
+            tracing::info!(index, shard = number, copy = %allocation_id, bytes, took_ms = started.elapsed().as_millis() as u64, "recovered shard copy from its primary");
+            node.recoveries
+                .record(&index, number, &primary_node, *bytes, started.elapsed());
+            let command = StateCommand::ShardStarted {
+                index: index.clone(),
+                shard: number as usize,
+                allocation_id: allocation_id.clone(),
+            };
+            if let Err(err) = node
+                .cluster
+                .consensus
+                .propose(command, SHARD_REQUEST_TIMEOUT)
+                .await
+            {
+                tracing::warn!(index, shard = number, error = %err, "could not report the recovered copy started");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(index, shard = number, copy = %allocation_id, error = %err, "recovery failed");
+            node.copies.forget(&index, number);
+            if let Ok(service) = node.indices.get(&index) {
+                let _ = blocking(move || service.remove_copy(number)).await;
+            }
+        }
+    }
+    result.map(|_| ())
+}
+
+async fn copy_from_primary(
+    node: &Arc<NodeState>,
+    index: &str,
+    number: u32,
+    allocation_id: &str,
+    primary_node: &str,
+    primary_term: u64,
+) -> Result<u64> {
+    let service = node.indices.get(index)?;
+    {
+        let service = service.clone();
+        blocking(move || service.remove_copy(number)).await?;
+    }
+    let addr =
+        node_address(node, primary_node).ok_or_else(|| unreachable(primary_node, "not live"))?;
+    let ask = |request: DataRequest| async move {
+        match node
+            .cluster
+            .rpc
+            .data(addr, request, SHARD_REQUEST_TIMEOUT)
+            .await
+        {
+            Ok(DataResponse::Failed(err)) => Err(Error::from(err)),
+            Ok(response) => Ok(response),
+            Err(err) => Err(unreachable(primary_node, err)),
+        }
+    };
+    let plan = ask(DataRequest::StartRecovery {
+        index: index.to_string(),
+        shard: number,
+        allocation_id: allocation_id.to_string(),
+        node_id: node.identity.node_id.clone(),
+    })
+    .await?;
+    let DataResponse::RecoveryPlan { meta_json, files } = plan else {
+        return Err(Error::Internal(
+            "the primary answered something else".into(),
+        ));
+    };
+    let index_dir = service.copy_dir(number).join("index");
+    tokio::fs::create_dir_all(&index_dir).await?;
+    let mut copied = 0u64;
+    for (name, size) in &files {
+        if sanitize(name) != *name || name.is_empty() {
+            return Err(Error::Internal(format!(
+                "primary sent an invalid file name [{name}]"
+            )));
+        }
+        let mut file = tokio::fs::File::create(index_dir.join(name)).await?;
+        let mut offset = 0u64;
+        while offset < *size {
+            let response = ask(DataRequest::FetchChunk {
+                index: index.to_string(),
+                shard: number,
+                allocation_id: allocation_id.to_string(),
+                file: name.clone(),
+                offset,
+                len: CHUNK_BYTES,
+            })
+            .await?;
+            let DataResponse::Chunk { data } = response else {
+                return Err(Error::Internal(
+                    "the primary answered something else".into(),
+                ));
+            };
+            if data.is_empty() {
+                return Err(Error::Internal(format!("staged file [{name}] ended early")));
+            }
+            file.write_all(&data).await?;
+            offset += data.len() as u64;
+        }
+        file.sync_all().await?;
+        copied += offset;
+    }
+    let mut meta = tokio::fs::File::create(index_dir.join("meta.json")).await?;
+    meta.write_all(meta_json.as_bytes()).await?;
+    meta.sync_all().await?;
+    let shard = {
+        let service = service.clone();
+        let marker = CopyMarker {
+            allocation_id: allocation_id.to_string(),
+        };
+        blocking(move || {
+            service.write_copy_marker(number, &marker)?;
+            service.open_copy(number)
+        })
+        .await?
+    };
+    shard.set_role(false, primary_term, Vec::new(), &Default::default());
+    // Apply what the primary replicated while the files were copied, until nothing is left;
+    // the copy turns active atomically with the last drain.
+    while let Some(batches) = node.copies.drain_or_activate(index, number, allocation_id) {
+        let shard = shard.clone();
+        let meta = service.meta.clone();
+        let durability = meta.settings().translog_durability;
+        blocking(move || {
+            for (term, ops) in batches {
+                shard.apply_replicated(term, &ops, meta.as_ref(), durability)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    let _ = ask(DataRequest::FinishRecovery {
+        index: index.to_string(),
+        shard: number,
+        allocation_id: allocation_id.to_string(),
+    })
+    .await;
+    Ok(copied)
+}

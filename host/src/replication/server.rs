@@ -1,0 +1,139 @@
+//! How a node answers the data-plane requests of its peers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use super::wire::{DataRequest, DataResponse, WireOutcome};
+use super::{ReplicaSlot, reads, recovery, writes};
+use crate::api::blocking;
+use crate::cluster::rpc::DataHandler;
+use crate::error::{Error, Result, WireError};
+use crate::node::NodeState;
+use crate::search::SearchRequest;
+use crate::transport::BoxFuture;
+
+/// Serves data requests with the node's shards (weakly held: the node owns the server).
+pub struct DataServer {
+    pub node: Weak<NodeState>,
+}
+
+impl DataHandler for DataServer {
+    fn handle(&self, request: DataRequest) -> BoxFuture<'_, DataResponse> {
+        Box::pin(async move {
+            let Some(node) = self.node.upgrade() else {
+                return DataResponse::failed(&Error::ShuttingDown);
+            };
+            match answer(&node, request).await {
+                Ok(response) => response,
+                Err(err) => DataResponse::failed(&err),
+            }
+        })
+    }
+}
+
+async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataResponse> {
+    match request {
+        DataRequest::PrimaryWrite { index, shard, ops } => {
+            let ops = ops
+                .into_iter()
+                .map(|op| op.into_op())
+                .collect::<Result<Vec<_>>>()?;
+            let outcomes = writes::write_on_primary(node, &index, shard, ops).await?;
+            Ok(DataResponse::Written(
+                outcomes
+                    .iter()
+                    .map(|outcome| match outcome {
+                        Ok(outcome) => Ok(WireOutcome::from(outcome)),
+                        Err(err) => Err(WireError::from(err)),
+                    })
+                    .collect(),
+            ))
+        }
+        DataRequest::Replicate {
+            index,
+            shard,
+            allocation_id,
+            primary_term,
+            ops,
+        } => {
+            match node
+                .copies
+                .route_replicated(&index, shard, &allocation_id, primary_term, &ops)?
+            {
+                ReplicaSlot::Buffered => Ok(DataResponse::Replicated { max_seq_no: -1 }),
+                ReplicaSlot::Apply => {
+                    let service = node.indices.get(&index)?;
+                    let copy = service.shard(shard).ok_or_else(|| {
+                        Error::ShardNotAvailable(format!("[{index}][{shard}] is not open here"))
+                    })?;
+                    let meta = service.meta.clone();
+                    let durability = meta.settings().translog_durability;
+                    let max_seq_no = blocking(move || {
+                        copy.apply_replicated(primary_term, &ops, meta.as_ref(), durability)
+                    })
+                    .await?;
+                    Ok(DataResponse::Replicated { max_seq_no })
+                }
+            }
+        }
+        DataRequest::StartRecovery {
+            index,
+            shard,
+            allocation_id,
+            node_id,
+        } => recovery::start(node, &index, shard, allocation_id, node_id).await,
+        DataRequest::FetchChunk {
+            index,
+            shard,
+            allocation_id,
+            file,
+            offset,
+            len,
+        } => recovery::chunk(node, &index, shard, &allocation_id, &file, offset, len).await,
+        DataRequest::FinishRecovery {
+            index,
+            shard,
+            allocation_id,
+        } => recovery::finish(node, &index, shard, &allocation_id).await,
+        DataRequest::Get { index, shard, id } => {
+            let service = node.indices.get(&index)?;
+            let copy = reads::local_copy(node, &service, shard).ok_or_else(|| {
+                Error::ShardNotAvailable(format!("[{index}][{shard}] is not open here"))
+            })?;
+            let doc = blocking(move || copy.get(&id)).await?;
+            Ok(DataResponse::Doc(doc.as_ref().map(Into::into)))
+        }
+        DataRequest::Refresh { index, shards } => {
+            let service = node.indices.get(&index)?;
+            let copies: Vec<_> = service
+                .local_shards()
+                .into_iter()
+                .filter(|copy| shards.is_empty() || shards.contains(&copy.id.shard))
+                .filter(|copy| node.copies.active(&index, copy.id.shard).is_some())
+                .collect();
+            let count = copies.len();
+            blocking(move || copies.iter().try_for_each(|copy| copy.refresh())).await?;
+            Ok(DataResponse::Refreshed { copies: count })
+        }
+        DataRequest::Search {
+            targets,
+            body,
+            params,
+            expression,
+        } => {
+            let body: serde_json::Value = serde_json::from_str(&body)
+                .map_err(|err| Error::Parsing(format!("forwarded search body: {err}")))?;
+            let params: HashMap<String, String> = params.into_iter().collect();
+            let request = SearchRequest::parse(&body, &params)?;
+            let group: HashMap<String, Vec<u32>> = targets.into_iter().collect();
+            let indices = group
+                .keys()
+                .map(|name| node.indices.get(name))
+                .collect::<Result<Vec<_>>>()?;
+            let phase = reads::search_here(node, &indices, &expression, &request, &group)?;
+            let text = serde_json::to_string(&phase)
+                .map_err(|err| Error::Internal(format!("search phase: {err}")))?;
+            Ok(DataResponse::Searched(text))
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The node-to-node messages of the data plane: forwarded writes, replicated operations,
+//! recoveries, reads and refreshes. Payloads that are JSON to begin with travel as JSON text,
+//! so MessagePack never has to guess at their shape.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result, WireError};
+use crate::shard::translog::TranslogOp;
+use crate::shard::{Condition, StoredDoc, WriteOp, WriteOutcome, WriteResult};
+
+/// What one node asks another about shards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Writes for the primary of a shard, which this node is expected to hold.
+    PrimaryWrite {
+        index: String,
+        shard: u32,
+        ops: Vec<WireWriteOp>,
+    },
+    /// Operations the primary of `primary_term` assigned, for the copy `allocation_id`.
+    Replicate {
+        index: String,
+        shard: u32,
+        allocation_id: String,
+        primary_term: u64,
+        ops: Vec<TranslogOp>,
+    },
+    /// A recovering copy asks its primary to stage a commit and start replicating to it.
+    StartRecovery {
+        index: String,
+        shard: u32,
+        allocation_id: String,
+        node_id: String,
+    },
+    /// A piece of a staged file.
+    FetchChunk {
+        index: String,
+        shard: u32,
+        allocation_id: String,
+        file: String,
+        offset: u64,
+        len: u32,
+    },
+    /// The copy has its files: the primary drops the staging.
+    FinishRecovery {
+        index: String,
+        shard: u32,
+        allocation_id: String,
+    },
+    /// A realtime GET on the copy this node holds.
+    Get {
+        index: String,
+        shard: u32,
+        id: String,
+    },
+    /// Refreshes this node's copies of `shards` (all when empty).
+    Refresh { index: String, shards: Vec<u32> },
+    /// Runs the query-and-fetch phase of a search on this node's copies.
+    Search {
+        /// `(index, shard numbers)` to search here.
+        targets: Vec<(String, Vec<u32>)>,
+        /// The search body and URL parameters, as the coordinator received them.
+        body: String,
+        params: Vec<(String, String)>,
+        expression: String,
+    },
+}
+
+/// The answer to a [`DataRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DataResponse {
+    Written(Vec<std::result::Result<WireOutcome, WireError>>),
+    Replicated {
+        max_seq_no: i64,
+    },
+    RecoveryPlan {
+        meta_json: String,
+        files: Vec<(String, u64)>,
+    },
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    Done,
+    Refreshed {
+        copies: usize,
+    },
+    Doc(Option<WireDoc>),
+    /// JSON of the shard-level search results.
+    Searched(String),
+    Failed(WireError),
+}
+
+impl DataResponse {
+    pub fn failed(err: &Error) -> DataResponse {
+        DataResponse::Failed(WireError::from(err))
+    }
+}
+
+/// A write as it is forwarded to the primary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WireWriteOp {
+    Index {
+        id: String,
+        #[serde(with = "serde_bytes")]
+        source: Vec<u8>,
+        create: bool,
+        auto_id: bool,
+        condition: WireCondition,
+    },
+    Delete {
+        id: String,
+        condition: WireCondition,
+    },
+    Update {
+        id: String,
+        /// JSON text of the partial document and upsert.
+        doc: Option<String>,
+        upsert: Option<String>,
+        doc_as_upsert: bool,
+        condition: WireCondition,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct WireCondition {
+    pub if_seq_no: Option<i64>,
+    pub if_primary_term: Option<u64>,
+}
+
+impl From<Condition> for WireCondition {
+    fn from(c: Condition) -> Self {
+        WireCondition {
+            if_seq_no: c.if_seq_no,
+            if_primary_term: c.if_primary_term,
+        }
+    }
+}
+
+impl From<WireCondition> for Condition {
+    fn from(c: WireCondition) -> Self {
+        Condition {
+            if_seq_no: c.if_seq_no,
+            if_primary_term: c.if_primary_term,
+        }
+    }
+}
+
+fn json_text(value: &Value) -> String {
+    value.to_string()
+}
+
+fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|err| Error::Parsing(format!("forwarded document: {err}")))
+}
+
+impl WireWriteOp {
+    pub fn from_op(op: &WriteOp) -> WireWriteOp {
+        match op {
+            WriteOp::Index {
+                id,
+                source,
+                raw,
+                create,
+                auto_id,
+                condition,
+            } => WireWriteOp::Index {
+                id: id.clone(),
+                source: raw
+                    .clone()
+                    .unwrap_or_else(|| json_text(source).into_bytes()),
+                create: *create,
+                auto_id: *auto_id,
+                condition: (*condition).into(),
+            },
+            WriteOp::Delete { id, condition } => WireWriteOp::Delete {
+                id: id.clone(),
+                condition: (*condition).into(),
+            },
+            WriteOp::Update {
+                id,
+                doc,
+                upsert,
+                doc_as_upsert,
+                condition,
+            } => WireWriteOp::Update {
+                id: id.clone(),
+                doc: doc.as_ref().map(json_text),
+                upsert: upsert.as_ref().map(json_text),
+                doc_as_upsert: *doc_as_upsert,
+                condition: (*condition).into(),
+            },
+        }
+    }
+
+    pub fn into_op(self) -> Result<WriteOp> {
+        Ok(match self {
+            WireWriteOp::Index {
+                id,
+                source,
+                create,
+                auto_id,
+                condition,
+            } => WriteOp::Index {
+                id,
+                source: serde_json::from_slice(&source)
+                    .map_err(|err| Error::Parsing(format!("forwarded document: {err}")))?,
+                raw: Some(source),
+                create,
+                auto_id,
+                condition: condition.into(),
+            },
+            WireWriteOp::Delete { id, condition } => WriteOp::Delete {
+                id,
+                condition: condition.into(),
+            },
+            WireWriteOp::Update {
+                id,
+                doc,
+                upsert,
+                doc_as_upsert,
+                condition,
+            } => WriteOp::Update {
+                id,
+                doc: doc.as_deref().map(parse_json).transpose()?,
+                upsert: upsert.as_deref().map(parse_json).transpose()?,
+                doc_as_upsert,
+                condition: condition.into(),
+            },
+        })
+    }
+}
+
+/// A write's outcome as the primary reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireOutcome {
+    pub id: String,
+    pub result: String,
+    pub seq_no: i64,
+    pub primary_term: u64,
+    pub version: i64,
+    #[serde(with = "serde_bytes")]
+    pub source: Option<Vec<u8>>,
+}
+
+impl From<&WriteOutcome> for WireOutcome {
+    fn from(o: &WriteOutcome) -> Self {
+        WireOutcome {
+            id: o.id.clone(),
+            result: o.result.as_str().to_string(),
+            seq_no: o.seq_no,
+            primary_term: o.primary_term,
+            version: o.version,
+            source: o.source.as_ref().map(|s| s.to_vec()),
+        }
+    }
+}
+
+impl From<WireOutcome> for WriteOutcome {
+    fn from(o: WireOutcome) -> Self {
+        let result = match o.result.as_str() {
+            "created" => WriteResult::Created,
+            "updated" => WriteResult::Updated,
+            "deleted" => WriteResult::Deleted,
+            "not_found" => WriteResult::NotFound,
+            _ => WriteResult::Noop,
+        };
+        WriteOutcome {
+            id: o.id,
+            result,
+            seq_no: o.seq_no,
+            primary_term: o.primary_term,
+            version: o.version,
+            source: o.source.map(Arc::new),
+        }
+    }
+}
+
+/// A document as a remote GET returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireDoc {
+    pub id: String,
+    pub seq_no: i64,
+    pub primary_term: u64,
+    pub version: i64,
+    #[serde(with = "serde_bytes")]
+    pub source: Vec<u8>,
+}
+
+impl From<&StoredDoc> for WireDoc {
+    fn from(d: &StoredDoc) -> Self {
+        WireDoc {
+            id: d.id.clone(),
+            seq_no: d.seq_no,
+            primary_term: d.primary_term,
+            version: d.version,
+            source: d.source.to_vec(),
+        }
+    }
+}
+
+impl From<WireDoc> for StoredDoc {
+    fn from(d: WireDoc) -> Self {
+        StoredDoc {
+            id: d.id,
+            seq_no: d.seq_no,
+            primary_term: d.primary_term,
+            version: d.version,
+            source: Arc::new(d.source),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The write path across nodes. Any node coordinates: it sends each shard's batch to the node
+//! holding the started primary. The primary assigns sequence numbers in its term, logs the
+//! batch, and sends it to every copy it replicates to; it acknowledges only when each copy has
+//! persisted the batch or the master has removed the copy from the in-sync set. A primary that
+//! cannot get a failed copy removed (it lost the quorum) or that a copy fences off (a newer
+//! primary exists) acknowledges nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::wire::{DataRequest, DataResponse, WireWriteOp};
+use super::{
+    SHARD_REQUEST_TIMEOUT, node_address, shard_routing, started_primary, unreachable, with_retries,
+};
+use crate::api::blocking;
+use crate::cluster::state::StateCommand;
+use crate::error::{Error, Result};
+use crate::node::NodeState;
+use crate::shard::translog::TranslogOp;
+use crate::shard::{ReplicaTarget, ReplicationBatch, WriteOp, WriteOutcome};
+
+/// How long a primary waits for the master to remove a copy that missed a write.
+const FAIL_COPY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-operation outcomes of one shard batch.
+pub type Outcomes = Vec<Result<WriteOutcome>>;
+
+/// Executes `ops` on shard `shard` of `index` wherever its primary is, retrying while the shard
+/// has no usable primary (a failover in progress).
+pub async fn write(
+    node: &Arc<NodeState>,
+    index: &str,
+    shard: u32,
+    ops: Vec<WriteOp>,
+) -> Result<Outcomes> {
+    with_retries(|| {
+        let node = node.clone();
+        let ops = ops.clone();
+        let index = index.to_string();
+        async move {
+            let state = node.cluster.consensus.state();
+            let primary = started_primary(&state, &index, shard)?.node_id.clone();
+            if primary == node.identity.node_id {
+                write_on_primary(&node, &index, shard, ops).await
+            } else {
+                forward(&node, &primary, &index, shard, ops).await
+            }
+        }
+    })
+    .await
+}
+
+async fn forward(
+    node: &Arc<NodeState>,
+    primary: &str,
+    index: &str,
+    shard: u32,
+    ops: Vec<WriteOp>,
+) -> Result<Outcomes> {
+    let addr = node_address(node, primary).ok_or_else(|| unreachable(primary, "not live"))?;
+    let request = DataRequest::PrimaryWrite {
+        index: index.to_string(),
+        shard,
+        ops: ops.iter().map(WireWriteOp::from_op).collect(),
+    };
+    match node
+        .cluster
+        .rpc
+        .data(addr, request, SHARD_REQUEST_TIMEOUT)
+        .await
+    {
+        Ok(DataResponse::Written(outcomes)) => Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.map(WriteOutcome::from).map_err(Error::from))
+            .collect()),
+        Ok(DataResponse::Failed(err)) => Err(err.into()),
+        Ok(_) => Err(Error::Internal(
+            "the primary answered something else".into(),
+        )),
+        Err(err) => Err(unreachable(primary, err)),
+    }
+}
+
+/// Applies `ops` on this node's primary copy and replicates them.
+pub async fn write_on_primary(
+    node: &Arc<NodeState>,
+    index_name: &str,
+    number: u32,
+    ops: Vec<WriteOp>,
+) -> Result<Outcomes> {
+    let index = node.indices.get(index_name)?;
+    let shard = index
+        .shard(number)
+        .filter(|_| node.copies.active(index_name, number).is_some())
+        .ok_or_else(|| {
+            Error::ShardNotAvailable(format!(
+                "[{index_name}][{number}] has no active copy on this node"
+            ))
+        })?;
+    let meta = index.meta.clone();
+    let durability = meta.settings().translog_durability;
+    let writer = shard.clone();
+    let (outcomes, batch) = blocking(move || writer.apply(ops, meta.as_ref(), durability)).await?;
+    replicate(node, index_name, number, &shard, batch).await?;
+    Ok(outcomes)
+}
+
+/// Sends a batch to every target; a target that fails is removed through the master before
+/// the batch counts as replicated.
+async fn replicate(
+    node: &Arc<NodeState>,
+    index: &str,
+    number: u32,
+    shard: &crate::shard::Shard,
+    batch: ReplicationBatch,
+) -> Result<()> {
+    if batch.ops.is_empty() || batch.targets.is_empty() {
+        return Ok(());
+    }
+    let ops = Arc::new(batch.ops);
+    let mut sends = JoinSet::new();
+    for target in batch.targets {
+        let node = node.clone();
+        let ops = ops.clone();
+        let index = index.to_string();
+        sends.spawn(async move {
+            let result =
+                send_to_copy(&node, &index, number, &target, batch.primary_term, &ops).await;
+            (target, result)
+        });
+    }
+    let mut fenced = None;
+    while let Some(joined) = sends.join_next().await {
+        let (target, result) =
+            joined.map_err(|err| Error::Internal(format!("replication task failed: {err}")))?;
+        let Err(err) = result else { continue };
+        if err.es_type() == "stale_primary_term_exception" {
+            // A newer primary exists: this one must not acknowledge anything.
+            fenced = Some(err);
+            continue;
+        }
+        tracing::warn!(index, shard = number, copy = %target.allocation_id, node = %target.node_id, error = %err, "replica missed a write; failing it");
+        fail_copy(node, index, number, &target, batch.primary_term, &err).await?;
+        shard.drop_target(&target.allocation_id);
+    }
+    match fenced {
+        Some(err) => Err(Error::ShardNotAvailable(format!(
+            "[{index}][{number}] this primary was replaced: {err}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+async fn send_to_copy(
+    node: &Arc<NodeState>,
+    index: &str,
+    number: u32,
+    target: &ReplicaTarget,
+    primary_term: u64,
+    ops: &[TranslogOp],
+) -> Result<()> {
+    let addr = node_address(node, &target.node_id)
+        .ok_or_else(|| unreachable(&target.node_id, "not live"))?;
+    let request = DataRequest::Replicate {
+        index: index.to_string(),
+        shard: number,
+        allocation_id: target.allocation_id.clone(),
+        primary_term,
+        ops: ops.to_vec(),
+    };
+    let call = node.cluster.rpc.data(addr, request, SHARD_REQUEST_TIMEOUT);
+    tokio::select! {
+        answer = call => match answer {
+            Ok(DataResponse::Replicated { .. }) => Ok(()),
+            Ok(DataResponse::Failed(err)) => Err(err.into()),
+            Ok(_) => Err(Error::Internal("the replica answered something else".into())),
+            Err(err) => Err(unreachable(&target.node_id, err)),
+        },
+        () = left_cluster(node, &target.node_id) => {
+            Err(unreachable(&target.node_id, "the node left the cluster"))
+        }
+    }
+}
+
+/// Resolves once gossip no longer lists `node_id` as live (a hung replica must not hold writes
+/// longer than failure detection takes).
+async fn left_cluster(node: &NodeState, node_id: &str) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if node_address(node, node_id).is_none() {
+            return;
+        }
+    }
+}
+
+/// Has the master remove a copy that missed a write. Succeeds when the copy is gone from the
+/// routing of this primary's term; fails when this primary is stale or the master unreachable.
+async fn fail_copy(
+    node: &Arc<NodeState>,
+    index: &str,
+    number: u32,
+    target: &ReplicaTarget,
+    primary_term: u64,
+    cause: &Error,
+) -> Result<()> {
+    let command = StateCommand::ShardFailed {
+        index: index.to_string(),
+        shard: number as usize,
+        allocation_id: target.allocation_id.clone(),
+        primary_term,
+        reason: cause.to_string(),
+    };
+    let proposed = node
+        .cluster
+        .consensus
+        .propose(command, FAIL_COPY_TIMEOUT)
+        .await;
+    let state = node.cluster.consensus.state();
+    let routing = shard_routing(&state, index, number)?;
+    let removed = routing.primary_term == primary_term
+        && !routing
+            .copies
+            .iter()
+            .any(|copy| copy.allocation_id == target.allocation_id);
+    match proposed {
+        _ if removed => Ok(()),
+        Ok(_) => Ok(()),
+        Err(err) => Err(Error::ShardNotAvailable(format!(
+            "[{index}][{number}] a replica missed the write and could not be failed: {err}"
+        ))),
+    }
+}
