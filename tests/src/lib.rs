@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+pub mod history;
 pub mod http_logs;
 
 /// Where `host/build.rs` left a plugin built from `plugins/` for `wasm32-wasip2`,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use super::documents::{apply_refresh, index_for_write, shards_header};
+use super::documents::{apply_refresh, index_for_write, shards_header, write_timeout};
 use super::{Reply, Request};
 use crate::error::{Error, Result, illegal};
 use crate::ids::new_document_id;
@@ -236,13 +236,14 @@ pub(super) async fn bulk(request: Request, default_index: Option<&str>) -> Resul
             }
         }
     }
+    let timeout = write_timeout(&request)?;
     // Every shard's batch goes to its primary at once; each shard's items stay in order.
     let mut batches = tokio::task::JoinSet::new();
     for (index, number, ops) in groups.into_values() {
         let (positions, ops): (Vec<usize>, Vec<WriteOp>) = ops.into_iter().unzip();
         let node = request.node.clone();
         batches.spawn(async move {
-            let outcomes = writes::write(&node, index.name(), number, ops).await;
+            let outcomes = writes::write(&node, index.name(), number, ops, timeout).await;
             (index, number, positions, outcomes)
         });
     }

@@ -32,6 +32,14 @@ pub(super) async fn index_for_write(request: &Request, name: &str) -> Result<Arc
     }
 }
 
+/// How long a write waits for an unavailable primary (`timeout`, default one minute).
+pub(super) fn write_timeout(request: &Request) -> Result<std::time::Duration> {
+    Ok(match request.param("timeout") {
+        Some(text) => crate::units::parse_time_value(text)?.unwrap_or_default(),
+        None => crate::replication::UNAVAILABLE_RETRY,
+    })
+}
+
 pub(super) fn condition(request: &Request) -> Result<Condition> {
     let if_primary_term = request.param_i64("if_primary_term")?;
     if if_primary_term.is_some_and(|term| term < 0) {
@@ -101,7 +109,9 @@ async fn write_one(
     routing: Option<String>,
 ) -> Result<WriteOutcome> {
     let number = index.shard_number_for(op.id(), routing.as_deref());
-    let mut outcomes = writes::write(&request.node, index.name(), number, vec![op]).await?;
+    let timeout = write_timeout(request)?;
+    let mut outcomes =
+        writes::write(&request.node, index.name(), number, vec![op], timeout).await?;
     let outcome = outcomes
         .pop()
         .ok_or_else(|| Error::Internal("write produced no result".into()))??;

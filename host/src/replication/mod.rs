@@ -28,6 +28,7 @@ use crate::cluster::state::ClusterState;
 use crate::error::{Error, Result};
 use crate::node::NodeState;
 use crate::shard::translog::TranslogOp;
+use wire::{DataRequest, DataResponse};
 
 /// How long a coordinator keeps retrying a request whose shard has no usable copy (a primary
 /// failing over, a copy starting): Elasticsearch's default `timeout` of one minute.
@@ -160,6 +161,31 @@ impl LocalCopies {
     }
 }
 
+/// Sends a data request to `node_id`, giving up as soon as gossip declares the node gone (a
+/// hung peer must not hold a request longer than failure detection takes).
+pub async fn ask(node: &NodeState, node_id: &str, request: DataRequest) -> Result<DataResponse> {
+    let addr = node_address(node, node_id).ok_or_else(|| unreachable(node_id, "not live"))?;
+    let call = node.cluster.rpc.data(addr, request, SHARD_REQUEST_TIMEOUT);
+    tokio::select! {
+        answer = call => match answer {
+            Ok(DataResponse::Failed(err)) => Err(err.into()),
+            Ok(response) => Ok(response),
+            Err(err) => Err(unreachable(node_id, err)),
+        },
+        () = left_cluster(node, node_id) => Err(unreachable(node_id, "the node left the cluster")),
+    }
+}
+
+/// Resolves once gossip no longer lists `node_id` as live.
+async fn left_cluster(node: &NodeState, node_id: &str) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if node_address(node, node_id).is_none() {
+            return;
+        }
+    }
+}
+
 /// The transport address of a live node.
 pub fn node_address(node: &NodeState, node_id: &str) -> Option<SocketAddr> {
     node.cluster
@@ -200,13 +226,13 @@ pub fn started_primary<'a>(
 }
 
 /// Retries `attempt` while it fails with an error that a routing change may cure, until
-/// `UNAVAILABLE_RETRY` has passed.
-pub async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T>
+/// `patience` has passed.
+pub async fn with_retries<T, F, Fut>(patience: Duration, mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    let deadline = tokio::time::Instant::now() + UNAVAILABLE_RETRY;
+    let deadline = tokio::time::Instant::now() + patience;
     let mut pause = Duration::from_millis(25);
     loop {
         match attempt().await {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use super::wire::{DataRequest, DataResponse};
-use super::{SHARD_REQUEST_TIMEOUT, node_address, shard_routing, unreachable, with_retries};
+use super::{UNAVAILABLE_RETRY, ask, shard_routing, with_retries};
 use crate::api::blocking;
 use crate::cluster::allocation::ShardRouting;
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ pub async fn get(
     number: u32,
     id: &str,
 ) -> Result<Option<StoredDoc>> {
-    with_retries(|| async move {
+    with_retries(UNAVAILABLE_RETRY, || async move {
         if let Some(shard) = local_copy(node, index, number) {
             let id = id.to_string();
             return blocking(move || shard.get(&id)).await;
@@ -58,20 +58,6 @@ pub async fn get(
         }
     })
     .await
-}
-
-async fn ask(node: &NodeState, node_id: &str, request: DataRequest) -> Result<DataResponse> {
-    let addr = node_address(node, node_id).ok_or_else(|| unreachable(node_id, "not live"))?;
-    match node
-        .cluster
-        .rpc
-        .data(addr, request, SHARD_REQUEST_TIMEOUT)
-        .await
-    {
-        Ok(DataResponse::Failed(err)) => Err(err.into()),
-        Ok(response) => Ok(response),
-        Err(err) => Err(unreachable(node_id, err)),
-    }
 }
 
 /// The node whose copy of a shard should answer: honours `preference` (`_primary`, `_local`),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
+use super::SHARD_REQUEST_TIMEOUT;
 use super::wire::{DataRequest, DataResponse};
-use super::{SHARD_REQUEST_TIMEOUT, node_address, unreachable};
 use crate::api::blocking;
 use crate::cluster::state::StateCommand;
 use crate::error::{Error, Result};
@@ -200,20 +200,7 @@ async fn copy_from_primary(
         let service = service.clone();
         blocking(move || service.remove_copy(number)).await?;
     }
-    let addr =
-        node_address(node, primary_node).ok_or_else(|| unreachable(primary_node, "not live"))?;
-    let ask = |request: DataRequest| async move {
-        match node
-            .cluster
-            .rpc
-            .data(addr, request, SHARD_REQUEST_TIMEOUT)
-            .await
-        {
-            Ok(DataResponse::Failed(err)) => Err(Error::from(err)),
-            Ok(response) => Ok(response),
-            Err(err) => Err(unreachable(primary_node, err)),
-        }
-    };
+    let ask = |request: DataRequest| super::ask(node, primary_node, request);
     let plan = ask(DataRequest::StartRecovery {
         index: index.to_string(),
         shard: number,

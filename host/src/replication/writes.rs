@@ -11,9 +11,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::wire::{DataRequest, DataResponse, WireWriteOp};
-use super::{
-    SHARD_REQUEST_TIMEOUT, node_address, shard_routing, started_primary, unreachable, with_retries,
-};
+use super::{ask, shard_routing, started_primary, with_retries};
 use crate::api::blocking;
 use crate::cluster::state::StateCommand;
 use crate::error::{Error, Result};
@@ -34,8 +32,9 @@ pub async fn write(
     index: &str,
     shard: u32,
     ops: Vec<WriteOp>,
+    timeout: Duration,
 ) -> Result<Outcomes> {
-    with_retries(|| {
+    with_retries(timeout, || {
         let node = node.clone();
         let ops = ops.clone();
         let index = index.to_string();
@@ -59,27 +58,19 @@ async fn forward(
     shard: u32,
     ops: Vec<WriteOp>,
 ) -> Result<Outcomes> {
-    let addr = node_address(node, primary).ok_or_else(|| unreachable(primary, "not live"))?;
     let request = DataRequest::PrimaryWrite {
         index: index.to_string(),
         shard,
         ops: ops.iter().map(WireWriteOp::from_op).collect(),
     };
-    match node
-        .cluster
-        .rpc
-        .data(addr, request, SHARD_REQUEST_TIMEOUT)
-        .await
-    {
-        Ok(DataResponse::Written(outcomes)) => Ok(outcomes
+    match ask(node, primary, request).await? {
+        DataResponse::Written(outcomes) => Ok(outcomes
             .into_iter()
             .map(|outcome| outcome.map(WriteOutcome::from).map_err(Error::from))
             .collect()),
-        Ok(DataResponse::Failed(err)) => Err(err.into()),
-        Ok(_) => Err(Error::Internal(
+        _ => Err(Error::Internal(
             "the primary answered something else".into(),
         )),
-        Err(err) => Err(unreachable(primary, err)),
     }
 }
 
@@ -161,8 +152,6 @@ async fn send_to_copy(
     primary_term: u64,
     ops: &[TranslogOp],
 ) -> Result<()> {
-    let addr = node_address(node, &target.node_id)
-        .ok_or_else(|| unreachable(&target.node_id, "not live"))?;
     let request = DataRequest::Replicate {
         index: index.to_string(),
         shard: number,
@@ -170,28 +159,11 @@ async fn send_to_copy(
         primary_term,
         ops: ops.to_vec(),
     };
-    let call = node.cluster.rpc.data(addr, request, SHARD_REQUEST_TIMEOUT);
-    tokio::select! {
-        answer = call => match answer {
-            Ok(DataResponse::Replicated { .. }) => Ok(()),
-            Ok(DataResponse::Failed(err)) => Err(err.into()),
-            Ok(_) => Err(Error::Internal("the replica answered something else".into())),
-            Err(err) => Err(unreachable(&target.node_id, err)),
-        },
-        () = left_cluster(node, &target.node_id) => {
-            Err(unreachable(&target.node_id, "the node left the cluster"))
-        }
-    }
-}
-
-/// Resolves once gossip no longer lists `node_id` as live (a hung replica must not hold writes
-/// longer than failure detection takes).
-async fn left_cluster(node: &NodeState, node_id: &str) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if node_address(node, node_id).is_none() {
-            return;
-        }
+    match ask(node, &target.node_id, request).await? {
+        DataResponse::Replicated { .. } => Ok(()),
+        _ => Err(Error::Internal(
+            "the replica answered something else".into(),
+        )),
     }
 }
 

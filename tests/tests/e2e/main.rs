@@ -9,6 +9,7 @@ mod indices;
 mod membership;
 mod plugins;
 mod pruning;
+mod replication;
 mod repository_plugin;
 mod search;
 mod slm;

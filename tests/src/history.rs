@@ -1,0 +1,235 @@
+//! A history checker for fault tests: a writer that keeps sending bulk requests while the test
+//! breaks nodes and records exactly which documents the cluster acknowledged, and a check that
+//! the final state holds every acknowledged document exactly once (and nothing never sent).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::Node;
+
+/// What the writer saw.
+#[derive(Debug, Default, Clone)]
+pub struct History {
+    /// Ids the cluster acknowledged (item status 200/201).
+    pub acked: BTreeSet<String>,
+    /// Every id sent, acknowledged or not.
+    pub attempted: BTreeSet<String>,
+    /// When each bulk whose every item was acknowledged was sent, and when it returned.
+    pub clean_bulks: Vec<(Instant, Instant)>,
+    /// Items refused or lost with their request.
+    pub failed_items: u64,
+}
+
+impl History {
+    /// When the first fully acknowledged bulk sent after `moment` returned.
+    pub fn first_clean_bulk_after(&self, moment: Instant) -> Option<Instant> {
+        self.clean_bulks
+            .iter()
+            .find(|(sent, _)| *sent > moment)
+            .map(|(_, returned)| *returned)
+    }
+}
+
+/// A background writer. Targets can be changed while it runs (to stop sending to a node the
+/// test has paused, as a client with a timeout would).
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    pub targets: Arc<Mutex<Vec<String>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts writing `batch`-document bulks to `index` through `targets` (base URLs), in turn.
+    pub fn start(targets: Vec<String>, index: &str, batch: usize) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(History::default()));
+        let targets = Arc::new(Mutex::new(targets));
+        let handle = {
+            let (stop, history, targets) = (stop.clone(), history.clone(), targets.clone());
+            let index = index.to_string();
+            std::thread::spawn(move || write_loop(&stop, &history, &targets, &index, batch))
+        };
+        Writer {
+            stop,
+            history,
+            targets,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn history(&self) -> History {
+        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Stops sending to `base_url`.
+    pub fn avoid(&self, base_url: &str) {
+        if let Ok(mut targets) = self.targets.lock() {
+            targets.retain(|t| t != base_url);
+        }
+    }
+
+    pub fn include(&self, base_url: &str) {
+        if let Ok(mut targets) = self.targets.lock()
+            && !targets.iter().any(|t| t == base_url)
+        {
+            targets.push(base_url.to_string());
+        }
+    }
+
+    /// Waits until a bulk sent after `moment` was fully acknowledged; returns when it returned.
+    pub fn wait_for_clean_bulk_after(&self, moment: Instant, limit: Duration) -> Instant {
+        crate::wait_for(limit, "a fully acknowledged bulk", || {
+            self.history().first_clean_bulk_after(moment)
+        })
+    }
+
+    /// Stops the writer and returns what it saw.
+    pub fn finish(mut self) -> History {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+        self.history()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn write_loop(
+    stop: &AtomicBool,
+    history: &Mutex<History>,
+    targets: &Mutex<Vec<String>>,
+    index: &str,
+    batch: usize,
+) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap_or_else(|_| reqwest::blocking::Client::new());
+    let mut next_id = 0u64;
+    let mut turn = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let target = {
+            let targets = targets.lock().map(|t| t.clone()).unwrap_or_default();
+            if targets.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            turn += 1;
+            targets[turn % targets.len()].clone()
+        };
+        let ids: Vec<String> = (0..batch)
+            .map(|_| {
+                next_id += 1;
+                format!("w-{next_id}")
+            })
+            .collect();
+        let mut body = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            body.extend(json!({"index": {"_id": id}}).to_string().into_bytes());
+            body.push(b'\n');
+            body.extend(
+                json!({"seq": next_id - batch as u64 + i as u64 + 1, "body": "history"})
+                    .to_string()
+                    .into_bytes(),
+            );
+            body.push(b'\n');
+        }
+        if let Ok(mut h) = history.lock() {
+            h.attempted.extend(ids.iter().cloned());
+        }
+        let sent = Instant::now();
+        let answer = client
+            .post(format!("{target}/{index}/_bulk"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .and_then(|response| response.json::<Value>());
+        let Ok(mut h) = history.lock() else { return };
+        match answer {
+            Ok(reply) => {
+                let items = reply["items"].as_array().cloned().unwrap_or_default();
+                let mut clean = items.len() == ids.len();
+                for (id, item) in ids.iter().zip(&items) {
+                    let status = item["index"]["status"].as_u64().unwrap_or(0);
+                    if status == 200 || status == 201 {
+                        h.acked.insert(id.clone());
+                    } else {
+                        clean = false;
+                        h.failed_items += 1;
+                    }
+                }
+                if clean {
+                    h.clean_bulks.push((sent, Instant::now()));
+                }
+            }
+            Err(_) => {
+                h.failed_items += ids.len() as u64;
+                drop(h);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Checks the final state through `node`: every acknowledged id is present, no id is present
+/// twice, and nothing is present that was never sent.
+pub fn check(node: &Node, index: &str, history: &History) -> Result<(), String> {
+    let refreshed = node.post(&format!("/{index}/_refresh"), &json!({}));
+    if refreshed.status != 200 {
+        return Err(format!("refresh failed: {:?}", refreshed.body));
+    }
+    let mut found = BTreeSet::new();
+    let attempted: Vec<&String> = history.attempted.iter().collect();
+    for chunk in attempted.chunks(1000) {
+        let reply = node.post(
+            &format!("/{index}/_mget?_source=false"),
+            &json!({ "ids": chunk }),
+        );
+        let docs = reply.body["docs"]
+            .as_array()
+            .ok_or_else(|| format!("_mget failed: {:?}", reply.body))?;
+        for doc in docs {
+            if doc.get("error").is_some() {
+                return Err(format!("_mget item failed: {doc}"));
+            }
+            if doc["found"] == true
+                && let Some(id) = doc["_id"].as_str()
+            {
+                found.insert(id.to_string());
+            }
+        }
+    }
+    let lost: Vec<&String> = history.acked.difference(&found).collect();
+    if !lost.is_empty() {
+        return Err(format!(
+            "{} acknowledged documents are missing, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        ));
+    }
+    let count = node.get(&format!("/{index}/_count"));
+    let total = count.body["count"]
+        .as_u64()
+        .ok_or_else(|| format!("_count failed: {:?}", count.body))?;
+    if count.body["_shards"]["failed"] != 0 {
+        return Err(format!("_count skipped shards: {:?}", count.body));
+    }
+    if total != found.len() as u64 {
+        return Err(format!(
+            "{total} documents counted but {} distinct ids found: a document is duplicated or foreign",
+            found.len()
+        ));
+    }
+    Ok(())
+}

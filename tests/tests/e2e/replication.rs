@@ -1,0 +1,216 @@
+//! Replicated shards with real processes: continuous writes while the node holding the most
+//! primaries is killed, hung or cut off; writes resume on every shard, the cluster heals back to
+//! green, and the history checker finds every acknowledged document exactly once.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shoal_tests::history::{self, Writer};
+use shoal_tests::{Cluster, Node, wait_for};
+
+use crate::BIN;
+
+const INDEX: &str = "events";
+
+/// Three nodes, and an index of 3 shards × 1 replica with every copy started.
+fn green_cluster() -> Cluster {
+    let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    let created = cluster.nodes[0].put(
+        &format!("/{INDEX}"),
+        &json!({"settings": {"number_of_shards": 3, "number_of_replicas": 1}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    assert_eq!(created.body["shards_acknowledged"], true);
+    wait_for_green(&cluster.nodes[0]);
+    cluster
+}
+
+fn wait_for_green(node: &Node) {
+    wait_for(Duration::from_secs(120), "health green", || {
+        let health = node.get("/_cluster/health?wait_for_status=green&timeout=5s");
+        (health.status == 200 && health.body["status"] == "green").then_some(())
+    });
+}
+
+/// `_cat/shards` rows of the index.
+fn shard_rows(node: &Node) -> Vec<Value> {
+    node.get(&format!("/_cat/shards/{INDEX}?format=json"))
+        .body
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The node name holding the most started primaries.
+fn busiest_primary_node(node: &Node) -> String {
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for row in shard_rows(node) {
+        if row["prirep"] == "p" && row["state"] == "STARTED" {
+            *per_node
+                .entry(row["node"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+    }
+    per_node
+        .into_iter()
+        .max_by_key(|(_, count)| *count)
+        .map(|(name, _)| name)
+        .expect("some primary is started")
+}
+
+fn index_of(name: &str) -> usize {
+    name.trim_start_matches("node-").parse().expect("node-N")
+}
+
+fn urls(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().map(|n| n.base_url.clone()).collect()
+}
+
+/// Waits until no primary is on `name` any more (seen from `observer`).
+fn wait_for_primaries_off(observer: &Node, name: &str) {
+    wait_for(Duration::from_secs(60), "primaries to fail over", || {
+        let rows = shard_rows(observer);
+        let primaries: Vec<&Value> = rows
+            .iter()
+            .filter(|row| row["prirep"] == "p" && row["state"] == "STARTED")
+            .collect();
+        (primaries.len() == 3 && primaries.iter().all(|row| row["node"] != name)).then_some(())
+    });
+}
+
+#[test]
+fn killing_the_busiest_primary_node_loses_no_acknowledged_write() {
+    let mut cluster = green_cluster();
+    let victim = index_of(&busiest_primary_node(&cluster.nodes[0]));
+    let observer = (victim + 1) % 3;
+    let writer = Writer::start(urls(&cluster), INDEX, 50);
+    std::thread::sleep(Duration::from_secs(2));
+
+    let killed_at = Instant::now();
+    cluster.nodes[victim].kill();
+    writer.avoid(&cluster.nodes[victim].base_url);
+    wait_for_primaries_off(&cluster.nodes[observer], &format!("node-{victim}"));
+    let resumed = writer.wait_for_clean_bulk_after(killed_at, Duration::from_secs(60));
+    eprintln!(
+        "writes resumed on every shard {:?} after kill -9",
+        resumed - killed_at
+    );
+    let degraded = cluster.nodes[observer].get("/_cluster/health");
+    assert_ne!(degraded.body["status"], "red", "{:?}", degraded.body);
+
+    cluster.nodes[victim].restart().expect("restart");
+    writer.include(&cluster.nodes[victim].base_url);
+    wait_for_green(&cluster.nodes[observer]);
+    std::thread::sleep(Duration::from_secs(1));
+    let history = writer.finish();
+    assert!(
+        history.acked.len() > 100,
+        "the writer made progress: {}",
+        history.acked.len()
+    );
+    history::check(&cluster.nodes[observer], INDEX, &history).expect("history holds");
+    // The restarted node's copies were rebuilt from the primaries and answer the same.
+    let from_restarted = cluster.nodes[victim].get(&format!("/{INDEX}/_count?preference=_local"));
+    let from_observer = cluster.nodes[observer].get(&format!("/{INDEX}/_count"));
+    assert_eq!(from_restarted.body["count"], from_observer.body["count"]);
+}
+
+#[test]
+fn a_hung_primary_node_is_replaced_and_rejoins_as_replicas() {
+    let cluster = green_cluster();
+    let victim = index_of(&busiest_primary_node(&cluster.nodes[0]));
+    let observer = (victim + 1) % 3;
+    let writer = Writer::start(urls(&cluster), INDEX, 50);
+    std::thread::sleep(Duration::from_secs(2));
+
+    writer.avoid(&cluster.nodes[victim].base_url);
+    let paused_at = Instant::now();
+    cluster.nodes[victim].pause();
+    wait_for_primaries_off(&cluster.nodes[observer], &format!("node-{victim}"));
+    let resumed = writer.wait_for_clean_bulk_after(paused_at, Duration::from_secs(60));
+    eprintln!(
+        "writes resumed on every shard {:?} after SIGSTOP",
+        resumed - paused_at
+    );
+
+    cluster.nodes[victim].resume();
+    writer.include(&cluster.nodes[victim].base_url);
+    wait_for_green(&cluster.nodes[observer]);
+    std::thread::sleep(Duration::from_secs(1));
+    let history = writer.finish();
+    history::check(&cluster.nodes[observer], INDEX, &history).expect("history holds");
+    history::check(&cluster.nodes[victim], INDEX, &history)
+        .expect("history holds via the resumed node");
+}
+
+#[test]
+fn a_primary_cut_off_from_the_majority_acknowledges_nothing_and_is_resynced() {
+    let cluster = green_cluster();
+    let victim = index_of(&busiest_primary_node(&cluster.nodes[0]));
+    let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    let addr = |i: usize| cluster.nodes[i].transport_addr.clone();
+    let cut = |node: &Node, peers: Vec<String>| {
+        let reply = node.put("/_test/faults", &json!({ "blocked": peers }));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    };
+    let writer = Writer::start(
+        others
+            .iter()
+            .map(|&i| cluster.nodes[i].base_url.clone())
+            .collect(),
+        INDEX,
+        50,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let cut_at = Instant::now();
+    cut(
+        &cluster.nodes[victim],
+        others.iter().map(|&i| addr(i)).collect(),
+    );
+    for &i in &others {
+        cut(&cluster.nodes[i], vec![addr(victim)]);
+    }
+    wait_for_primaries_off(&cluster.nodes[others[0]], &format!("node-{victim}"));
+    writer.wait_for_clean_bulk_after(cut_at, Duration::from_secs(60));
+
+    // The isolated old primary must not acknowledge a write: it cannot replicate and cannot
+    // get its replica failed without the quorum.
+    let isolated = &cluster.nodes[victim];
+    let lines = vec![
+        json!({"index": {"_id": "isolated-0"}}),
+        json!({"body": "written to the minority"}),
+        json!({"index": {"_id": "isolated-1"}}),
+        json!({"body": "written to the minority"}),
+        json!({"index": {"_id": "isolated-2"}}),
+        json!({"body": "written to the minority"}),
+    ];
+    let reply = isolated.bulk(&format!("/{INDEX}/_bulk?timeout=5s"), &lines);
+    let acked_by_minority: Vec<String> = reply.body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|item| matches!(item["index"]["status"].as_u64(), Some(200 | 201)))
+                .filter_map(|item| item["index"]["_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    for node in &cluster.nodes {
+        cut(node, vec![]);
+    }
+    wait_for_green(&cluster.nodes[others[0]]);
+    let mut history = writer.finish();
+    for id in acked_by_minority {
+        history.attempted.insert(id.clone());
+        history.acked.insert(id);
+    }
+    for id in ["isolated-0", "isolated-1", "isolated-2"] {
+        history.attempted.insert(id.to_string());
+    }
+    history::check(&cluster.nodes[others[0]], INDEX, &history).expect("history holds");
+    history::check(&cluster.nodes[victim], INDEX, &history).expect("the healed node agrees");
+}
