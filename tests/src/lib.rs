@@ -144,8 +144,22 @@ impl Node {
         let stderr = child.stderr.take().context("no stderr")?;
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let log = self.log.clone();
+        // `SHOAL_TEST_LOGS=DIR` also keeps every node's log in DIR, for debugging a failure.
+        let mut copy = std::env::var_os("SHOAL_TEST_LOGS").and_then(|dir| {
+            let name = self.data_dir.file_name()?.to_string_lossy().to_string();
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(Path::new(&dir).join(format!("{name}.log")))
+                .ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = copy.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(file, "{line}");
+                }
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
                     && event["message"] == "node started"
                 {

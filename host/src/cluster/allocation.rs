@@ -85,7 +85,7 @@ impl AllocationSettings {
         }
     }
 
-    fn excludes(&self, node: &DataNode) -> bool {
+    pub fn excludes(&self, node: &DataNode) -> bool {
         self.exclude_names.contains(&node.name)
             || self.exclude_ids.contains(&node.node_id)
             || node
@@ -406,6 +406,77 @@ fn pick_node(
         None if nodes.is_empty() => Err("there are no data nodes".into()),
         None => Err(reasons.into_iter().collect::<Vec<_>>().join("; ")),
     }
+}
+
+/// Awareness rebalancing: a settled shard with two copies in one zone while an allowed node
+/// sits in a zone holding none of its copies moves one copy there (a replica when it can).
+/// This is what brings copies back to a zone restored after maintenance.
+pub fn awareness_moves(
+    routing: &BTreeMap<String, IndexRouting>,
+    nodes: &[DataNode],
+    settings: &AllocationSettings,
+) -> Vec<Move> {
+    if !settings.zone_awareness {
+        return Vec::new();
+    }
+    let by_id: HashMap<&str, &DataNode> = nodes
+        .iter()
+        .map(|node| (node.node_id.as_str(), node))
+        .collect();
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for index in routing.values() {
+        for shard in &index.shards {
+            for copy in &shard.copies {
+                *load.entry(copy.node_id.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for (name, index) in routing {
+        for (number, shard) in index.shards.iter().enumerate() {
+            if shard.copies.iter().any(|copy| !copy.started)
+                || shard.copies.len() > index.replicas as usize + 1
+            {
+                continue;
+            }
+            let zone_of = |node_id: &str| by_id.get(node_id).and_then(|n| n.zone.clone());
+            let mut per_zone: BTreeMap<Option<String>, Vec<&ShardCopy>> = BTreeMap::new();
+            for copy in &shard.copies {
+                per_zone
+                    .entry(zone_of(&copy.node_id))
+                    .or_default()
+                    .push(copy);
+            }
+            let Some(crowded) = per_zone.values().find(|copies| copies.len() > 1) else {
+                continue;
+            };
+            let target = nodes
+                .iter()
+                .filter(|node| !settings.excludes(node))
+                .filter(|node| !per_zone.contains_key(&node.zone))
+                .min_by_key(|node| {
+                    (
+                        load.get(node.node_id.as_str()).copied().unwrap_or(0),
+                        &node.node_id,
+                    )
+                });
+            let Some(target) = target else { continue };
+            let source = crowded
+                .iter()
+                .find(|copy| !copy.primary)
+                .or_else(|| crowded.first())
+                .map(|copy| copy.node_id.clone());
+            if let Some(from) = source {
+                moves.push(Move {
+                    index: name.clone(),
+                    shard: number,
+                    from,
+                    to: target.node_id.clone(),
+                });
+            }
+        }
+    }
+    moves
 }
 
 #[cfg(test)]
@@ -756,5 +827,40 @@ mod tests {
         assert_eq!(settings.forced_zones, vec!["z1", "z2"]);
         assert_eq!(settings.exclude_names.len(), 2);
         assert_eq!(settings.enable, EnableAllocation::NewPrimaries);
+    }
+
+    #[test]
+    fn awareness_moves_a_crowded_copy_to_a_zone_without_one() {
+        let nodes = [node("a1", "a"), node("a2", "a"), node("b1", "b")];
+        let mut routing = new_index(1, 1);
+        let shard = &mut routing.get_mut("logs").expect("index").shards[0];
+        for (id, primary) in [("a1", true), ("a2", false)] {
+            shard.copies.push(ShardCopy {
+                node_id: id.into(),
+                primary,
+                started: true,
+                allocation_id: format!("c-{id}"),
+            });
+            shard.in_sync.insert(format!("c-{id}"));
+        }
+        let aware = AllocationSettings {
+            zone_awareness: true,
+            ..AllocationSettings::default()
+        };
+        let moves = awareness_moves(&routing, &nodes, &aware);
+        assert_eq!(
+            moves,
+            vec![Move {
+                index: "logs".into(),
+                shard: 0,
+                from: "a2".into(),
+                to: "b1".into(),
+            }],
+            "the replica moves, the primary stays"
+        );
+        assert!(awareness_moves(&routing, &nodes, &AllocationSettings::default()).is_empty());
+        let mut excluded = aware.clone();
+        excluded.exclude_zones.insert("b".into());
+        assert!(awareness_moves(&routing, &nodes, &excluded).is_empty());
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::recovery;
+use super::recovery::{self, RecoveryTarget};
 use crate::api::blocking;
 use crate::cluster::allocation::{ShardCopy, ShardRouting};
 use crate::cluster::state::{ClusterState, StateCommand};
@@ -27,6 +27,8 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut applier = Applier {
         node,
         reported: HashMap::new(),
+        version: 0,
+        metadata_version: 0,
     };
     loop {
         let state = states.borrow_and_update().clone();
@@ -47,10 +49,35 @@ struct Applier {
     node: Arc<NodeState>,
     /// Copies reported started, and when (re-proposed if the state has not caught up).
     reported: HashMap<String, Instant>,
+    /// The version of the state being applied.
+    version: u64,
+    /// The last version whose index metadata was applied.
+    metadata_version: u64,
 }
 
 impl Applier {
     async fn apply(&mut self, state: &ClusterState) -> Result<()> {
+        self.version = state.version;
+        if self.metadata_version != state.version {
+            self.apply_metadata(state).await?;
+            self.metadata_version = state.version;
+        }
+        for (name, routing) in &state.routing {
+            let Ok(index) = self.node.indices.get(name) else {
+                continue;
+            };
+            for (number, shard) in routing.shards.iter().enumerate() {
+                if let Err(err) = self.apply_shard(&index, number as u32, shard).await {
+                    tracing::warn!(index = name, shard = number, error = %err, "could not apply the routing of a shard");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lays out the cluster's indices (and their settings and mappings) and removes the ones it
+    /// no longer has.
+    async fn apply_metadata(&mut self, state: &ClusterState) -> Result<()> {
         for (name, meta) in &state.indices {
             let node = self.node.clone();
             let (name, meta) = (name.clone(), meta.clone());
@@ -67,16 +94,6 @@ impl Applier {
                 self.node.copies.forget_index(&name);
                 let node = self.node.clone();
                 blocking(move || node.indices.delete(&name)).await?;
-            }
-        }
-        for (name, routing) in &state.routing {
-            let Ok(index) = self.node.indices.get(name) else {
-                continue;
-            };
-            for (number, shard) in routing.shards.iter().enumerate() {
-                if let Err(err) = self.apply_shard(&index, number as u32, shard).await {
-                    tracing::warn!(index = name, shard = number, error = %err, "could not apply the routing of a shard");
-                }
             }
         }
         Ok(())
@@ -148,7 +165,13 @@ impl Applier {
             .filter(|c| !c.primary && !c.started)
             .map(|c| c.allocation_id.clone())
             .collect();
-        shard.set_role(copy.primary, routing.primary_term, started, &recovering);
+        shard.set_role(
+            copy.primary,
+            routing.primary_term,
+            started,
+            &recovering,
+            self.version,
+        );
         let due = self
             .reported
             .get(&copy.allocation_id)
@@ -199,35 +222,27 @@ impl Applier {
             return;
         };
         let node = self.node.clone();
-        let (name, allocation_id, primary_node, term) = (
-            index.name().to_string(),
-            copy.allocation_id.clone(),
-            primary.node_id.clone(),
-            routing.primary_term,
-        );
+        let target = RecoveryTarget {
+            index: index.name().to_string(),
+            shard: number,
+            allocation_id: copy.allocation_id.clone(),
+            primary_node: primary.node_id.clone(),
+            primary_term: routing.primary_term,
+            state_version: self.version,
+        };
         // Registered before the task starts, so the next pass does not start a second one.
         self.node
             .copies
-            .start_recovering(&name, number, &allocation_id);
+            .start_recovering(&target.index, number, &target.allocation_id);
         tokio::spawn(async move {
-            if recovery::recover(
-                node.clone(),
-                name.clone(),
-                number,
-                allocation_id.clone(),
-                primary_node,
-                term,
-            )
-            .await
-            .is_err()
-            {
+            if recovery::recover(node.clone(), &target).await.is_err() {
                 // Give the primary a moment before the master allocates the copy again.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let command = StateCommand::ShardFailed {
-                    index: name,
+                    index: target.index,
                     shard: number as usize,
-                    allocation_id,
-                    primary_term: term,
+                    allocation_id: target.allocation_id,
+                    primary_term: target.primary_term,
                     reason: "recovery failed".into(),
                 };
                 let _ = node

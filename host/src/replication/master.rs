@@ -126,13 +126,17 @@ pub fn decide(
     let settings = allocation_settings(state);
     let decided = allocation::allocate(&routing, live, &settings, &BTreeSet::new(), new_uuid);
     let mut routing = decided.routing;
-    apply_moves(&mut routing, &decided.moves);
+    let mut moves = decided.moves;
+    if moves.is_empty() {
+        moves = allocation::awareness_moves(&routing, live, &settings);
+    }
+    apply_moves(&mut routing, &moves);
+    trim_surplus(&mut routing, live, &settings);
     (routing != state.routing).then_some(routing)
 }
 
-/// Relocates copies off excluded nodes: first a new copy on the target; once every copy is
-/// started, the excluded one is dropped (a primary hands over to an in-sync replica, and the
-/// shard's other copies are rebuilt from it).
+/// Relocates copies (off excluded nodes, or to a zone without one): first a new copy on the
+/// target; once it has started, [`trim_surplus`] drops the copy it replaces.
 fn apply_moves(routing: &mut BTreeMap<String, IndexRouting>, moves: &[Move]) {
     for planned in moves {
         let Some(index) = routing.get_mut(&planned.index) else {
@@ -142,27 +146,58 @@ fn apply_moves(routing: &mut BTreeMap<String, IndexRouting>, moves: &[Move]) {
         let Some(shard) = index.shards.get_mut(planned.shard) else {
             continue;
         };
-        let Some(source) = shard
-            .copies
-            .iter()
-            .find(|copy| copy.node_id == planned.from)
-            .map(|copy| copy.allocation_id.clone())
-        else {
-            continue;
-        };
+        let source_present = shard.copies.iter().any(|copy| copy.node_id == planned.from);
         let settled = shard.copies.iter().all(|copy| copy.started);
-        if !settled {
-            continue;
-        }
-        if shard.copies.len() <= wanted {
+        if settled && shard.copies.len() <= wanted && source_present {
             shard.copies.push(ShardCopy {
                 node_id: planned.to.clone(),
                 primary: false,
                 started: false,
                 allocation_id: new_uuid(),
             });
-        } else {
-            allocation::fail_copy(shard, &source);
+        }
+    }
+}
+
+/// A settled shard with more copies than it wants (a relocation's new copy has started) drops
+/// one: a copy on an excluded node first (a primary there hands over to an in-sync replica),
+/// else a replica from its most crowded zone.
+fn trim_surplus(
+    routing: &mut BTreeMap<String, IndexRouting>,
+    live: &[DataNode],
+    settings: &AllocationSettings,
+) {
+    let node = |node_id: &str| live.iter().find(|node| node.node_id == node_id);
+    let zone_of = |node_id: &str| node(node_id).and_then(|node| node.zone.clone());
+    let excluded = |node_id: &str| node(node_id).is_some_and(|node| settings.excludes(node));
+    for index in routing.values_mut() {
+        let wanted = index.replicas as usize + 1;
+        for shard in &mut index.shards {
+            if shard.copies.len() <= wanted || shard.copies.iter().any(|copy| !copy.started) {
+                continue;
+            }
+            let mut per_zone: BTreeMap<Option<String>, usize> = BTreeMap::new();
+            for copy in &shard.copies {
+                *per_zone.entry(zone_of(&copy.node_id)).or_default() += 1;
+            }
+            let victim = shard
+                .copies
+                .iter()
+                .filter(|copy| excluded(&copy.node_id))
+                .min_by_key(|copy| copy.primary)
+                .or_else(|| {
+                    shard
+                        .copies
+                        .iter()
+                        .filter(|copy| !copy.primary)
+                        .max_by_key(|copy| {
+                            per_zone.get(&zone_of(&copy.node_id)).copied().unwrap_or(0)
+                        })
+                })
+                .map(|copy| copy.allocation_id.clone());
+            if let Some(allocation_id) = victim {
+                allocation::fail_copy(shard, &allocation_id);
+            }
         }
     }
 }

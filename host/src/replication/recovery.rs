@@ -64,6 +64,7 @@ pub async fn start(
     number: u32,
     allocation_id: String,
     node_id: String,
+    state_version: u64,
 ) -> Result<DataResponse> {
     let (service, shard) = primary_copy(node, index, number)?;
     let staging = staging_dir(&service, number, &allocation_id);
@@ -75,7 +76,7 @@ pub async fn start(
         if staging.exists() {
             std::fs::remove_dir_all(&staging)?;
         }
-        let staged = shard.stage_for_recovery(&staging, target)?;
+        let staged = shard.stage_for_recovery(&staging, target, state_version)?;
         let mut files = Vec::with_capacity(staged.files.len());
         for name in staged.files {
             let size = std::fs::metadata(staging.join(&name))?.len();
@@ -136,32 +137,34 @@ pub async fn finish(
     .await
 }
 
-/// Copy side: recovers `allocation_id` of shard `number` from the primary on `primary_node`,
-/// then reports it started. On failure the partial copy is removed.
-pub async fn recover(
-    node: Arc<NodeState>,
-    index: String,
-    number: u32,
-    allocation_id: String,
-    primary_node: String,
-    primary_term: u64,
-) -> Result<()> {
-    node.copies.start_recovering(&index, number, &allocation_id);
+/// What a recovering copy is and where it recovers from.
+#[derive(Debug, Clone)]
+pub struct RecoveryTarget {
+    pub index: String,
+    pub shard: u32,
+    pub allocation_id: String,
+    pub primary_node: String,
+    pub primary_term: u64,
+    /// The cluster-state version in which this copy saw itself allocated.
+    pub state_version: u64,
+}
+
+/// Copy side: recovers a copy from its primary, then reports it started. The caller has
+/// registered the copy as recovering. On failure the partial copy is removed.
+pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()> {
+    let (index, number, allocation_id) = (&target.index, target.shard, &target.allocation_id);
     let started = std::time::Instant::now();
-    let result = copy_from_primary(
-        &node,
-        &index,
-        number,
-        &allocation_id,
-        &primary_node,
-        primary_term,
-    )
-    .await;
+    let result = copy_from_primary(&node, target).await;
     match &result {
         Ok(bytes) => {
             tracing::info!(index, shard = number, copy = %allocation_id, bytes, took_ms = started.elapsed().as_millis() as u64, "recovered shard copy from its primary");
-            node.recoveries
-                .record(&index, number, &primary_node, *bytes, started.elapsed());
+            node.recoveries.record(
+                index,
+                number,
+                &target.primary_node,
+                *bytes,
+                started.elapsed(),
+            );
             let command = StateCommand::ShardStarted {
                 index: index.clone(),
                 shard: number as usize,
@@ -178,8 +181,8 @@ pub async fn recover(
         }
         Err(err) => {
             tracing::warn!(index, shard = number, copy = %allocation_id, error = %err, "recovery failed");
-            node.copies.forget(&index, number);
-            if let Ok(service) = node.indices.get(&index) {
+            node.copies.forget(index, number);
+            if let Ok(service) = node.indices.get(index) {
                 let _ = blocking(move || service.remove_copy(number)).await;
             }
         }
@@ -187,25 +190,24 @@ pub async fn recover(
     result.map(|_| ())
 }
 
-async fn copy_from_primary(
-    node: &Arc<NodeState>,
-    index: &str,
-    number: u32,
-    allocation_id: &str,
-    primary_node: &str,
-    primary_term: u64,
-) -> Result<u64> {
+async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Result<u64> {
+    let (index, number, allocation_id) = (
+        target.index.as_str(),
+        target.shard,
+        target.allocation_id.as_str(),
+    );
     let service = node.indices.get(index)?;
     {
         let service = service.clone();
         blocking(move || service.remove_copy(number)).await?;
     }
-    let ask = |request: DataRequest| super::ask(node, primary_node, request);
+    let ask = |request: DataRequest| super::ask(node, &target.primary_node, request);
     let plan = ask(DataRequest::StartRecovery {
         index: index.to_string(),
         shard: number,
         allocation_id: allocation_id.to_string(),
         node_id: node.identity.node_id.clone(),
+        state_version: target.state_version,
     })
     .await?;
     let DataResponse::RecoveryPlan { meta_json, files } = plan else {
@@ -262,7 +264,13 @@ async fn copy_from_primary(
         })
         .await?
     };
-    shard.set_role(false, primary_term, Vec::new(), &Default::default());
+    shard.set_role(
+        false,
+        target.primary_term,
+        Vec::new(),
+        &Default::default(),
+        0,
+    );
     // Apply what the primary replicated while the files were copied, until nothing is left;
     // the copy turns active atomically with the last drain.
     while let Some(batches) = node.copies.drain_or_activate(index, number, allocation_id) {

@@ -81,7 +81,8 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             shard,
             allocation_id,
             node_id,
-        } => recovery::start(node, &index, shard, allocation_id, node_id).await,
+            state_version,
+        } => recovery::start(node, &index, shard, allocation_id, node_id, state_version).await,
         DataRequest::FetchChunk {
             index,
             shard,

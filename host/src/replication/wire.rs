@@ -34,6 +34,8 @@ pub enum DataRequest {
         shard: u32,
         allocation_id: String,
         node_id: String,
+        /// The cluster-state version in which the copy saw itself allocated.
+        state_version: u64,
     },
     /// A piece of a staged file.
     FetchChunk {

@@ -238,6 +238,9 @@ struct WriteState {
     primary: bool,
     /// The copies a primary replicates to.
     targets: Vec<ReplicaTarget>,
+    /// Targets a recovery added, with the cluster-state version the recovering copy had seen:
+    /// a routing older than that cannot know the copy yet and must not drop it.
+    recovery_targets: HashMap<String, u64>,
 }
 
 /// The current version of a document, whether live or committed.
@@ -300,6 +303,7 @@ impl Shard {
                 failure: None,
                 primary: false,
                 targets: Vec::new(),
+                recovery_targets: HashMap::new(),
             }),
             sync,
             refreshed_seq_no,
@@ -528,15 +532,16 @@ impl Shard {
         Ok(())
     }
 
-    /// Sets this copy's role from the routing table: primary or replica and its term; a
-    /// primary replicates to the `started` copies plus those a recovery added that are still
-    /// `recovering` (merged under the write lock, so a recovery's target is never lost).
+    /// Sets this copy's role from the routing table of cluster-state version `version`:
+    /// primary or replica and its term. A primary replicates to the `started` copies, plus the
+    /// ones a recovery added that this routing lists as `recovering` or is too old to know.
     pub fn set_role(
         &self,
         primary: bool,
         primary_term: u64,
         started: Vec<ReplicaTarget>,
         recovering: &std::collections::BTreeSet<String>,
+        version: u64,
     ) {
         let Ok(mut state) = self.lock() else {
             return;
@@ -546,20 +551,30 @@ impl Shard {
         }
         state.primary = primary;
         state.primary_term = state.primary_term.max(primary_term);
+        if !primary {
+            state.targets.clear();
+            state.recovery_targets.clear();
+            return;
+        }
+        let is_started = |id: &str| started.iter().any(|s| s.allocation_id == id);
+        let recovery_targets = std::mem::take(&mut state.recovery_targets);
         let kept: Vec<ReplicaTarget> = state
             .targets
             .iter()
+            .filter(|t| !is_started(&t.allocation_id))
             .filter(|t| {
                 recovering.contains(&t.allocation_id)
-                    && !started.iter().any(|s| s.allocation_id == t.allocation_id)
+                    || recovery_targets
+                        .get(&t.allocation_id)
+                        .is_some_and(|seen| *seen > version)
             })
             .cloned()
             .collect();
-        state.targets = if primary {
-            started.into_iter().chain(kept).collect()
-        } else {
-            Vec::new()
-        };
+        state.recovery_targets = recovery_targets
+            .into_iter()
+            .filter(|(id, _)| kept.iter().any(|t| &t.allocation_id == id))
+            .collect();
+        state.targets = started.into_iter().chain(kept).collect();
     }
 
     /// The copies this primary currently replicates to.
@@ -1004,17 +1019,18 @@ impl Shard {
         &self,
         staging: &Path,
         target: ReplicaTarget,
+        state_version: u64,
     ) -> Result<StagedCommit> {
-        self.stage_commit_then(staging, Some(target))
+        self.stage_commit_then(staging, Some((target, state_version)))
     }
 
     fn stage_commit_then(
         &self,
         staging: &Path,
-        add_target: Option<ReplicaTarget>,
+        add_target: Option<(ReplicaTarget, u64)>,
     ) -> Result<StagedCommit> {
         let mut state = self.lock()?;
-        if let Some(target) = add_target {
+        if let Some((target, state_version)) = add_target {
             if !state.primary {
                 return Err(Error::ShardNotAvailable(format!(
                     "{} is not the primary copy on this node",
@@ -1024,6 +1040,9 @@ impl Shard {
             state
                 .targets
                 .retain(|t| t.allocation_id != target.allocation_id);
+            state
+                .recovery_targets
+                .insert(target.allocation_id.clone(), state_version);
             state.targets.push(target);
         }
         state.translog.roll_and_trim()?;

@@ -14,6 +14,7 @@ mod repository_plugin;
 mod search;
 mod slm;
 mod snapshots;
+mod zones;
 
 use shoal_tests::Node;
 
