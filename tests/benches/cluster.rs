@@ -4,13 +4,17 @@
 //!   (LAN latency, with and without 1% loss; virtual time, so the figures are exact per seed);
 //! - on real processes (3 nodes on 127.0.0.1): wall time from `kill -9` / `SIGSTOP` of a node
 //!   until both survivors have dropped it from `_cat/nodes`, and from `kill -9` of the master
-//!   until a cluster-settings change commits through a new master.
+//!   until a cluster-settings change commits through a new master;
+//! - replicated writes (3 nodes, 3 shards × 1 replica): wall time from `kill -9` / `SIGSTOP` of
+//!   the node holding the most primaries until a bulk touching every shard is fully
+//!   acknowledged, and bulk throughput with 1 replica against 0 replicas (same documents).
 //!
 //! `cargo bench -p shoal-tests --bench cluster` (`SHOAL_BENCH_SEEDS`, default 16;
 //! `SHOAL_BENCH_ROUNDS`, real-process rounds, default 3).
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use shoal::cluster::simulation::{Network, detection_time, dissemination_time};
 use shoal_tests::{Cluster, node_names};
 
@@ -150,7 +154,158 @@ fn master_failover(cluster: &mut Cluster, round: usize) -> Duration {
     took
 }
 
+fn create_index(node: &shoal_tests::Node, name: &str, replicas: u32) {
+    let reply = node.put(
+        &format!("/{name}"),
+        &json!({"settings": {"number_of_shards": 3, "number_of_replicas": replicas, "refresh_interval": "1s"}}),
+    );
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let health = node.get(&format!(
+        "/_cluster/health/{name}?wait_for_status=green&timeout=60s"
+    ));
+    assert_eq!(health.body["status"], "green", "{:?}", health.body);
+}
+
+/// NDJSON for `count` documents starting at `first`.
+fn bulk_body(first: usize, count: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in first..first + count {
+        body.extend(
+            json!({"index": {"_id": format!("d{i}")}})
+                .to_string()
+                .into_bytes(),
+        );
+        body.push(b'\n');
+        body.extend(
+            json!({"n": i, "text": "replicated write benchmark document", "tag": format!("t{}", i % 17)})
+                .to_string()
+                .into_bytes(),
+        );
+        body.push(b'\n');
+    }
+    body
+}
+
+/// The node holding the most started primaries of `index`.
+fn busiest_primary(node: &shoal_tests::Node, index: &str) -> usize {
+    let rows = node.get(&format!("/_cat/shards/{index}?format=json")).body;
+    let mut counts = [0usize; 3];
+    for row in rows.as_array().cloned().unwrap_or_default() {
+        if row["prirep"] == "p"
+            && let Some(i) = row["node"]
+                .as_str()
+                .and_then(|n| n.trim_start_matches("node-").parse::<usize>().ok())
+        {
+            counts[i] += 1;
+        }
+    }
+    (0..3).max_by_key(|&i| counts[i]).unwrap_or(0)
+}
+
+/// Time from the fault until a bulk sent right after it (touching every shard) is fully
+/// acknowledged: the write waits out the failover inside the cluster.
+fn write_failover(cluster: &mut Cluster, pause: bool, round: usize) -> Duration {
+    let victim = busiest_primary(&cluster.nodes[0], "failover");
+    let survivor = (victim + 1) % 3;
+    let body = bulk_body(1_000_000 * (round + 1) + usize::from(pause) * 500_000, 30);
+    let started = Instant::now();
+    if pause {
+        cluster.nodes[victim].pause();
+    } else {
+        cluster.nodes[victim].kill();
+    }
+    loop {
+        let reply = cluster.nodes[survivor].raw(
+            "POST",
+            "/failover/_bulk",
+            Some(body.clone()),
+            "application/x-ndjson",
+        );
+        if reply.status == 200 && reply.body["errors"] == false {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "writes never resumed: {:?}",
+            reply.body
+        );
+    }
+    let took = started.elapsed();
+    if pause {
+        cluster.nodes[victim].resume();
+    } else {
+        cluster.nodes[victim].restart().expect("restart");
+    }
+    let health = cluster.nodes[survivor].get("/_cluster/health?wait_for_status=green&timeout=120s");
+    assert_eq!(health.body["status"], "green", "{:?}", health.body);
+    took
+}
+
+/// Documents per second bulk-loading `docs` documents into `index` through all three nodes.
+fn load(cluster: &Cluster, index: &str, docs: usize) -> f64 {
+    const BATCH: usize = 500;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (worker, node) in cluster.nodes.iter().enumerate() {
+            scope.spawn(move || {
+                let mut first = worker * BATCH;
+                while first < docs {
+                    let count = BATCH.min(docs - first);
+                    let (status, _) = node.raw_bytes(
+                        "POST",
+                        &format!("/{index}/_bulk"),
+                        bulk_body(first, count),
+                        "application/x-ndjson",
+                    );
+                    assert_eq!(status, 200);
+                    first += BATCH * 3;
+                }
+            });
+        }
+    });
+    docs as f64 / started.elapsed().as_secs_f64()
+}
+
+fn replicated_writes(rounds: usize, docs: usize) {
+    let mut cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    wait_for_all(&cluster);
+    create_index(&cluster.nodes[0], "failover", 1);
+    let mut killed = Vec::new();
+    let mut paused = Vec::new();
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_secs(2));
+        killed.push(write_failover(&mut cluster, false, round));
+        std::thread::sleep(Duration::from_secs(2));
+        paused.push(write_failover(&mut cluster, true, round));
+    }
+    println!("replicated writes, 3 nodes, 3 shards x 1 replica ({rounds} rounds)");
+    println!(
+        "  kill -9 of the busiest primary node -> first fully acknowledged bulk: {}",
+        summary(killed)
+    );
+    println!(
+        "  SIGSTOP of the busiest primary node -> first fully acknowledged bulk: {}",
+        summary(paused)
+    );
+    create_index(&cluster.nodes[0], "zero-replicas", 0);
+    create_index(&cluster.nodes[0], "one-replica", 1);
+    // Warm up, then alternate so drift on a shared machine hits both alike.
+    load(&cluster, "zero-replicas", 2_000);
+    let zero = load(&cluster, "zero-replicas", docs);
+    let one = load(&cluster, "one-replica", docs);
+    println!("  bulk throughput, {docs} docs in bulks of 500 from 3 clients:");
+    println!("    0 replicas: {zero:>8.0} docs/s");
+    println!(
+        "    1 replica:  {one:>8.0} docs/s   ratio {:.2} (goal >= 0.8)",
+        one / zero
+    );
+}
+
 fn main() {
     simulation(env_usize("SHOAL_BENCH_SEEDS", 16) as u64);
     real_processes(env_usize("SHOAL_BENCH_ROUNDS", 3));
+    replicated_writes(
+        env_usize("SHOAL_BENCH_ROUNDS", 3),
+        env_usize("SHOAL_BENCH_DOCS", 60_000),
+    );
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::units::format_byte_size;
 
 pub(super) fn help() -> Result<Reply> {
-    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/master\n/_cat/count\n/_cat/snapshots/{repository}\n".to_string()))
+    Ok(Reply::Text(200, "=^.^=\n/_cat/health\n/_cat/indices\n/_cat/indices/{index}\n/_cat/shards\n/_cat/shards/{index}\n/_cat/nodes\n/_cat/master\n/_cat/count\n/_cat/allocation\n/_cat/recovery\n/_cat/snapshots/{repository}\n".to_string()))
 }
 
 type Table = (Vec<&'static str>, Vec<Vec<String>>);
@@ -19,13 +19,31 @@ pub(super) async fn cat(request: &Request, what: &str, target: Option<&str>) -> 
     let target = target.map(str::to_string);
     let what_owned = what.to_string();
     let bytes_raw = request.param("bytes").is_some();
+    // Counted over every shard, wherever its copies are.
+    let cluster_count = match what {
+        "count" => Some(count_all(request, target.as_deref()).await?),
+        _ => None,
+    };
+    let mut index_counts = std::collections::HashMap::new();
+    if what == "indices" {
+        for index in request
+            .node
+            .indices
+            .resolve(target.as_deref().unwrap_or("_all"), false)?
+        {
+            let count = count_all(request, Some(index.name())).await?;
+            index_counts.insert(index.name().to_string(), count);
+        }
+    }
     let (headers, rows): Table = blocking(move || match what_owned.as_str() {
         "health" => health_table(&node),
-        "indices" => indices_table(&node, target.as_deref(), bytes_raw),
+        "indices" => indices_table(&node, target.as_deref(), bytes_raw, &index_counts),
         "shards" => shards_table(&node, target.as_deref(), bytes_raw),
         "nodes" => Ok(nodes_table(&node)),
         "master" => Ok(master_table(&node)),
-        "count" => count_table(&node, target.as_deref()),
+        "allocation" => Ok(super::allocation::cat_rows(&node)),
+        "recovery" => Ok(super::allocation::recovery_rows(&node)),
+        "count" => Ok(count_table(cluster_count.unwrap_or_default())),
         "snapshots" => {
             let repository = target.as_deref().ok_or_else(|| {
                 Error::IllegalArgument(
@@ -152,7 +170,13 @@ fn health_table(node: &crate::node::NodeState) -> Result<Table> {
     ))
 }
 
-fn indices_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) -> Result<Table> {
+/// `docs.count` comes from a search over every shard (`counts`); sizes are this node's copies.
+fn indices_table(
+    node: &crate::node::NodeState,
+    target: Option<&str>,
+    raw: bool,
+    counts: &std::collections::HashMap<String, u64>,
+) -> Result<Table> {
     let indices = node.indices.resolve(target.unwrap_or("_all"), false)?;
     let rows = indices
         .iter()
@@ -169,7 +193,7 @@ fn indices_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool)
                 index.meta.uuid.clone(),
                 settings.number_of_shards.to_string(),
                 settings.number_of_replicas.to_string(),
-                index.doc_count().to_string(),
+                counts.get(index.name()).copied().unwrap_or(0).to_string(),
                 index.deleted_doc_count().to_string(),
                 size(store, raw),
                 size(store, raw),
@@ -342,16 +366,31 @@ fn master_table(node: &crate::node::NodeState) -> Table {
     (vec!["id", "host", "ip", "node"], rows)
 }
 
-fn count_table(node: &crate::node::NodeState, target: Option<&str>) -> Result<Table> {
-    let indices = node.indices.resolve(target.unwrap_or("_all"), false)?;
-    let count: u64 = indices.iter().map(|index| index.doc_count()).sum();
+async fn count_all(request: &Request, target: Option<&str>) -> Result<u64> {
+    let indices = request
+        .node
+        .indices
+        .resolve(target.unwrap_or("_all"), false)?;
+    let body = serde_json::json!({ "size": 0, "track_total_hits": true });
+    let search = crate::search::SearchRequest::parse(&body, &Default::default())?;
+    let input = crate::replication::reads::SearchInput {
+        body: &body,
+        params: &Default::default(),
+        expression: target.unwrap_or("_all"),
+    };
+    let response =
+        crate::replication::reads::search(&request.node, &indices, input, &search).await?;
+    Ok(response.hits.total.map_or(0, |total| total.value))
+}
+
+fn count_table(count: u64) -> Table {
     let now = chrono::Utc::now();
-    Ok((
+    (
         vec!["epoch", "timestamp", "count"],
         vec![vec![
             now.timestamp().to_string(),
             now.format("%H:%M:%S").to_string(),
             count.to_string(),
         ]],
-    ))
+    )
 }

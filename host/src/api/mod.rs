@@ -1,6 +1,7 @@
 //! The Elasticsearch-compatible REST API: one dispatcher that matches method and path
 //! segments (so the whole route table reads in one place), and the response helpers.
 
+mod allocation;
 mod bulk;
 mod cat;
 mod cluster;
@@ -270,6 +271,10 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         (&M::GET, ["_test", "faults"]) => faults::get(&request),
         #[cfg(feature = "fault-injection")]
         (&M::PUT, ["_test", "faults"]) => faults::set(&request),
+        (&M::POST, ["_cluster", "reroute"]) => allocation::reroute(&request).await,
+        (&M::GET | &M::POST, ["_cluster", "allocation", "explain"]) => {
+            allocation::explain(&request)
+        }
         (&M::GET, ["_cat"]) => cat::help(),
         (&M::GET, ["_cat", what]) => cat::cat(&request, what, None).await,
         (&M::GET, ["_cat", what, target]) => cat::cat(&request, what, Some(target)).await,

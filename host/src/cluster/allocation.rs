@@ -104,6 +104,9 @@ pub struct ShardCopy {
     pub started: bool,
     /// A stable id for this copy, recorded in the shard's in-sync set.
     pub allocation_id: String,
+    /// A relocating copy names the copy it replaces, dropped once this one has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// Routing of one shard: its copies, in-sync set and primary term.
@@ -183,22 +186,42 @@ pub fn fail_departed(routing: &mut BTreeMap<String, IndexRouting>, live: &[DataN
                 .map(|copy| copy.allocation_id.clone())
                 .collect();
             for allocation_id in departed {
-                remove_copy(shard, &allocation_id, true);
+                remove_copy(shard, &allocation_id);
             }
         }
     }
 }
 
+/// Makes a returning in-sync copy the primary of a shard that has none (a new term, so
+/// anything the copy's old primary term still sends is fenced off). Other copies are dropped:
+/// they were not in sync. Returns false when the shard has a primary or the copy is not in sync.
+pub fn reinstate_primary(shard: &mut ShardRouting, allocation_id: &str, node_id: &str) -> bool {
+    if shard.primary().is_some() || !shard.in_sync.contains(allocation_id) {
+        return false;
+    }
+    shard.primary_term += 1;
+    shard.copies = vec![ShardCopy {
+        node_id: node_id.to_string(),
+        primary: true,
+        started: false,
+        allocation_id: allocation_id.to_string(),
+        replaces: None,
+    }];
+    true
+}
+
 /// Removes one failed copy from a shard and from its in-sync set; returns false when the copy
 /// is not allocated any more.
 pub fn fail_copy(shard: &mut ShardRouting, allocation_id: &str) -> bool {
-    remove_copy(shard, allocation_id, false)
+    remove_copy(shard, allocation_id)
 }
 
 /// Removes a copy; a lost primary is replaced by a started in-sync replica under a new term.
-/// A departed copy stays in the in-sync set (so a shard whose every copy left turns red rather
-/// than restarting empty); a failed one leaves it.
-fn remove_copy(shard: &mut ShardRouting, allocation_id: &str, departed: bool) -> bool {
+/// While the shard keeps a primary, the removed copy leaves the in-sync set too (the primary
+/// acknowledges writes without it from now on). When no primary is left, the set is kept, so
+/// the shard turns red rather than restarting empty, and a returning in-sync copy can be made
+/// primary again.
+fn remove_copy(shard: &mut ShardRouting, allocation_id: &str) -> bool {
     let Some(position) = shard
         .copies
         .iter()
@@ -207,11 +230,11 @@ fn remove_copy(shard: &mut ShardRouting, allocation_id: &str, departed: bool) ->
         return false;
     };
     let removed = shard.copies.remove(position);
-    if !departed && !removed.primary {
-        shard.in_sync.remove(allocation_id);
-    }
     if removed.primary {
         promote_replica(shard);
+    }
+    if shard.primary().is_some() {
+        shard.in_sync.remove(allocation_id);
     }
     true
 }
@@ -316,6 +339,7 @@ pub fn allocate(
                             primary: assigning_primary,
                             started: false,
                             allocation_id,
+                            replaces: None,
                         });
                     }
                     Err(reason) => {
@@ -840,6 +864,7 @@ mod tests {
                 primary,
                 started: true,
                 allocation_id: format!("c-{id}"),
+                replaces: None,
             });
             shard.in_sync.insert(format!("c-{id}"));
         }
@@ -862,5 +887,54 @@ mod tests {
         let mut excluded = aware.clone();
         excluded.exclude_zones.insert("b".into());
         assert!(awareness_moves(&routing, &nodes, &excluded).is_empty());
+    }
+
+    #[test]
+    fn a_departed_replica_leaves_the_in_sync_set_but_a_lost_last_copy_can_return() {
+        let nodes = [node("n1", "a"), node("n2", "b")];
+        let mut routing = started_index(&nodes, 1, 1);
+        let shard = routing["logs"].shards[0].clone();
+        let replica = shard
+            .copies
+            .iter()
+            .find(|c| !c.primary)
+            .expect("replica")
+            .clone();
+        let primary = shard.primary().expect("primary").clone();
+
+        // The replica's node leaves: the primary goes on without it, so it is no longer in sync.
+        let only_primary: Vec<DataNode> = nodes
+            .iter()
+            .filter(|n| n.node_id == primary.node_id)
+            .cloned()
+            .collect();
+        fail_departed(&mut routing, &only_primary);
+        let shard = &mut routing.get_mut("logs").expect("index").shards[0];
+        assert!(!shard.in_sync.contains(&replica.allocation_id));
+        assert!(
+            !reinstate_primary(shard, &replica.allocation_id, &replica.node_id),
+            "a shard with a primary takes no returning copy"
+        );
+
+        // Then the primary's node leaves too: red, and its copy stays in sync.
+        fail_departed(&mut routing, &[]);
+        let shard = &mut routing.get_mut("logs").expect("index").shards[0];
+        assert!(shard.primary().is_none());
+        assert!(shard.in_sync.contains(&primary.allocation_id));
+        assert!(
+            !reinstate_primary(shard, &replica.allocation_id, &replica.node_id),
+            "stale"
+        );
+        let term = shard.primary_term;
+        assert!(reinstate_primary(
+            shard,
+            &primary.allocation_id,
+            &primary.node_id
+        ));
+        assert_eq!(shard.primary_term, term + 1);
+        assert_eq!(
+            shard.primary().map(|p| p.node_id.as_str()),
+            Some(primary.node_id.as_str())
+        );
     }
 }

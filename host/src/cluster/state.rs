@@ -138,6 +138,14 @@ pub enum StateCommand {
         shard: usize,
         allocation_id: String,
     },
+    /// A node still holds an in-sync copy of a shard that has no primary: it becomes the
+    /// primary again (new term).
+    ShardFound {
+        index: String,
+        shard: usize,
+        allocation_id: String,
+        node_id: String,
+    },
     /// A copy failed (a replica missed a write, a recovery broke): it leaves the routing and
     /// the in-sync set. Sent by the primary of `primary_term`; a stale primary is refused.
     ShardFailed {
@@ -270,6 +278,23 @@ impl ClusterState {
                 if started.is_none() {
                     return self.reject(format!(
                         "copy [{allocation_id}] of [{index}][{shard}] is no longer allocated"
+                    ));
+                }
+            }
+            StateCommand::ShardFound {
+                index,
+                shard,
+                allocation_id,
+                node_id,
+            } => {
+                let found = self
+                    .shard_routing_mut(index, *shard)
+                    .is_some_and(|routing| {
+                        allocation::reinstate_primary(routing, allocation_id, node_id)
+                    });
+                if !found {
+                    return self.reject(format!(
+                        "[{index}][{shard}] has a primary or [{allocation_id}] is not in sync"
                     ));
                 }
             }

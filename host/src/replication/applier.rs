@@ -108,6 +108,9 @@ impl Applier {
         let name = index.name().to_string();
         let local = &self.node.identity.node_id;
         let Some(copy) = routing.copies.iter().find(|copy| &copy.node_id == local) else {
+            if self.offer_lost_copy(index, number, routing) {
+                return Ok(());
+            }
             return self.drop_copy(index, number).await;
         };
         if self
@@ -252,6 +255,42 @@ impl Applier {
                     .await;
             }
         });
+    }
+
+    /// A shard whose every in-sync copy left has no primary; if this node holds one of those
+    /// copies on disk (it was hung or cut off, not wiped), it offers it to the master instead
+    /// of deleting it. Returns whether the copy is kept.
+    fn offer_lost_copy(
+        &mut self,
+        index: &IndexService,
+        number: u32,
+        routing: &ShardRouting,
+    ) -> bool {
+        if routing.primary().is_some() {
+            return false;
+        }
+        let Some(marker) = index.copy_marker(number) else {
+            return false;
+        };
+        if !routing.in_sync.contains(&marker.allocation_id) {
+            return false;
+        }
+        let due = self
+            .reported
+            .get(&marker.allocation_id)
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(5));
+        if due {
+            tracing::info!(index = index.name(), shard = number, copy = %marker.allocation_id, "offering the in-sync copy on disk to the master");
+            self.reported
+                .insert(marker.allocation_id.clone(), Instant::now());
+            self.propose(StateCommand::ShardFound {
+                index: index.name().to_string(),
+                shard: number as usize,
+                allocation_id: marker.allocation_id,
+                node_id: self.node.identity.node_id.clone(),
+            });
+        }
+        true
     }
 
     /// Closes and deletes a copy the routing no longer places here.

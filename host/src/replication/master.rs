@@ -146,22 +146,35 @@ fn apply_moves(routing: &mut BTreeMap<String, IndexRouting>, moves: &[Move]) {
         let Some(shard) = index.shards.get_mut(planned.shard) else {
             continue;
         };
-        let source_present = shard.copies.iter().any(|copy| copy.node_id == planned.from);
+        let source = shard
+            .copies
+            .iter()
+            .find(|copy| copy.node_id == planned.from)
+            .map(|copy| copy.allocation_id.clone());
         let settled = shard.copies.iter().all(|copy| copy.started);
-        if settled && shard.copies.len() <= wanted && source_present {
-            shard.copies.push(ShardCopy {
-                node_id: planned.to.clone(),
-                primary: false,
-                started: false,
-                allocation_id: new_uuid(),
-            });
+        if let Some(source) = source
+            && settled
+            && shard.copies.len() <= wanted
+        {
+            shard.copies.push(relocation(&planned.to, source));
         }
     }
 }
 
+/// A new copy on `node_id` that replaces the copy `source` once it has started.
+pub fn relocation(node_id: &str, source: String) -> ShardCopy {
+    ShardCopy {
+        node_id: node_id.to_string(),
+        primary: false,
+        started: false,
+        allocation_id: new_uuid(),
+        replaces: Some(source),
+    }
+}
+
 /// A settled shard with more copies than it wants (a relocation's new copy has started) drops
-/// one: a copy on an excluded node first (a primary there hands over to an in-sync replica),
-/// else a replica from its most crowded zone.
+/// one: the copy a relocation replaces, else a copy on an excluded node (a primary there hands
+/// over to an in-sync replica), else a replica from its most crowded zone.
 fn trim_surplus(
     routing: &mut BTreeMap<String, IndexRouting>,
     live: &[DataNode],
@@ -180,23 +193,34 @@ fn trim_surplus(
             for copy in &shard.copies {
                 *per_zone.entry(zone_of(&copy.node_id)).or_default() += 1;
             }
-            let victim = shard
+            let crowding =
+                |copy: &&ShardCopy| per_zone.get(&zone_of(&copy.node_id)).copied().unwrap_or(0);
+            let replaced = shard
                 .copies
                 .iter()
-                .filter(|copy| excluded(&copy.node_id))
-                .min_by_key(|copy| copy.primary)
-                .or_else(|| {
-                    shard
-                        .copies
-                        .iter()
-                        .filter(|copy| !copy.primary)
-                        .max_by_key(|copy| {
-                            per_zone.get(&zone_of(&copy.node_id)).copied().unwrap_or(0)
-                        })
-                })
-                .map(|copy| copy.allocation_id.clone());
+                .filter_map(|copy| copy.replaces.as_ref())
+                .find(|source| shard.copies.iter().any(|c| &c.allocation_id == *source))
+                .cloned();
+            let victim = replaced.or_else(|| {
+                shard
+                    .copies
+                    .iter()
+                    .filter(|copy| excluded(&copy.node_id))
+                    .min_by_key(|copy| copy.primary)
+                    .or_else(|| {
+                        shard
+                            .copies
+                            .iter()
+                            .filter(|copy| !copy.primary)
+                            .max_by_key(crowding)
+                    })
+                    .map(|copy| copy.allocation_id.clone())
+            });
             if let Some(allocation_id) = victim {
                 allocation::fail_copy(shard, &allocation_id);
+                for copy in &mut shard.copies {
+                    copy.replaces = None;
+                }
             }
         }
     }

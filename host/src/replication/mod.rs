@@ -239,7 +239,7 @@ where
             Err(err) if is_retryable(&err) && tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %err, "shard unavailable; retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
+                pause = (pause * 2).min(Duration::from_millis(100));
             }
             other => return other,
         }

@@ -691,6 +691,7 @@ fn adopt_restored(
                 primary: true,
                 started: false,
                 allocation_id: allocation_id.clone(),
+                replaces: None,
             }],
             in_sync: [allocation_id].into(),
             primary_term: 1,

@@ -304,3 +304,118 @@ fn run_fault_schedule(seed: u64) {
     history::check(&cluster.nodes[0], INDEX, &history)
         .unwrap_or_else(|err| panic!("seed {seed}: {err}"));
 }
+
+/// Which node names hold copies of shard 0 of `index` (primary first).
+fn holders(node: &Node, index: &str) -> Vec<String> {
+    let rows = node.get(&format!("/_cat/shards/{index}?format=json")).body;
+    let mut rows: Vec<Value> = rows.as_array().cloned().unwrap_or_default();
+    rows.retain(|row| row["state"] == "STARTED");
+    rows.sort_by_key(|row| row["prirep"] != "p");
+    rows.iter()
+        .filter_map(|row| row["node"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn reroute_moves_and_cancels_copies_and_explain_says_why() {
+    let cluster = green_cluster();
+    let node = &cluster.nodes[0];
+    assert_eq!(
+        node.get("/_cluster/allocation/explain").status,
+        400,
+        "nothing is unassigned yet"
+    );
+    let created = node.put(
+        "/single",
+        &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 1}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let docs: Vec<Value> = (0..50)
+        .flat_map(|i| [json!({"index": {"_id": i.to_string()}}), json!({"n": i})])
+        .collect();
+    assert_eq!(
+        node.bulk("/single/_bulk?refresh=true", &docs).body["errors"],
+        false
+    );
+    wait_for_green(node);
+    let before = holders(node, "single");
+    assert_eq!(before.len(), 2);
+    let spare = ["node-0", "node-1", "node-2"]
+        .into_iter()
+        .find(|n| !before.iter().any(|b| b == n))
+        .expect("a node without a copy");
+
+    // Bad commands change nothing.
+    for bad in [
+        json!({"commands": [{"teleport": {"index": "single", "shard": 0}}]}),
+        json!({"commands": [{"move": {"index": "single", "shard": 0, "from_node": before[1], "to_node": before[0]}}]}),
+        json!({"commands": [{"cancel": {"index": "single", "shard": 0, "node": before[0]}}]}),
+        json!({"commands": [{"move": {"index": "single", "shard": 0, "from_node": before[1], "to_node": "nobody"}}]}),
+    ] {
+        let reply = node.post("/_cluster/reroute", &bad);
+        assert_eq!(reply.status, 400, "{bad}: {:?}", reply.body);
+    }
+    assert_eq!(holders(node, "single"), before);
+
+    let moved = node.post(
+        "/_cluster/reroute",
+        &json!({"commands": [{"move": {"index": "single", "shard": 0, "from_node": before[1], "to_node": spare}}]}),
+    );
+    assert_eq!(moved.status, 200, "{:?}", moved.body);
+    wait_for(Duration::from_secs(60), "the replica to move", || {
+        (holders(node, "single") == vec![before[0].clone(), spare.to_string()]).then_some(())
+    });
+    let target = &cluster.nodes[index_of(spare)];
+    let recoveries = target.get("/_cat/recovery?format=json").body;
+    assert!(
+        recoveries.as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|r| r["index"] == "single" && r["source_node"] == before[0].as_str())),
+        "{recoveries:?}"
+    );
+    let local = target.get("/single/_count?preference=_local");
+    assert_eq!(
+        local.body["count"], 50,
+        "the moved copy holds every document"
+    );
+
+    let cancelled = node.post(
+        "/_cluster/reroute",
+        &json!({"commands": [{"cancel": {"index": "single", "shard": 0, "node": spare}}]}),
+    );
+    assert_eq!(cancelled.status, 200, "{:?}", cancelled.body);
+    wait_for_green(node);
+
+    // Four copies wanted on three nodes: one stays unassigned, and explain says why.
+    let more = node.put(
+        "/single/_settings",
+        &json!({"index": {"number_of_replicas": 3}}),
+    );
+    assert_eq!(more.status, 200, "{:?}", more.body);
+    let explained = wait_for(Duration::from_secs(30), "an unassigned replica", || {
+        let reply = node.get("/_cluster/allocation/explain");
+        (reply.status == 200).then_some(reply.body)
+    });
+    assert_eq!(explained["index"], "single");
+    assert_eq!(explained["current_state"], "unassigned");
+    assert_eq!(explained["can_allocate"], "no");
+    assert!(
+        explained["allocate_explanation"]
+            .as_str()
+            .is_some_and(|text| text.contains("every other node")),
+        "{explained:?}"
+    );
+    let allocation = node.get("/_cat/allocation?format=json").body;
+    let rows = allocation.as_array().cloned().unwrap_or_default();
+    assert!(
+        rows.iter()
+            .any(|row| row["node"] == "UNASSIGNED" && row["shards"] == "1"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|row| row["node"] != "UNASSIGNED")
+            .count(),
+        3
+    );
+}
