@@ -31,6 +31,9 @@ pub struct IndexSettings {
     /// The pruning plugin searches of this index consult (`index.plugins.pruning`); `None`
     /// (`"none"`) searches every shard.
     pub pruning_plugin: Option<String>,
+    /// How long a replica lost with its node waits for the node before it is rebuilt elsewhere
+    /// (`index.unassigned.node_left.delayed_timeout`).
+    pub node_left_delayed_timeout: Duration,
 }
 
 impl Default for IndexSettings {
@@ -44,6 +47,7 @@ impl Default for IndexSettings {
             timestamp_field: "@timestamp".to_string(),
             max_result_window: 10_000,
             pruning_plugin: Some("time-series-pruning".to_string()),
+            node_left_delayed_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -161,6 +165,10 @@ impl IndexSettings {
                 "max_result_window" => {
                     settings.max_result_window = setting_u32(&key, &value, 1)? as usize
                 }
+                "unassigned.node_left.delayed_timeout" => {
+                    settings.node_left_delayed_timeout =
+                        parse_time_value(&setting_string(&key, &value)?)?.unwrap_or_default();
+                }
                 "plugins.pruning" => {
                     let name = setting_string(&key, &value)?;
                     settings.pruning_plugin = (!name.is_empty() && name != "none").then_some(name);
@@ -191,6 +199,7 @@ impl IndexSettings {
                 "time_series": { "timestamp_field": self.timestamp_field },
                 "max_result_window": self.max_result_window.to_string(),
                 "plugins": { "pruning": self.pruning_plugin.as_deref().unwrap_or("none") },
+                "unassigned": { "node_left": { "delayed_timeout": format_time_value(Some(self.node_left_delayed_timeout)) } },
                 "uuid": meta.uuid,
                 "creation_date": meta.creation_date.to_string(),
                 "provided_name": meta.name,
@@ -265,20 +274,6 @@ impl IndexMeta {
         Ok(write_atomically(&self.dir.join("_meta.json"), &bytes)?)
     }
 
-    /// Replaces the dynamic settings (validated by the caller) and persists them.
-    pub fn update_settings(&self, body: &Value) -> Result<IndexSettings> {
-        let _guard = self
-            .persist_lock
-            .lock()
-            .map_err(|_| Error::Internal("metadata lock poisoned".into()))?;
-        let updated = self.settings().apply(body, false)?;
-        self.persist(&updated, &self.mapping())?;
-        if let Ok(mut settings) = self.settings.write() {
-            *settings = updated.clone();
-        }
-        Ok(updated)
-    }
-
     /// Takes the cluster's settings and mapping for this index where they differ from the local
     /// ones (a settings update or explicit mapping committed through the master).
     pub fn adopt_cluster_metadata(
@@ -300,11 +295,6 @@ impl IndexMeta {
             self.grow(&cluster_mapping)?;
         }
         Ok(())
-    }
-
-    /// Merges a user-supplied mapping (`PUT /{index}/_mapping`).
-    pub fn put_mapping(&self, addition: &Mapping) -> Result<()> {
-        self.grow(addition).map(|_| ())
     }
 }
 

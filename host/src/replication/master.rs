@@ -2,7 +2,7 @@
 //! master fails the copies of departed nodes (promoting in-sync replicas), assigns missing
 //! copies, and moves copies off excluded nodes, committing the result as one `Reroute`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,7 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut states = node.cluster.consensus.watch();
     let mut events = node.cluster.membership.subscribe();
+    let mut departures = Departures::default();
     loop {
         tokio::select! {
             _ = states.changed() => {}
@@ -81,7 +82,10 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let in_grace = started.elapsed() < UNSEEN_GRACE;
-        let Some(routing) = decide(&state, &nodes, |id| in_grace && !seen.contains(id)) else {
+        let delayed = departures.delayed(&state, &nodes);
+        let Some(routing) = decide(&state, &nodes, &delayed, |id| {
+            in_grace && !seen.contains(id)
+        }) else {
             continue;
         };
         let command = StateCommand::Reroute {
@@ -99,11 +103,49 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// When the master saw each shard lose a copy with its node, to delay rebuilding it
+/// (`index.unassigned.node_left.delayed_timeout`): a node back from a restart takes its copies
+/// again instead of the cluster copying them elsewhere meanwhile.
+#[derive(Debug, Default)]
+pub struct Departures {
+    /// `(index, shard)` → the departed node and when its copy was seen gone.
+    lost: HashMap<(String, usize), (String, Instant)>,
+}
+
+impl Departures {
+    /// Records copies on nodes that are gone and returns the shards still within their delay
+    /// whose node has not come back.
+    pub fn delayed(
+        &mut self,
+        state: &ClusterState,
+        live: &[DataNode],
+    ) -> BTreeSet<(String, usize)> {
+        let is_live = |id: &str| live.iter().any(|node| node.node_id == id);
+        for (name, routing) in &state.routing {
+            for (number, shard) in routing.shards.iter().enumerate() {
+                for copy in shard.copies.iter().filter(|copy| !is_live(&copy.node_id)) {
+                    self.lost
+                        .entry((name.clone(), number))
+                        .or_insert_with(|| (copy.node_id.clone(), Instant::now()));
+                }
+            }
+        }
+        self.lost.retain(|(name, _), (node_id, at)| {
+            let timeout = state.indices.get(name).map_or(Duration::ZERO, |meta| {
+                meta.settings.node_left_delayed_timeout
+            });
+            !is_live(node_id) && at.elapsed() < timeout
+        });
+        self.lost.keys().cloned().collect()
+    }
+}
+
 /// One allocation round; `None` when nothing changes. `awaited(node_id)` says a missing node
 /// should be waited for rather than failed.
 pub fn decide(
     state: &ClusterState,
     live: &[DataNode],
+    delayed: &BTreeSet<(String, usize)>,
     awaited: impl Fn(&str) -> bool,
 ) -> Option<BTreeMap<String, IndexRouting>> {
     let mut routing = state.routing.clone();
@@ -124,7 +166,7 @@ pub fn decide(
     }
     allocation::fail_departed(&mut routing, &present);
     let settings = allocation_settings(state);
-    let decided = allocation::allocate(&routing, live, &settings, &BTreeSet::new(), new_uuid);
+    let decided = allocation::allocate(&routing, live, &settings, delayed, new_uuid);
     let mut routing = decided.routing;
     let mut moves = decided.moves;
     if moves.is_empty() {
@@ -132,7 +174,57 @@ pub fn decide(
     }
     apply_moves(&mut routing, &moves);
     trim_surplus(&mut routing, live, &settings);
+    throttle_recoveries(&mut routing, &state.routing, concurrent_recoveries(state));
     (routing != state.routing).then_some(routing)
+}
+
+/// `cluster.routing.allocation.node_concurrent_recoveries` (default 2).
+fn concurrent_recoveries(state: &ClusterState) -> usize {
+    state
+        .setting("cluster.routing.allocation.node_concurrent_recoveries")
+        .and_then(|value| match value {
+            Value::String(text) => text.parse().ok(),
+            other => other.as_u64().map(|n| n as usize),
+        })
+        .unwrap_or(2)
+        .max(1)
+}
+
+/// Keeps at most `limit` replicas recovering onto each node: new ones beyond that wait for a
+/// later round, so a node that returns is not flooded with file copies.
+fn throttle_recoveries(
+    routing: &mut BTreeMap<String, IndexRouting>,
+    before: &BTreeMap<String, IndexRouting>,
+    limit: usize,
+) {
+    let existing: BTreeSet<&str> = before
+        .values()
+        .flat_map(|index| index.shards.iter())
+        .flat_map(|shard| shard.copies.iter())
+        .map(|copy| copy.allocation_id.as_str())
+        .collect();
+    let mut recovering: HashMap<String, usize> = HashMap::new();
+    for copy in before
+        .values()
+        .flat_map(|index| index.shards.iter())
+        .flat_map(|shard| shard.copies.iter())
+        .filter(|copy| !copy.started && !copy.primary)
+    {
+        *recovering.entry(copy.node_id.clone()).or_default() += 1;
+    }
+    for shard in routing
+        .values_mut()
+        .flat_map(|index| index.shards.iter_mut())
+    {
+        shard.copies.retain(|copy| {
+            if copy.primary || copy.started || existing.contains(copy.allocation_id.as_str()) {
+                return true;
+            }
+            let count = recovering.entry(copy.node_id.clone()).or_default();
+            *count += 1;
+            *count <= limit
+        });
+    }
 }
 
 /// Relocates copies (off excluded nodes, or to a zone without one): first a new copy on the
@@ -223,5 +315,108 @@ fn trim_surplus(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::allocation::ShardRouting;
+    use crate::cluster::state::IndexMetadata;
+
+    fn node(id: &str) -> DataNode {
+        DataNode {
+            node_id: id.into(),
+            name: id.into(),
+            zone: None,
+        }
+    }
+
+    fn copy(node_id: &str, primary: bool, started: bool) -> ShardCopy {
+        ShardCopy {
+            node_id: node_id.into(),
+            primary,
+            started,
+            allocation_id: format!("{node_id}-{primary}"),
+            replaces: None,
+        }
+    }
+
+    /// One index of `shards` shards, each with a started primary on n1 and replica on n2.
+    fn state(shards: usize, delay: Duration) -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut settings = crate::index::IndexSettings {
+            number_of_shards: shards as u32,
+            ..Default::default()
+        };
+        settings.node_left_delayed_timeout = delay;
+        state.indices.insert(
+            "logs".into(),
+            IndexMetadata {
+                uuid: "u".into(),
+                creation_date: 0,
+                settings,
+                mappings: Value::Null,
+            },
+        );
+        let shard = ShardRouting {
+            copies: vec![copy("n1", true, true), copy("n2", false, true)],
+            in_sync: ["n1-true".to_string(), "n2-false".to_string()].into(),
+            primary_term: 1,
+        };
+        state.routing.insert(
+            "logs".into(),
+            IndexRouting {
+                replicas: 1,
+                shards: vec![shard; shards],
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn a_lost_replica_waits_for_its_node_until_the_delay_ends() {
+        let live = [node("n1"), node("n3")];
+        let waiting = state(1, Duration::from_secs(60));
+        let mut departures = Departures::default();
+        let delayed = departures.delayed(&waiting, &live);
+        assert_eq!(delayed, BTreeSet::from([("logs".to_string(), 0)]));
+        let routing = decide(&waiting, &live, &delayed, |_| false).expect("the copy is dropped");
+        assert_eq!(
+            routing["logs"].shards[0].copies.len(),
+            1,
+            "n3 gets nothing yet"
+        );
+
+        let back = [node("n1"), node("n2"), node("n3")];
+        assert!(
+            departures.delayed(&waiting, &back).is_empty(),
+            "the node came back"
+        );
+
+        let immediate = state(1, Duration::ZERO);
+        let delayed = Departures::default().delayed(&immediate, &live);
+        assert!(delayed.is_empty());
+        let routing = decide(&immediate, &live, &delayed, |_| false).expect("rebuilt");
+        let nodes: Vec<&str> = routing["logs"].shards[0]
+            .copies
+            .iter()
+            .map(|c| c.node_id.as_str())
+            .collect();
+        assert_eq!(nodes, ["n1", "n3"]);
+    }
+
+    #[test]
+    fn recoveries_onto_one_node_are_throttled() {
+        let live = [node("n1"), node("n3")];
+        let state = state(5, Duration::ZERO);
+        let routing = decide(&state, &live, &BTreeSet::new(), |_| false).expect("changes");
+        let recovering = routing["logs"]
+            .shards
+            .iter()
+            .flat_map(|s| s.copies.iter())
+            .filter(|c| c.node_id == "n3" && !c.started)
+            .count();
+        assert_eq!(recovering, 2, "node_concurrent_recoveries defaults to 2");
     }
 }

@@ -577,13 +577,6 @@ impl Shard {
         state.targets = started.into_iter().chain(kept).collect();
     }
 
-    /// The copies this primary currently replicates to.
-    pub fn replication_targets(&self) -> Vec<ReplicaTarget> {
-        self.lock()
-            .map(|state| state.targets.clone())
-            .unwrap_or_default()
-    }
-
     /// Stops replicating to a copy (it failed and left the in-sync set).
     pub fn drop_target(&self, allocation_id: &str) {
         if let Ok(mut state) = self.lock() {

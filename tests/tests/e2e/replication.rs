@@ -405,13 +405,14 @@ fn reroute_moves_and_cancels_copies_and_explain_says_why() {
             .is_some_and(|text| text.contains("every other node")),
         "{explained:?}"
     );
-    let allocation = node.get("/_cat/allocation?format=json").body;
-    let rows = allocation.as_array().cloned().unwrap_or_default();
-    assert!(
+    // Once the three nodes hold a copy each, exactly one stays unassigned.
+    let rows = wait_for(Duration::from_secs(60), "one unassigned copy", || {
+        let allocation = node.get("/_cat/allocation?format=json").body;
+        let rows = allocation.as_array().cloned().unwrap_or_default();
         rows.iter()
-            .any(|row| row["node"] == "UNASSIGNED" && row["shards"] == "1"),
-        "{rows:?}"
-    );
+            .any(|row| row["node"] == "UNASSIGNED" && row["shards"] == "1")
+            .then_some(rows)
+    });
     assert_eq!(
         rows.iter()
             .filter(|row| row["node"] != "UNASSIGNED")

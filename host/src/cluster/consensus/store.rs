@@ -29,7 +29,7 @@ type Membership = StoredMembership<u64, RaftPeer>;
 /// One record of the log file.
 #[derive(Serialize, Deserialize)]
 enum LogRecord {
-    Append(Entry<TypeConfig>),
+    Append(Box<Entry<TypeConfig>>),
     /// Entries from this index on were removed (a new leader overwrote them).
     TruncateFrom(u64),
     /// Entries up to and including this id were compacted into a snapshot.
@@ -87,7 +87,7 @@ impl Store {
         while let Some((record, next)) = read_frame(&bytes, offset) {
             match rmp_serde::from_slice::<LogRecord>(record) {
                 Ok(LogRecord::Append(entry)) => {
-                    log.insert(entry.log_id.index, entry);
+                    log.insert(entry.log_id.index, *entry);
                 }
                 Ok(LogRecord::TruncateFrom(index)) => {
                     log.split_off(&index);
@@ -284,7 +284,7 @@ impl RaftStorage<TypeConfig> for Store {
         let mut inner = self.inner.lock().await;
         for entry in entries {
             inner
-                .write_record(&LogRecord::Append(entry.clone()))
+                .write_record(&LogRecord::Append(Box::new(entry.clone())))
                 .map_err(write_error)?;
             inner.log.insert(entry.log_id.index, entry);
         }
