@@ -15,6 +15,7 @@ use crate::cluster::allocation::{ShardCopy, ShardRouting};
 use crate::cluster::state::{ClusterState, StateCommand};
 use crate::error::Result;
 use crate::index::{CopyMarker, IndexService};
+use crate::mapping::Mapping;
 use crate::node::NodeState;
 use crate::shard::ReplicaTarget;
 
@@ -71,8 +72,51 @@ impl Applier {
                     tracing::warn!(index = name, shard = number, error = %err, "could not apply the routing of a shard");
                 }
             }
+            self.publish_grown_mapping(state, &index, routing);
         }
         Ok(())
+    }
+
+    /// Fields a primary here mapped dynamically are committed to the index's cluster mapping,
+    /// so every node (holding a copy or not) describes the index alike.
+    fn publish_grown_mapping(
+        &mut self,
+        state: &ClusterState,
+        index: &IndexService,
+        routing: &crate::cluster::allocation::IndexRouting,
+    ) {
+        let local = &self.node.identity.node_id;
+        let holds_primary = routing
+            .shards
+            .iter()
+            .filter_map(|shard| shard.primary())
+            .any(|primary| &primary.node_id == local && primary.started);
+        let Some(meta) = state.indices.get(index.name()) else {
+            return;
+        };
+        if !holds_primary {
+            return;
+        }
+        let mine = index.meta.mapping();
+        let merged = match Mapping::parse(&meta.mappings).and_then(|m| m.merge(&mine)) {
+            Ok(merged) => merged.to_json(),
+            Err(err) => {
+                tracing::warn!(index = index.name(), error = %err, "a dynamically mapped field conflicts with the cluster mapping");
+                return;
+            }
+        };
+        let key = format!("mapping:{}", index.name());
+        let due = self
+            .reported
+            .get(&key)
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(2));
+        if merged != meta.mappings && due {
+            self.reported.insert(key, Instant::now());
+            self.propose(StateCommand::PutMapping {
+                name: index.name().to_string(),
+                mappings: merged,
+            });
+        }
     }
 
     /// Lays out the cluster's indices (and their settings and mappings) and removes the ones it

@@ -348,7 +348,10 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
             .iter()
             .map(|index| index.name().to_string())
             .collect();
-        progress.shards_total = indices.iter().map(|index| index.local_shards().len()).sum();
+        progress.shards_total = indices
+            .iter()
+            .map(|index| index.number_of_shards() as usize)
+            .sum();
     });
     let outcome = take_snapshot(node, request, &mut session, &indices, start);
     activity.finish(repository, &request.snapshot);
@@ -376,9 +379,25 @@ fn take_snapshot(
     let mut snapshots = BTreeMap::new();
     for index in indices {
         let index_meta = index.meta.persisted_json()?;
-        let local = index.local_shards();
-        let mut shards = Vec::with_capacity(local.len());
-        for shard in &local {
+        // Each shard is read from its primary; this node snapshots the primaries it holds.
+        // (Primaries on other nodes are not fetched yet: such shards fail, named below.)
+        let mut shards = Vec::with_capacity(index.number_of_shards() as usize);
+        for number in 0..index.number_of_shards() {
+            let Some(shard) = index.shard(number).filter(|shard| {
+                shard.is_primary() && node.copies.active(index.name(), number).is_some()
+            }) else {
+                failures.push(format!(
+                    "[{}][{number}] the primary is not on this node; snapshot through the node holding it",
+                    index.name()
+                ));
+                shards.push(None);
+                node.snapshot_activity
+                    .update(repository, &request.snapshot, |progress| {
+                        progress.shards_done += 1;
+                        progress.shards_failed += 1;
+                    });
+                continue;
+            };
             let shard_staging = staging
                 .join(&index.meta.uuid)
                 .join(shard.id.shard.to_string());

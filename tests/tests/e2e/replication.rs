@@ -420,3 +420,48 @@ fn reroute_moves_and_cancels_copies_and_explain_says_why() {
         3
     );
 }
+
+#[test]
+fn nodes_without_a_copy_forward_reads_and_writes_and_know_the_mapping() {
+    let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    let created = cluster.nodes[1].put(
+        "/solo",
+        &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let holder = holders(&cluster.nodes[0], "solo");
+    assert_eq!(holder.len(), 1);
+    for node in &cluster.nodes {
+        let id = node.base_url.replace(|c: char| !c.is_ascii_digit(), "");
+        let written = node.put(
+            &format!("/solo/_doc/{id}?refresh=true"),
+            &json!({"from": node.base_url, "added_field": 7}),
+        );
+        assert_eq!(written.status, 201, "{:?}", written.body);
+        let read = node.get(&format!("/solo/_doc/{id}"));
+        assert_eq!(read.body["found"], true, "{:?}", read.body);
+    }
+    for node in &cluster.nodes {
+        let count = node.get("/solo/_count");
+        assert_eq!(count.body["count"], 3, "{:?}", count.body);
+        wait_for(
+            Duration::from_secs(30),
+            "the dynamic field in every node's mapping",
+            || {
+                let mapping = node.get("/solo/_mapping").body;
+                (mapping["solo"]["mappings"]["properties"]["added_field"]["type"] == "long")
+                    .then_some(())
+            },
+        );
+    }
+    let missing = cluster.nodes[2].get("/solo/_doc/nope");
+    assert_eq!(missing.status, 404);
+    let bad = cluster.nodes[2].put("/solo/_doc/x", &json!({"added_field": "not a number"}));
+    assert_eq!(
+        bad.status, 400,
+        "the primary's mapping refuses it: {:?}",
+        bad.body
+    );
+    assert_eq!(bad.body["error"]["type"], "mapper_parsing_exception");
+}
