@@ -1,8 +1,9 @@
 //! Single-document routes: index, create, get, delete, update, and `_mget`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{Reply, Request, ok};
 use crate::error::{Error, Result, illegal, parsing};
@@ -322,23 +323,46 @@ pub(super) async fn mget(request: Request, default_index: Option<&str>) -> Resul
         return Err(parsing("_mget needs [docs] or [ids]"));
     }
     let default_filter = source_filter(&request);
-    let mut docs = Vec::with_capacity(wanted.len());
-    for (index_name, id, routing, filter) in wanted {
-        let filter = filter.unwrap_or_else(|| default_filter.clone());
-        let entry = match admin::index(&request.node, &index_name) {
+    // One request per shard, all shards at once.
+    let mut groups: BTreeMap<(String, u32), (Arc<IndexService>, Vec<usize>)> = BTreeMap::new();
+    let mut docs: Vec<Value> = vec![Value::Null; wanted.len()];
+    for (position, (index_name, id, routing, _)) in wanted.iter().enumerate() {
+        match admin::index(&request.node, index_name) {
             Err(err) => {
-                let mut entry = Map::new();
-                entry.insert("_index".into(), json!(index_name));
-                entry.insert("_id".into(), json!(id));
-                entry.insert("error".into(), err.to_es_cause());
-                Value::Object(entry)
+                docs[position] =
+                    json!({ "_index": index_name, "_id": id, "error": err.to_es_cause() });
             }
-            Ok(index) => match read_doc(&request, index, id.clone(), routing).await? {
-                Some(doc) => found_json(&index_name, &doc, &filter)?,
+            Ok(index) => {
+                let number = index.shard_number_for(id, routing.as_deref());
+                groups
+                    .entry((index_name.clone(), number))
+                    .or_insert_with(|| (index, Vec::new()))
+                    .1
+                    .push(position);
+            }
+        }
+    }
+    let mut fetches = tokio::task::JoinSet::new();
+    for ((_, number), (index, positions)) in groups {
+        let ids: Vec<String> = positions.iter().map(|&p| wanted[p].1.clone()).collect();
+        let node = request.node.clone();
+        fetches.spawn(async move {
+            let found = reads::get_many(&node, &index, number, ids).await;
+            (positions, found)
+        });
+    }
+    while let Some(joined) = fetches.join_next().await {
+        let (positions, found) =
+            joined.map_err(|err| Error::Internal(format!("mget task failed: {err}")))?;
+        let found = found?;
+        for (position, doc) in positions.into_iter().zip(found) {
+            let (index_name, id, _, filter) = &wanted[position];
+            let filter = filter.clone().unwrap_or_else(|| default_filter.clone());
+            docs[position] = match doc {
+                Some(doc) => found_json(index_name, &doc, &filter)?,
                 None => json!({ "_index": index_name, "_id": id, "found": false }),
-            },
-        };
-        docs.push(entry);
+            };
+        }
     }
     ok(json!({ "docs": docs }))
 }

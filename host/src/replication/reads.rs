@@ -37,24 +37,40 @@ pub async fn get(
     number: u32,
     id: &str,
 ) -> Result<Option<StoredDoc>> {
-    with_retries(UNAVAILABLE_RETRY, || async move {
-        if let Some(shard) = local_copy(node, index, number) {
-            let id = id.to_string();
-            return blocking(move || shard.get(&id)).await;
-        }
-        let state = node.cluster.consensus.state();
-        let routing = shard_routing(&state, index.name(), number)?;
-        let copy = pick_copy(routing, &node.identity.node_id, None, &[]).ok_or_else(|| {
-            Error::ShardNotAvailable(format!("[{}][{number}] has no active copy", index.name()))
-        })?;
-        let request = DataRequest::Get {
-            index: index.name().to_string(),
-            shard: number,
-            id: id.to_string(),
-        };
-        match ask(node, &copy, request).await? {
-            DataResponse::Doc(doc) => Ok(doc.map(StoredDoc::from)),
-            _ => Err(Error::Internal("the copy answered something else".into())),
+    let mut docs = get_many(node, index, number, vec![id.to_string()]).await?;
+    Ok(docs.pop().flatten())
+}
+
+/// Realtime GETs of `ids` from shard `number`, in one round trip when the copy is elsewhere.
+pub async fn get_many(
+    node: &Arc<NodeState>,
+    index: &Arc<IndexService>,
+    number: u32,
+    ids: Vec<String>,
+) -> Result<Vec<Option<StoredDoc>>> {
+    with_retries(UNAVAILABLE_RETRY, || {
+        let ids = ids.clone();
+        async move {
+            if let Some(shard) = local_copy(node, index, number) {
+                return blocking(move || ids.iter().map(|id| shard.get(id)).collect()).await;
+            }
+            let state = node.cluster.consensus.state();
+            let routing = shard_routing(&state, index.name(), number)?;
+            let copy = pick_copy(routing, &node.identity.node_id, None, &[]).ok_or_else(|| {
+                Error::ShardNotAvailable(format!("[{}][{number}] has no active copy", index.name()))
+            })?;
+            let request = DataRequest::Get {
+                index: index.name().to_string(),
+                shard: number,
+                ids,
+            };
+            match ask(node, &copy, request).await? {
+                DataResponse::Docs(docs) => Ok(docs
+                    .into_iter()
+                    .map(|doc| doc.map(StoredDoc::from))
+                    .collect()),
+                _ => Err(Error::Internal("the copy answered something else".into())),
+            }
         }
     })
     .await

@@ -96,13 +96,22 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             shard,
             allocation_id,
         } => recovery::finish(node, &index, shard, &allocation_id).await,
-        DataRequest::Get { index, shard, id } => {
+        DataRequest::Get { index, shard, ids } => {
             let service = node.indices.get(&index)?;
             let copy = reads::local_copy(node, &service, shard).ok_or_else(|| {
                 Error::ShardNotAvailable(format!("[{index}][{shard}] is not open here"))
             })?;
-            let doc = blocking(move || copy.get(&id)).await?;
-            Ok(DataResponse::Doc(doc.as_ref().map(Into::into)))
+            let docs = blocking(move || {
+                ids.iter()
+                    .map(|id| copy.get(id))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+            Ok(DataResponse::Docs(
+                docs.iter()
+                    .map(|doc| doc.as_ref().map(Into::into))
+                    .collect(),
+            ))
         }
         DataRequest::Refresh { index, shards } => {
             let service = node.indices.get(&index)?;

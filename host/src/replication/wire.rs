@@ -52,11 +52,11 @@ pub enum DataRequest {
         shard: u32,
         allocation_id: String,
     },
-    /// A realtime GET on the copy this node holds.
+    /// Realtime GETs on the copy this node holds.
     Get {
         index: String,
         shard: u32,
-        id: String,
+        ids: Vec<String>,
     },
     /// Refreshes this node's copies of `shards` (all when empty).
     Refresh { index: String, shards: Vec<u32> },
@@ -90,7 +90,7 @@ pub enum DataResponse {
     Refreshed {
         copies: usize,
     },
-    Doc(Option<WireDoc>),
+    Docs(Vec<Option<WireDoc>>),
     /// JSON of the shard-level search results.
     Searched(String),
     Failed(WireError),

@@ -90,12 +90,28 @@ pub async fn write_on_primary(
                 "[{index_name}][{number}] has no active copy on this node"
             ))
         })?;
+    if !node.cluster.consensus.quorum_reachable() {
+        return Err(Error::ShardNotAvailable(format!(
+            "[{index_name}][{number}] this node cannot reach a quorum of master-eligible nodes (no master block)"
+        )));
+    }
     let meta = index.meta.clone();
     let durability = meta.settings().translog_durability;
     let writer = shard.clone();
-    let (outcomes, batch) = blocking(move || writer.apply(ops, meta.as_ref(), durability)).await?;
-    replicate(node, index_name, number, &shard, batch).await?;
-    Ok(outcomes)
+    let applied = blocking(move || writer.apply(ops, meta.as_ref(), durability)).await?;
+    // The primary's fsync runs while the replicas apply and fsync theirs.
+    let syncing = applied.sync.map(|position| {
+        let shard = shard.clone();
+        tokio::task::spawn_blocking(move || shard.sync_to(position))
+    });
+    let replicated = replicate(node, index_name, number, &shard, applied.replication).await;
+    if let Some(syncing) = syncing {
+        syncing
+            .await
+            .map_err(|err| Error::Internal(format!("translog sync task failed: {err}")))??;
+    }
+    replicated?;
+    Ok(applied.outcomes)
 }
 
 /// Sends a batch to every target; a target that fails is removed through the master before

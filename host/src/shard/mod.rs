@@ -207,6 +207,15 @@ pub struct ReplicationBatch {
     pub targets: Vec<ReplicaTarget>,
 }
 
+/// What a primary's batch did: per-op outcomes, what to replicate, and what to fsync.
+#[derive(Debug)]
+pub struct AppliedBatch {
+    pub outcomes: Vec<Result<WriteOutcome>>,
+    pub replication: ReplicationBatch,
+    /// The translog position to make durable before acknowledging, if any.
+    pub sync: Option<LogPosition>,
+}
+
 /// A shard copy: the primary (which assigns sequence numbers) or a replica (which applies the
 /// primary's operations).
 pub struct Shard {
@@ -367,14 +376,15 @@ impl Shard {
     }
 
     /// Applies a batch of writes in order on the primary; each op succeeds or fails on its own.
-    /// Returns once every successful op is durable as `durability` requires, with what the
-    /// replicas must now receive.
+    /// Returns the outcomes, what the replicas must now receive, and (under `request`
+    /// durability) the log position to fsync before acknowledging, so the caller can fsync
+    /// while the replicas work.
     pub fn apply(
         &self,
         ops: Vec<WriteOp>,
         mappings: &dyn MappingSource,
         durability: Durability,
-    ) -> Result<(Vec<Result<WriteOutcome>>, ReplicationBatch)> {
+    ) -> Result<AppliedBatch> {
         let (outcomes, position, batch) = {
             let mut state = self.lock()?;
             if let Some(failure) = &state.failure {
@@ -418,10 +428,18 @@ impl Shard {
             (outcomes, position, batch)
         };
         self.needs_refresh.store(true, Ordering::Release);
-        if durability == Durability::Request && outcomes.iter().any(|o| o.is_ok()) {
-            self.sync.sync_to(position)?;
-        }
-        Ok((outcomes, batch))
+        let sync = (durability == Durability::Request && outcomes.iter().any(|o| o.is_ok()))
+            .then_some(position);
+        Ok(AppliedBatch {
+            outcomes,
+            replication: batch,
+            sync,
+        })
+    }
+
+    /// Fsyncs the translog up to `position` (concurrent callers share one fsync).
+    pub fn sync_to(&self, position: LogPosition) -> Result<()> {
+        self.sync.sync_to(position)
     }
 
     /// Applies operations the primary of `primary_term` assigned. Operations from an older

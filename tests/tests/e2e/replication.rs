@@ -155,6 +155,20 @@ fn a_primary_cut_off_from_the_majority_acknowledges_nothing_and_is_resynced() {
         let reply = node.put("/_test/faults", &json!({ "blocked": peers }));
         assert_eq!(reply.status, 200, "{:?}", reply.body);
     };
+    // An index without replicas, one primary per node: the cut-off node's primary has no
+    // replica to fence it, so only the no-master block keeps it from acknowledging.
+    let lonely = cluster.nodes[0].put(
+        "/lonely",
+        &json!({"settings": {"number_of_shards": 3, "number_of_replicas": 0}}),
+    );
+    assert_eq!(lonely.status, 200, "{:?}", lonely.body);
+    let lonely_rows = cluster.nodes[0].get("/_cat/shards/lonely?format=json").body;
+    assert!(
+        lonely_rows.as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|row| row["node"] == format!("node-{victim}").as_str())),
+        "a lonely primary is on the node to cut off: {lonely_rows:?}"
+    );
     let writer = Writer::start(
         others
             .iter()
@@ -187,7 +201,9 @@ fn a_primary_cut_off_from_the_majority_acknowledges_nothing_and_is_resynced() {
         json!({"index": {"_id": "isolated-2"}}),
         json!({"body": "written to the minority"}),
     ];
+    eprintln!("partitioned and failed over after {:?}", cut_at.elapsed());
     let reply = isolated.bulk(&format!("/{INDEX}/_bulk?timeout=5s"), &lines);
+    eprintln!("isolated bulk answered after {:?}", cut_at.elapsed());
     let acked_by_minority: Vec<String> = reply.body["items"]
         .as_array()
         .map(|items| {
@@ -199,11 +215,33 @@ fn a_primary_cut_off_from_the_majority_acknowledges_nothing_and_is_resynced() {
         })
         .unwrap_or_default();
 
+    let lonely_lines: Vec<Value> = (0..30)
+        .flat_map(|i| [json!({"index": {"_id": format!("l{i}")}}), json!({"n": i})])
+        .collect();
+    let refused = isolated.bulk("/lonely/_bulk?timeout=2s", &lonely_lines);
+    let lonely_acked = refused.body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|item| matches!(item["index"]["status"].as_u64(), Some(200 | 201)))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        lonely_acked, 0,
+        "a node without a quorum acknowledges nothing: {:?}",
+        refused.body
+    );
+
     for node in &cluster.nodes {
         cut(node, vec![]);
     }
+    let healed_at = Instant::now();
     wait_for_green(&cluster.nodes[others[0]]);
+    eprintln!("green {:?} after healing", healed_at.elapsed());
     let mut history = writer.finish();
+    eprintln!("writer finished {:?} after healing", healed_at.elapsed());
     for id in acked_by_minority {
         history.attempted.insert(id.clone());
         history.acked.insert(id);
@@ -212,6 +250,7 @@ fn a_primary_cut_off_from_the_majority_acknowledges_nothing_and_is_resynced() {
         history.attempted.insert(id.to_string());
     }
     history::check(&cluster.nodes[others[0]], INDEX, &history).expect("history holds");
+    eprintln!("checked {:?} after healing", healed_at.elapsed());
     history::check(&cluster.nodes[victim], INDEX, &history).expect("the healed node agrees");
 }
 

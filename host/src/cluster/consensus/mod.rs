@@ -197,6 +197,33 @@ impl Consensus {
             .cloned()
     }
 
+    /// Whether this node is in touch with a quorum: as master, a quorum acknowledged it within
+    /// the last few seconds (or it is the only voter); otherwise, it knows a master that gossip
+    /// says is alive. A node that is not refuses writes, as Elasticsearch's no-master block does,
+    /// so a primary cut off from the cluster acknowledges nothing.
+    pub fn quorum_reachable(&self) -> bool {
+        const LEASE_MS: u64 = 3_000;
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
+        let Some(leader) = metrics.current_leader else {
+            return false;
+        };
+        if leader == self.id {
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            return voters <= 1
+                || metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms < LEASE_MS);
+        }
+        let Some(peer) = metrics.membership_config.membership().get_node(&leader) else {
+            return false;
+        };
+        self.membership
+            .live_nodes()
+            .iter()
+            .any(|meta| meta.node_id == peer.node_id)
+    }
+
     /// The current Raft term and the voting configuration (node ids).
     pub fn coordination(&self) -> (u64, Vec<String>) {
         let receiver = self.raft.metrics();
