@@ -48,6 +48,17 @@ pub struct AllocationSettings {
     pub exclude_ids: BTreeSet<String>,
     pub exclude_zones: BTreeSet<String>,
     pub enable: EnableAllocation,
+    pub rebalance: Rebalance,
+}
+
+/// Which copies `cluster.routing.rebalance.enable` lets balancing move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rebalance {
+    #[default]
+    All,
+    Primaries,
+    Replicas,
+    None,
 }
 
 impl AllocationSettings {
@@ -82,6 +93,12 @@ impl AllocationSettings {
             exclude_ids: list("cluster.routing.allocation.exclude._id"),
             exclude_zones: list("cluster.routing.allocation.exclude.zone"),
             enable,
+            rebalance: match lookup("cluster.routing.rebalance.enable").as_deref() {
+                Some("primaries") => Rebalance::Primaries,
+                Some("replicas") => Rebalance::Replicas,
+                Some("none") => Rebalance::None,
+                _ => Rebalance::All,
+            },
         }
     }
 
@@ -501,6 +518,97 @@ pub fn awareness_moves(
         }
     }
     moves
+}
+
+/// Balancing when nodes join: with every copy settled, one copy moves from the node holding
+/// the most copies to the one holding the fewest, when they differ by two or more (a replica
+/// when it can; never onto a node that holds the shard, never against zone awareness).
+pub fn balance_moves(
+    routing: &BTreeMap<String, IndexRouting>,
+    nodes: &[DataNode],
+    settings: &AllocationSettings,
+) -> Vec<Move> {
+    let eligible: Vec<&DataNode> = nodes.iter().filter(|n| !settings.excludes(n)).collect();
+    let settled = routing
+        .values()
+        .flat_map(|index| index.shards.iter())
+        .all(|shard| shard.copies.iter().all(|copy| copy.started));
+    if !settled || eligible.len() < 2 || settings.rebalance == Rebalance::None {
+        return Vec::new();
+    }
+    let mut load: HashMap<&str, usize> = eligible.iter().map(|n| (n.node_id.as_str(), 0)).collect();
+    for copy in routing
+        .values()
+        .flat_map(|index| index.shards.iter())
+        .flat_map(|shard| shard.copies.iter())
+    {
+        if let Some(count) = load.get_mut(copy.node_id.as_str()) {
+            *count += 1;
+        }
+    }
+    let by_load = |a: &&&DataNode, b: &&&DataNode| {
+        load[a.node_id.as_str()]
+            .cmp(&load[b.node_id.as_str()])
+            .then_with(|| a.node_id.cmp(&b.node_id))
+    };
+    let (Some(busiest), Some(idlest)) = (
+        eligible.iter().max_by(by_load),
+        eligible.iter().min_by(by_load),
+    ) else {
+        return Vec::new();
+    };
+    if load[busiest.node_id.as_str()] < load[idlest.node_id.as_str()] + 2 {
+        return Vec::new();
+    }
+    let zone_of = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .and_then(|n| n.zone.clone())
+    };
+    let mut candidates: Vec<(bool, String, usize)> = Vec::new();
+    for (name, index) in routing {
+        for (number, shard) in index.shards.iter().enumerate() {
+            if shard
+                .copies
+                .iter()
+                .any(|copy| copy.node_id == idlest.node_id)
+            {
+                continue;
+            }
+            let Some(copy) = shard.copies.iter().find(|c| c.node_id == busiest.node_id) else {
+                continue;
+            };
+            let allowed = match settings.rebalance {
+                Rebalance::Primaries => copy.primary,
+                Rebalance::Replicas => !copy.primary,
+                _ => true,
+            };
+            // Awareness: the target zone must hold no other copy of this shard.
+            let zone_ok = !settings.zone_awareness
+                || shard
+                    .copies
+                    .iter()
+                    .filter(|c| c.node_id != copy.node_id)
+                    .all(|c| zone_of(&c.node_id) != idlest.zone);
+            if allowed && zone_ok {
+                candidates.push((copy.primary, name.clone(), number));
+            }
+        }
+    }
+    candidates.sort();
+    candidates
+        .into_iter()
+        .next()
+        .map(|(_, index, shard)| {
+            vec![Move {
+                index,
+                shard,
+                from: busiest.node_id.clone(),
+                to: idlest.node_id.clone(),
+            }]
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -936,5 +1044,49 @@ mod tests {
             shard.primary().map(|p| p.node_id.as_str()),
             Some(primary.node_id.as_str())
         );
+    }
+
+    #[test]
+    fn a_joining_node_takes_copies_until_loads_differ_by_at_most_one() {
+        let two = [node("n1", "a"), node("n2", "b")];
+        let mut routing = started_index(&two, 4, 1);
+        let three = [node("n1", "a"), node("n2", "b"), node("n3", "c")];
+        let settings = AllocationSettings::default();
+        let mut rounds = 0;
+        loop {
+            let moves = balance_moves(&routing, &three, &settings);
+            let Some(planned) = moves.first() else { break };
+            assert!(
+                !routing[&planned.index].shards[planned.shard]
+                    .copies
+                    .iter()
+                    .any(|c| c.node_id == planned.to)
+            );
+            let shard = &mut routing.get_mut(&planned.index).expect("index").shards[planned.shard];
+            let copy = shard
+                .copies
+                .iter_mut()
+                .find(|c| c.node_id == planned.from)
+                .expect("source");
+            copy.node_id = planned.to.clone();
+            rounds += 1;
+            assert!(rounds < 10, "balancing converges");
+        }
+        let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+        for copy in routing
+            .values()
+            .flat_map(|i| i.shards.iter())
+            .flat_map(|s| s.copies.iter())
+        {
+            *load.entry(copy.node_id.as_str()).or_default() += 1;
+        }
+        let (min, max) = (load.values().min().copied(), load.values().max().copied());
+        assert_eq!((min, max), (Some(2), Some(3)), "{load:?}");
+        let off = AllocationSettings {
+            rebalance: Rebalance::None,
+            ..AllocationSettings::default()
+        };
+        let fresh = started_index(&two, 4, 1);
+        assert!(balance_moves(&fresh, &three, &off).is_empty());
     }
 }

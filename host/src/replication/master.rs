@@ -172,6 +172,9 @@ pub fn decide(
     if moves.is_empty() {
         moves = allocation::awareness_moves(&routing, live, &settings);
     }
+    if moves.is_empty() {
+        moves = allocation::balance_moves(&routing, live, &settings);
+    }
     apply_moves(&mut routing, &moves);
     trim_surplus(&mut routing, live, &settings);
     throttle_recoveries(&mut routing, &state.routing, concurrent_recoveries(state));

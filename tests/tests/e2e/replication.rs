@@ -504,3 +504,41 @@ fn nodes_without_a_copy_forward_reads_and_writes_and_know_the_mapping() {
     );
     assert_eq!(bad.body["error"]["type"], "mapper_parsing_exception");
 }
+
+#[test]
+fn a_joining_node_takes_its_share_of_copies_without_a_failed_write() {
+    let mut cluster = Cluster::start(BIN, &["a", "b"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1], &["node-0", "node-1"]);
+    let created = cluster.nodes[0].put(
+        "/spread",
+        &json!({"settings": {"number_of_shards": 4, "number_of_replicas": 1}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    wait_for_green(&cluster.nodes[0]);
+    let writer = Writer::start(urls(&cluster), "spread", 20);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.add_node("c", &[]).expect("third node starts");
+    let copies_on = |node: &Node, name: &str| -> usize {
+        node.get("/_cat/allocation?format=json")
+            .body
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["node"] == name).cloned())
+            .and_then(|row| row["shards"].as_str().and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    wait_for(
+        Duration::from_secs(120),
+        "the new node to take copies",
+        || {
+            let observer = &cluster.nodes[0];
+            let health = observer.get("/_cluster/health").body;
+            (copies_on(observer, "node-2") >= 2 && health["status"] == "green").then_some(())
+        },
+    );
+    let history = writer.finish();
+    assert_eq!(
+        history.failed_items, 0,
+        "no write failed while copies moved"
+    );
+    history::check(&cluster.nodes[2], "spread", &history).expect("history holds");
+}
