@@ -41,6 +41,8 @@ pub struct Writer {
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<History>>,
     pub targets: Arc<Mutex<Vec<String>>>,
+    /// The target of the request in flight, if any.
+    sending_to: Arc<Mutex<Option<String>>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -50,15 +52,22 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let history = Arc::new(Mutex::new(History::default()));
         let targets = Arc::new(Mutex::new(targets));
+        let sending_to = Arc::new(Mutex::new(None));
         let handle = {
-            let (stop, history, targets) = (stop.clone(), history.clone(), targets.clone());
+            let shared = Shared {
+                stop: stop.clone(),
+                history: history.clone(),
+                targets: targets.clone(),
+                sending_to: sending_to.clone(),
+            };
             let index = index.to_string();
-            std::thread::spawn(move || write_loop(&stop, &history, &targets, &index, batch))
+            std::thread::spawn(move || write_loop(&shared, &index, batch))
         };
         Writer {
             stop,
             history,
             targets,
+            sending_to,
             handle: Some(handle),
         }
     }
@@ -67,11 +76,20 @@ impl Writer {
         self.history.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
-    /// Stops sending to `base_url`.
+    /// Stops sending to `base_url`, and waits until no request to it is in flight (so a test
+    /// can then hang that node without hanging the writer).
     pub fn avoid(&self, base_url: &str) {
         if let Ok(mut targets) = self.targets.lock() {
             targets.retain(|t| t != base_url);
         }
+        crate::wait_for(
+            Duration::from_secs(60),
+            "the writer's request to finish",
+            || {
+                let sending = self.sending_to.lock().ok()?.clone();
+                (sending.as_deref() != Some(base_url)).then_some(())
+            },
+        );
     }
 
     pub fn include(&self, base_url: &str) {
@@ -105,13 +123,21 @@ impl Drop for Writer {
     }
 }
 
-fn write_loop(
-    stop: &AtomicBool,
-    history: &Mutex<History>,
-    targets: &Mutex<Vec<String>>,
-    index: &str,
-    batch: usize,
-) {
+/// What the writer thread shares with the test.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<History>>,
+    targets: Arc<Mutex<Vec<String>>>,
+    sending_to: Arc<Mutex<Option<String>>>,
+}
+
+fn write_loop(shared: &Shared, index: &str, batch: usize) {
+    let Shared {
+        stop,
+        history,
+        targets,
+        sending_to,
+    } = shared;
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(90))
         .build()
@@ -120,13 +146,19 @@ fn write_loop(
     let mut turn = 0usize;
     while !stop.load(Ordering::SeqCst) {
         let target = {
-            let targets = targets.lock().map(|t| t.clone()).unwrap_or_default();
+            let Ok(targets) = targets.lock() else { return };
             if targets.is_empty() {
+                drop(targets);
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
             turn += 1;
-            targets[turn % targets.len()].clone()
+            let target = targets[turn % targets.len()].clone();
+            // Claimed while the target list is held, so `avoid` cannot miss it.
+            if let Ok(mut sending) = sending_to.lock() {
+                *sending = Some(target.clone());
+            }
+            target
         };
         let ids: Vec<String> = (0..batch)
             .map(|_| {
@@ -155,6 +187,9 @@ fn write_loop(
             .body(body)
             .send()
             .and_then(|response| response.json::<Value>());
+        if let Ok(mut sending) = sending_to.lock() {
+            *sending = None;
+        }
         let Ok(mut h) = history.lock() else { return };
         match answer {
             Ok(reply) => {
@@ -218,18 +253,27 @@ pub fn check(node: &Node, index: &str, history: &History) -> Result<(), String> 
             &lost[..lost.len().min(10)]
         ));
     }
-    let count = node.get(&format!("/{index}/_count"));
-    let total = count.body["count"]
-        .as_u64()
-        .ok_or_else(|| format!("_count failed: {:?}", count.body))?;
-    if count.body["_shards"]["failed"] != 0 {
-        return Err(format!("_count skipped shards: {:?}", count.body));
-    }
-    if total != found.len() as u64 {
-        return Err(format!(
-            "{total} documents counted but {} distinct ids found: a document is duplicated or foreign",
-            found.len()
-        ));
+    // A copy that started moments ago (a relocation) may not have refreshed yet: counts
+    // converge within a refresh interval, so the comparison is retried briefly.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        node.post(&format!("/{index}/_refresh"), &json!({}));
+        let count = node.get(&format!("/{index}/_count"));
+        let total = count.body["count"]
+            .as_u64()
+            .ok_or_else(|| format!("_count failed: {:?}", count.body))?;
+        let complete = count.body["_shards"]["failed"] == 0;
+        if complete && total == found.len() as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{total} documents counted (shards: {}) but {} distinct ids found: a document is duplicated or foreign",
+                count.body["_shards"],
+                found.len()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     Ok(())
 }

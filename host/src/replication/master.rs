@@ -267,9 +267,9 @@ pub fn relocation(node_id: &str, source: String) -> ShardCopy {
     }
 }
 
-/// A settled shard with more copies than it wants (a relocation's new copy has started) drops
-/// one: the copy a relocation replaces, else a copy on an excluded node (a primary there hands
-/// over to an in-sync replica), else a replica from its most crowded zone.
+/// Settled shards drop copies: the copy a started relocation replaces; else, with more copies
+/// than wanted, a copy on an excluded node (a primary there hands over to an in-sync replica),
+/// else a replica from its most crowded zone.
 fn trim_surplus(
     routing: &mut BTreeMap<String, IndexRouting>,
     live: &[DataNode],
@@ -281,7 +281,25 @@ fn trim_surplus(
     for index in routing.values_mut() {
         let wanted = index.replicas as usize + 1;
         for shard in &mut index.shards {
-            if shard.copies.len() <= wanted || shard.copies.iter().any(|copy| !copy.started) {
+            if shard.copies.iter().any(|copy| !copy.started) {
+                continue;
+            }
+            let replaced = shard
+                .copies
+                .iter()
+                .filter_map(|copy| copy.replaces.as_ref())
+                .find(|source| shard.copies.iter().any(|c| &c.allocation_id == *source))
+                .cloned();
+            // A relocation ends when its copy has started, even on a shard short of copies
+            // (its new copy must not stay as an extra replica, e.g. against forced awareness).
+            if let Some(source) = replaced {
+                allocation::fail_copy(shard, &source);
+                for copy in &mut shard.copies {
+                    copy.replaces = None;
+                }
+                continue;
+            }
+            if shard.copies.len() <= wanted {
                 continue;
             }
             let mut per_zone: BTreeMap<Option<String>, usize> = BTreeMap::new();
@@ -290,32 +308,21 @@ fn trim_surplus(
             }
             let crowding =
                 |copy: &&ShardCopy| per_zone.get(&zone_of(&copy.node_id)).copied().unwrap_or(0);
-            let replaced = shard
+            let victim = shard
                 .copies
                 .iter()
-                .filter_map(|copy| copy.replaces.as_ref())
-                .find(|source| shard.copies.iter().any(|c| &c.allocation_id == *source))
-                .cloned();
-            let victim = replaced.or_else(|| {
-                shard
-                    .copies
-                    .iter()
-                    .filter(|copy| excluded(&copy.node_id))
-                    .min_by_key(|copy| copy.primary)
-                    .or_else(|| {
-                        shard
-                            .copies
-                            .iter()
-                            .filter(|copy| !copy.primary)
-                            .max_by_key(crowding)
-                    })
-                    .map(|copy| copy.allocation_id.clone())
-            });
+                .filter(|copy| excluded(&copy.node_id))
+                .min_by_key(|copy| copy.primary)
+                .or_else(|| {
+                    shard
+                        .copies
+                        .iter()
+                        .filter(|copy| !copy.primary)
+                        .max_by_key(crowding)
+                })
+                .map(|copy| copy.allocation_id.clone());
             if let Some(allocation_id) = victim {
                 allocation::fail_copy(shard, &allocation_id);
-                for copy in &mut shard.copies {
-                    copy.replaces = None;
-                }
             }
         }
     }
@@ -421,5 +428,62 @@ mod tests {
             .filter(|c| c.node_id == "n3" && !c.started)
             .count();
         assert_eq!(recovering, 2, "node_concurrent_recoveries defaults to 2");
+    }
+
+    #[test]
+    fn a_relocation_on_a_shard_short_of_copies_does_not_leave_an_extra_copy() {
+        let zone_a = |id: &str| DataNode {
+            node_id: id.into(),
+            name: id.into(),
+            zone: Some("a".into()),
+        };
+        let live = [zone_a("n1"), zone_a("n2")];
+        let mut state = state(2, Duration::ZERO);
+        for shard in &mut state.routing.get_mut("logs").expect("index").shards {
+            shard.copies.retain(|c| c.primary);
+            shard.in_sync.retain(|id| id == "n1-true");
+        }
+        state.persistent_settings.insert(
+            "cluster.routing.allocation.awareness.attributes".into(),
+            Value::String("zone".into()),
+        );
+        state.persistent_settings.insert(
+            "cluster.routing.allocation.awareness.force.zone.values".into(),
+            Value::String("a,b".into()),
+        );
+        // Forced awareness leaves the replicas unassigned; balancing moves one primary to n2.
+        let mut routing = decide(&state, &live, &BTreeSet::new(), |_| false).expect("a move");
+        let moving: Vec<&ShardCopy> = routing["logs"]
+            .shards
+            .iter()
+            .flat_map(|s| s.copies.iter())
+            .filter(|c| c.replaces.is_some())
+            .collect();
+        assert_eq!(moving.len(), 1);
+        assert_eq!(moving[0].node_id, "n2");
+        for copy in routing
+            .get_mut("logs")
+            .expect("index")
+            .shards
+            .iter_mut()
+            .flat_map(|s| s.copies.iter_mut())
+        {
+            copy.started = true;
+        }
+        for shard in &mut routing.get_mut("logs").expect("index").shards {
+            let ids: Vec<String> = shard
+                .copies
+                .iter()
+                .map(|c| c.allocation_id.clone())
+                .collect();
+            shard.in_sync.extend(ids);
+        }
+        state.routing = routing;
+        state.version += 1;
+        let settled = decide(&state, &live, &BTreeSet::new(), |_| false).expect("trimmed");
+        for shard in &settled["logs"].shards {
+            assert_eq!(shard.copies.len(), 1, "no zone takes two copies: {shard:?}");
+            assert!(shard.primary().is_some());
+        }
     }
 }

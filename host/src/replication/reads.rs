@@ -318,5 +318,5 @@ pub async fn refresh(
             }
         }
     }
-    Ok((total, successful.min(total.max(successful))))
+    Ok((total, successful.min(total)))
 }

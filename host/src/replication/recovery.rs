@@ -285,6 +285,11 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         })
         .await?;
     }
+    // Searchable before it is reported started, as a started copy takes searches at once.
+    {
+        let shard = shard.clone();
+        blocking(move || shard.refresh()).await?;
+    }
     let _ = ask(DataRequest::FinishRecovery {
         index: index.to_string(),
         shard: number,
