@@ -77,6 +77,9 @@ pub struct ClusterState {
 /// A change to the cluster state, proposed to the master and committed by the quorum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StateCommand {
+    /// Changes nothing: a node commits one after it starts, so that once it returns the node
+    /// has applied every change committed before (it acts on no stale routing).
+    Barrier,
     /// Written once, by the node that bootstraps the cluster.
     Bootstrap {
         cluster_uuid: String,
@@ -170,6 +173,7 @@ pub struct CommandOutcome {
 impl ClusterState {
     pub fn apply(&mut self, command: &StateCommand) -> CommandOutcome {
         match command {
+            StateCommand::Barrier => {}
             StateCommand::Bootstrap { cluster_uuid } => {
                 if let Some(existing) = &self.cluster_uuid {
                     return self.reject(format!("cluster already bootstrapped as [{existing}]"));

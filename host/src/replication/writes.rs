@@ -90,6 +90,20 @@ pub async fn write_on_primary(
                 "[{index_name}][{number}] has no active copy on this node"
             ))
         })?;
+    // The committed routing must still name this node's copy as the started primary: a copy
+    // replaced while its node was down or behind must not take writes on its own.
+    let state = node.cluster.consensus.state();
+    let still_primary = node.cluster.consensus.caught_up()
+        && started_primary(&state, index_name, number).is_ok_and(|primary| {
+            primary.node_id == node.identity.node_id
+                && node.copies.active(index_name, number).as_deref()
+                    == Some(primary.allocation_id.as_str())
+        });
+    if !still_primary {
+        return Err(Error::ShardNotAvailable(format!(
+            "[{index_name}][{number}] the copy on this node is not the current primary"
+        )));
+    }
     if !node.cluster.consensus.quorum_reachable() {
         return Err(Error::ShardNotAvailable(format!(
             "[{index_name}][{number}] this node cannot reach a quorum of master-eligible nodes (no master block)"

@@ -101,6 +101,8 @@ pub struct Consensus {
     state: watch::Receiver<Arc<ClusterState>>,
     rpc: RpcClient,
     membership: Membership,
+    /// Set once this node has applied everything committed before it started.
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 impl Consensus {
@@ -160,8 +162,10 @@ impl Consensus {
             state,
             rpc,
             membership,
+            caught_up: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(reconcile_loop(Arc::downgrade(&consensus)));
+        tokio::spawn(catch_up(Arc::downgrade(&consensus)));
         Ok(consensus)
     }
 
@@ -173,6 +177,13 @@ impl Consensus {
             tokio::time::timeout(timeout, state.wait_for(|s| s.cluster_uuid.is_some())).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Whether this node has applied every change committed before it started. Until then its
+    /// routing may be stale (a restarted primary that was replaced meanwhile), so it must not
+    /// act as a primary.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A receiver that sees every cluster state this node applies.
@@ -417,6 +428,32 @@ async fn reconcile_loop(consensus: std::sync::Weak<Consensus>) {
             return;
         };
         consensus.reconcile().await;
+    }
+}
+
+/// Commits a barrier through the master and waits until this node has applied it, then marks
+/// the node caught up. Retries until the cluster answers.
+async fn catch_up(consensus: std::sync::Weak<Consensus>) {
+    loop {
+        let Some(consensus) = consensus.upgrade() else {
+            return;
+        };
+        if let Ok(outcome) = consensus
+            .propose(StateCommand::Barrier, Duration::from_secs(10))
+            .await
+            && consensus.state().version >= outcome.version
+        {
+            consensus
+                .caught_up
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::debug!(
+                version = outcome.version,
+                "caught up with the cluster state"
+            );
+            return;
+        }
+        drop(consensus);
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
