@@ -145,6 +145,14 @@ impl Membership {
         read(&self.shared.live).values().cloned().collect()
     }
 
+    /// The transport address of a live node (no copy of the whole view: this is on the
+    /// write path).
+    pub fn transport_addr_of(&self, node_id: &str) -> Option<std::net::SocketAddr> {
+        read(&self.shared.live)
+            .get(node_id)
+            .map(|meta| meta.transport_addr)
+    }
+
     pub fn local(&self) -> NodeMeta {
         read(&self.shared.local).clone()
     }

@@ -188,12 +188,7 @@ async fn left_cluster(node: &NodeState, node_id: &str) {
 
 /// The transport address of a live node.
 pub fn node_address(node: &NodeState, node_id: &str) -> Option<SocketAddr> {
-    node.cluster
-        .membership
-        .live_nodes()
-        .into_iter()
-        .find(|meta| meta.node_id == node_id)
-        .map(|meta| meta.transport_addr)
+    node.cluster.membership.transport_addr_of(node_id)
 }
 
 /// The routing of one shard in `state`.

@@ -111,11 +111,11 @@ pub enum WireWriteOp {
         source: Vec<u8>,
         create: bool,
         auto_id: bool,
-        condition: WireCondition,
+        condition: Condition,
     },
     Delete {
         id: String,
-        condition: WireCondition,
+        condition: Condition,
     },
     Update {
         id: String,
@@ -123,32 +123,8 @@ pub enum WireWriteOp {
         doc: Option<String>,
         upsert: Option<String>,
         doc_as_upsert: bool,
-        condition: WireCondition,
+        condition: Condition,
     },
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct WireCondition {
-    pub if_seq_no: Option<i64>,
-    pub if_primary_term: Option<u64>,
-}
-
-impl From<Condition> for WireCondition {
-    fn from(c: Condition) -> Self {
-        WireCondition {
-            if_seq_no: c.if_seq_no,
-            if_primary_term: c.if_primary_term,
-        }
-    }
-}
-
-impl From<WireCondition> for Condition {
-    fn from(c: WireCondition) -> Self {
-        Condition {
-            if_seq_no: c.if_seq_no,
-            if_primary_term: c.if_primary_term,
-        }
-    }
 }
 
 fn json_text(value: &Value) -> String {
@@ -176,11 +152,11 @@ impl WireWriteOp {
                     .unwrap_or_else(|| json_text(source).into_bytes()),
                 create: *create,
                 auto_id: *auto_id,
-                condition: (*condition).into(),
+                condition: *condition,
             },
             WriteOp::Delete { id, condition } => WireWriteOp::Delete {
                 id: id.clone(),
-                condition: (*condition).into(),
+                condition: *condition,
             },
             WriteOp::Update {
                 id,
@@ -193,7 +169,7 @@ impl WireWriteOp {
                 doc: doc.as_ref().map(json_text),
                 upsert: upsert.as_ref().map(json_text),
                 doc_as_upsert: *doc_as_upsert,
-                condition: (*condition).into(),
+                condition: *condition,
             },
         }
     }
@@ -213,12 +189,9 @@ impl WireWriteOp {
                 raw: Some(source),
                 create,
                 auto_id,
-                condition: condition.into(),
+                condition,
             },
-            WireWriteOp::Delete { id, condition } => WriteOp::Delete {
-                id,
-                condition: condition.into(),
-            },
+            WireWriteOp::Delete { id, condition } => WriteOp::Delete { id, condition },
             WireWriteOp::Update {
                 id,
                 doc,
@@ -230,7 +203,7 @@ impl WireWriteOp {
                 doc: doc.as_deref().map(parse_json).transpose()?,
                 upsert: upsert.as_deref().map(parse_json).transpose()?,
                 doc_as_upsert,
-                condition: condition.into(),
+                condition,
             },
         })
     }

@@ -530,13 +530,6 @@ pub struct PhaseHit {
     pub hit: Hit,
 }
 
-/// Executes a search over this node's shards only (blocking: call from a blocking thread).
-pub fn execute(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<SearchResponse> {
-    let started = Instant::now();
-    let phase = execute_local(scope, request)?;
-    merge(request, vec![phase], Vec::new(), started)
-}
-
 /// The query-and-fetch phase on this node's shards in `scope`.
 pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<ShardPhase> {
     let indices = scope.indices;
@@ -897,23 +890,4 @@ fn index_query(index: &IndexService, query: &Value, now_millis: i64) -> Result<O
         body => query::to_query(&ctx, body)?,
     };
     Ok(Some((translated, leaves)))
-}
-
-/// `_count`: the number of matching documents.
-pub fn count(indices: &[Arc<IndexService>], query: &Value) -> Result<Value> {
-    let now_millis = chrono::Utc::now().timestamp_millis();
-    let mut total = 0u64;
-    let mut shards = 0;
-    for index in indices {
-        let Some((query, _)) = index_query(index, query, now_millis)? else {
-            continue;
-        };
-        for shard in index.local_shards() {
-            shards += 1;
-            total += shard.searcher().search(query.as_ref(), &Count)? as u64;
-        }
-    }
-    Ok(
-        json!({ "count": total, "_shards": { "total": shards, "successful": shards, "skipped": 0, "failed": 0 } }),
-    )
 }

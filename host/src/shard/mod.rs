@@ -99,7 +99,7 @@ impl WriteOp {
 }
 
 /// Optimistic concurrency control: `if_seq_no` + `if_primary_term`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Condition {
     pub if_seq_no: Option<i64>,
     pub if_primary_term: Option<u64>,
@@ -351,24 +351,8 @@ impl Shard {
             let id_term = Term::from_field_text(self.schema.id, &op.id);
             state.writer.delete_term(id_term);
             if op.kind == OpKind::Index {
-                let source: Value = serde_json::from_slice(&op.source).map_err(|err| {
-                    Error::Internal(format!(
-                        "translog op {} of {} has invalid source: {err}",
-                        op.seq_no, self.id
-                    ))
-                })?;
-                let mut parsed = parse_document(&mappings.current(), &source)?;
-                if let Some(grown) = parsed.updated_mapping.take() {
-                    mappings.grow(&grown)?;
-                }
-                let meta = DocMeta {
-                    seq_no: op.seq_no,
-                    version: op.version,
-                    primary_term: op.primary_term,
-                };
-                state
-                    .writer
-                    .add_document(self.schema.document(&op.id, &op.source, meta, &parsed))?;
+                let document = self.logged_document(&op, mappings)?;
+                state.writer.add_document(document)?;
             }
             replayed += 1;
         }
@@ -507,27 +491,10 @@ impl Shard {
         let id_term = Term::from_field_text(self.schema.id, &op.id);
         let source = match op.kind {
             OpKind::Index => {
-                let value: Value = serde_json::from_slice(&op.source).map_err(|err| {
-                    Error::Internal(format!(
-                        "replicated op {} of {} has invalid source: {err}",
-                        op.seq_no, self.id
-                    ))
-                })?;
-                let mut parsed = parse_document(&mappings.current(), &value)?;
-                if let Some(grown) = parsed.updated_mapping.take() {
-                    let merged = mappings.grow(&grown)?;
-                    parsed = parse_document(&merged, &value)?;
-                }
-                let meta = DocMeta {
-                    seq_no: op.seq_no,
-                    version: op.version,
-                    primary_term: op.primary_term,
-                };
+                let document = self.logged_document(op, mappings)?;
                 state.translog.append(op.record())?;
                 state.writer.delete_term(id_term);
-                state
-                    .writer
-                    .add_document(self.schema.document(&op.id, &op.source, meta, &parsed))?;
+                state.writer.add_document(document)?;
                 self.counters.index_total.fetch_add(1, Ordering::Relaxed);
                 Some(Arc::new(op.source.clone()))
             }
@@ -548,6 +515,32 @@ impl Shard {
             },
         );
         Ok(())
+    }
+
+    /// The tantivy document of a logged index operation (replayed or replicated), with the
+    /// seq_no, version and term it was logged with; grows the mapping as the primary did.
+    fn logged_document(
+        &self,
+        op: &TranslogOp,
+        mappings: &dyn MappingSource,
+    ) -> Result<TantivyDocument> {
+        let source: Value = serde_json::from_slice(&op.source).map_err(|err| {
+            Error::Internal(format!(
+                "logged op {} of {} has invalid source: {err}",
+                op.seq_no, self.id
+            ))
+        })?;
+        let mut parsed = parse_document(&mappings.current(), &source)?;
+        if let Some(grown) = parsed.updated_mapping.take() {
+            let merged = mappings.grow(&grown)?;
+            parsed = parse_document(&merged, &source)?;
+        }
+        let meta = DocMeta {
+            seq_no: op.seq_no,
+            version: op.version,
+            primary_term: op.primary_term,
+        };
+        Ok(self.schema.document(&op.id, &op.source, meta, &parsed))
     }
 
     /// Sets this copy's role from the routing table of cluster-state version `version`:

@@ -383,40 +383,33 @@ fn take_snapshot(
         // (Primaries on other nodes are not fetched yet: such shards fail, named below.)
         let mut shards = Vec::with_capacity(index.number_of_shards() as usize);
         for number in 0..index.number_of_shards() {
-            let Some(shard) = index.shard(number).filter(|shard| {
+            let primary = index.shard(number).filter(|shard| {
                 shard.is_primary() && node.copies.active(index.name(), number).is_some()
-            }) else {
-                failures.push(format!(
-                    "[{}][{number}] the primary is not on this node; snapshot through the node holding it",
-                    index.name()
-                ));
-                shards.push(None);
-                node.snapshot_activity
-                    .update(repository, &request.snapshot, |progress| {
-                        progress.shards_done += 1;
-                        progress.shards_failed += 1;
-                    });
-                continue;
-            };
-            let shard_staging = staging
-                .join(&index.meta.uuid)
-                .join(shard.id.shard.to_string());
-            let outcome = shard.stage_commit(&shard_staging).and_then(|staged| {
-                upload_shard(
-                    session,
-                    repository,
-                    &shard_staging,
-                    staged,
-                    &mut known,
-                    &mut stats,
-                )
             });
+            let outcome = match primary {
+                None => Err(Error::ShardNotAvailable(
+                    "the primary is not on this node; snapshot through the node holding it".into(),
+                )),
+                Some(shard) => {
+                    let shard_staging = staging.join(&index.meta.uuid).join(number.to_string());
+                    shard.stage_commit(&shard_staging).and_then(|staged| {
+                        upload_shard(
+                            session,
+                            repository,
+                            &shard_staging,
+                            staged,
+                            &mut known,
+                            &mut stats,
+                        )
+                    })
+                }
+            };
             let failed = outcome.is_err();
             match outcome {
                 Ok(snapshot) => shards.push(Some(snapshot)),
                 Err(err) => {
-                    tracing::warn!(shard = %shard.id, error = %err, "shard snapshot failed");
-                    failures.push(format!("[{}][{}] {err}", index.name(), shard.id.shard));
+                    tracing::warn!(index = index.name(), shard = number, error = %err, "shard snapshot failed");
+                    failures.push(format!("[{}][{number}] {err}", index.name()));
                     shards.push(None);
                 }
             }

@@ -229,10 +229,7 @@ impl Consensus {
         let Some(peer) = metrics.membership_config.membership().get_node(&leader) else {
             return false;
         };
-        self.membership
-            .live_nodes()
-            .iter()
-            .any(|meta| meta.node_id == peer.node_id)
+        self.membership.transport_addr_of(&peer.node_id).is_some()
     }
 
     /// The current Raft term and the voting configuration (node ids).
@@ -344,10 +341,7 @@ impl Consensus {
 
     fn address_of(&self, peer: &RaftPeer) -> SocketAddr {
         self.membership
-            .live_nodes()
-            .into_iter()
-            .find(|meta| meta.node_id == peer.node_id)
-            .map(|meta| meta.transport_addr)
+            .transport_addr_of(&peer.node_id)
             .unwrap_or(peer.transport_addr)
     }
 

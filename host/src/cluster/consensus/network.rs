@@ -52,10 +52,7 @@ type Failure<E = openraft::error::Infallible> = RPCError<u64, RaftPeer, RaftErro
 impl PeerLink {
     fn address(&self) -> SocketAddr {
         self.membership
-            .live_nodes()
-            .into_iter()
-            .find(|meta| meta.node_id == self.peer.node_id)
-            .map(|meta| meta.transport_addr)
+            .transport_addr_of(&self.peer.node_id)
             .unwrap_or(self.peer.transport_addr)
     }
 
