@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHIPPED: &[&str] = &["time-series-pruning", "fs-repository"];
+const SHIPPED: &[&str] = &["time-series-pruning", "fs-repository", "s3-repository"];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

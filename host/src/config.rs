@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub dev_ca: Option<PathBuf>,
     /// Directories under which filesystem snapshot repositories may live (`path.repo`).
     pub path_repo: Vec<PathBuf>,
+    /// A TOML file of repository secrets (see [`crate::secure_settings`]).
+    pub secure_settings: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +66,7 @@ impl Default for NodeConfig {
             tls_key: None,
             dev_ca: None,
             path_repo: Vec::new(),
+            secure_settings: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod plugins;
 pub mod replication;
 pub mod routing;
 pub mod search;
+pub mod secure_settings;
 pub mod shard;
 pub mod snapshot;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod history;
 pub mod http_logs;
+pub mod s3;
 
 /// Where `host/build.rs` left a plugin built from `plugins/` for `wasm32-wasip2`,
 /// e.g. `plugin_path("test-trap")`.

@@ -11,10 +11,11 @@ use crate::error::{Error, Result, illegal};
 use crate::indices::wildcard_match;
 use crate::snapshot::{self, CreateRequest, RestoreRequest};
 
-/// `fs` is Elasticsearch's name for the filesystem repository type.
+/// `fs` and `s3` are Elasticsearch's names for the filesystem and S3 repository types.
 fn plugin_for_type(kind: &str) -> &str {
     match kind {
         "fs" => "fs-repository",
+        "s3" => "s3-repository",
         other => other,
     }
 }
@@ -38,6 +39,17 @@ pub(super) async fn put_repository(request: Request, name: &str) -> Result<Reply
             )));
         }
     };
+    let plugin = plugin_for_type(kind);
+    if let Some(secret) = crate::secure_settings::SECRET_KEYS
+        .iter()
+        .find(|key| settings.contains_key(**key))
+    {
+        let namespace = plugin.trim_end_matches("-repository");
+        return Err(illegal(format!(
+            "[{name}] setting [{secret}] must not be in the repository's settings, which are part of the cluster state; put it in the node's secure settings file under [{namespace}.client.<client>] or in the environment variable {}",
+            crate::secure_settings::env_name(namespace, "<client>", secret),
+        )));
+    }
     let readonly = match settings
         .remove("readonly")
         .or_else(|| body.get("readonly").cloned())
@@ -52,7 +64,7 @@ pub(super) async fn put_repository(request: Request, name: &str) -> Result<Reply
         }
     };
     let meta = RepositoryMeta {
-        plugin: plugin_for_type(kind).to_string(),
+        plugin: plugin.to_string(),
         settings,
         readonly,
     };
@@ -245,6 +257,9 @@ async fn describe_snapshots(
             .iter()
             .map(|(name, manifest)| (name.clone(), render(manifest, &repo)))
             .collect();
+        for (name, described) in node.snapshot_activity.failed(&repo) {
+            entries.entry(name).or_insert(described);
+        }
         for (name, progress) in node.snapshot_activity.running(&repo) {
             let described = progress.to_json(&repo, &name);
             entries.insert(name, described);

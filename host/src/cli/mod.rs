@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node in the foreground until SIGTERM or Ctrl-C.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Create the cluster CA and node certificates for mutual TLS between nodes.
     Certs {
         #[command(subcommand)]
@@ -97,6 +97,9 @@ struct StartArgs {
     /// A directory filesystem repositories may use (repeatable; Elasticsearch's path.repo).
     #[arg(long = "path-repo", env = "SHOAL_PATH_REPO", value_delimiter = ',')]
     path_repo: Vec<PathBuf>,
+    /// A TOML file of secrets for repositories (`[s3.client.default] secret_key = ...`).
+    #[arg(long = "secure-settings", env = "SHOAL_SECURE_SETTINGS")]
+    secure_settings: Option<PathBuf>,
 }
 
 impl StartArgs {
@@ -150,6 +153,9 @@ impl StartArgs {
         if !self.path_repo.is_empty() {
             config.path_repo = self.path_repo;
         }
+        if self.secure_settings.is_some() {
+            config.secure_settings = self.secure_settings;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -159,7 +165,7 @@ impl StartArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Start(args) => match start(args) {
+        Command::Start(args) => match start(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("shoal: {err:#}");

@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod check;
 pub mod grants;
 pub mod http_grant;
+pub mod metrics;
 pub mod pruning;
 pub mod repository;
 mod state;
@@ -50,6 +51,11 @@ pub const SHIPPED: &[(&str, &str, &[u8])] = &[
         "fs-repository",
         "1.0.0",
         include_bytes!(concat!(env!("OUT_DIR"), "/fs-repository.wasm")),
+    ),
+    (
+        "s3-repository",
+        "1.0.0",
+        include_bytes!(concat!(env!("OUT_DIR"), "/s3-repository.wasm")),
     ),
 ];
 
@@ -218,6 +224,7 @@ pub struct Plugin {
     config: RwLock<String>,
     current: RwLock<Arc<Loaded>>,
     stats: Stats,
+    metrics: Arc<metrics::PluginMetrics>,
 }
 
 /// The node's plugin runtime.
@@ -367,7 +374,7 @@ impl PluginHost {
         let saved = PersistedPlugin {
             version: plugin.loaded().version.clone(),
             enabled: plugin.enabled(),
-            config: plugin.config.read().map(|c| c.clone()).unwrap_or_default(),
+            config: plugin.config(),
             limits: Some(plugin.limits()),
         };
         let bytes = serde_json::to_vec_pretty(&saved)
@@ -514,6 +521,7 @@ impl PluginHost {
                     config: RwLock::new("{}".to_string()),
                     current: RwLock::new(loaded),
                     stats: Stats::default(),
+                    metrics: Arc::default(),
                 });
                 plugins.insert(name.to_string(), plugin.clone());
                 plugin
@@ -618,6 +626,14 @@ impl Plugin {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// The plugin's JSON config (`PUT /_plugins/{name}/_config`).
+    pub fn config(&self) -> String {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| "{}".to_string())
+    }
+
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
@@ -629,7 +645,14 @@ impl Plugin {
             .clone()
     }
 
-    fn instantiate(&self, loaded: &Loaded, grants: &Grants) -> Result<Instance, PluginError> {
+    /// `config` replaces the plugin's own config for this instance (a repository session hands
+    /// its instance the repository's settings).
+    fn instantiate(
+        &self,
+        loaded: &Loaded,
+        grants: &Grants,
+        config: Option<&str>,
+    ) -> Result<Instance, PluginError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits().memory_bytes)
             .instances(8)
@@ -637,7 +660,11 @@ impl Plugin {
             .build();
         let state = PluginState {
             plugin: self.name.clone(),
-            config: self.config.read().map(|c| c.clone()).unwrap_or_default(),
+            config: match config {
+                Some(config) => config.to_string(),
+                None => self.config(),
+            },
+            metrics: self.metrics.clone(),
             wasi: grants.wasi_context().map_err(|err| PluginError::Load {
                 plugin: self.name.clone(),
                 reason: format!("cannot grant its capabilities: {err}"),
@@ -689,7 +716,7 @@ impl Plugin {
     /// Instantiates one instance ahead of the first call (kept if the pool has room).
     pub fn prewarm(&self) -> Result<(), PluginError> {
         let loaded = self.loaded();
-        let instance = self.instantiate(&loaded, &Grants::none())?;
+        let instance = self.instantiate(&loaded, &Grants::none(), None)?;
         if let Ok(mut idle) = loaded.idle.lock()
             && idle.len() < MAX_IDLE_INSTANCES
         {
@@ -718,7 +745,7 @@ impl Plugin {
         let mut instance = match pooled {
             Some(instance) => instance,
             None => self
-                .instantiate(&loaded, &Grants::none())
+                .instantiate(&loaded, &Grants::none(), None)
                 .inspect_err(|_| {
                     self.stats.calls.fetch_add(1, Ordering::Relaxed);
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -735,13 +762,17 @@ impl Plugin {
 
     /// Instantiates the current version with `grants`, for callers that keep one instance
     /// across calls (a streamed repository upload spans several).
-    pub(crate) fn instantiate_granted(&self, grants: &Grants) -> Result<Instance, PluginError> {
+    pub(crate) fn instantiate_granted(
+        &self,
+        grants: &Grants,
+        config: Option<&str>,
+    ) -> Result<Instance, PluginError> {
         if !self.enabled() {
             return Err(PluginError::Disabled {
                 plugin: self.name.clone(),
             });
         }
-        self.instantiate(&self.loaded(), grants)
+        self.instantiate(&self.loaded(), grants, config)
     }
 
     /// Runs one call on `instance` under the deadline, counting and classifying failures. After
@@ -837,7 +868,8 @@ impl Plugin {
                 "deadline_ms": self.limits().deadline.as_millis() as u64,
                 "on_failure": if self.limits().fail_closed { "closed" } else { "open" },
             },
-            "config": serde_json::from_str::<serde_json::Value>(&self.config.read().map(|c| c.clone()).unwrap_or_default()).unwrap_or_default(),
+            "config": serde_json::from_str::<serde_json::Value>(&self.config()).unwrap_or_default(),
+            "metrics": self.metrics.to_json(),
             "stats": {
                 "calls": self.stats.calls.load(Ordering::Relaxed),
                 "errors": self.stats.errors.load(Ordering::Relaxed),

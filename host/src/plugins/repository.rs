@@ -62,6 +62,8 @@ pub struct Blob {
 pub struct RepositorySession {
     plugin: Arc<Plugin>,
     grants: Grants,
+    /// The JSON the instance reads through `host.config()`: the repository's settings.
+    settings: Option<String>,
     instance: Option<Instance>,
 }
 
@@ -70,8 +72,15 @@ impl RepositorySession {
         RepositorySession {
             plugin,
             grants,
+            settings: None,
             instance: None,
         }
+    }
+
+    /// Hands the plugin `settings` (a JSON object) as its config instead of its own.
+    pub fn with_settings(mut self, settings: String) -> RepositorySession {
+        self.settings = Some(settings);
+        self
     }
 
     fn invoke<R>(
@@ -83,9 +92,10 @@ impl RepositorySession {
     ) -> Result<R, RepositoryError> {
         let instance = match self.instance.as_mut() {
             Some(instance) => instance,
-            None => self
-                .instance
-                .insert(self.plugin.instantiate_granted(&self.grants)?),
+            None => self.instance.insert(
+                self.plugin
+                    .instantiate_granted(&self.grants, self.settings.as_deref())?,
+            ),
         };
         let outcome = self
             .plugin

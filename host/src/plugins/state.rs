@@ -13,6 +13,7 @@ use super::bindings::{host, types::LogLevel};
 pub struct PluginState {
     pub plugin: String,
     pub config: String,
+    pub metrics: std::sync::Arc<super::metrics::PluginMetrics>,
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub limits: StoreLimits,
@@ -64,21 +65,11 @@ impl host::Host for PluginState {
     }
 
     fn counter_add(&mut self, name: String, delta: u64) {
-        tracing::trace!(
-            plugin = self.plugin.as_str(),
-            counter = name,
-            delta,
-            "plugin counter"
-        );
+        self.metrics.add(&name, delta);
     }
 
     fn gauge_set(&mut self, name: String, value: f64) {
-        tracing::trace!(
-            plugin = self.plugin.as_str(),
-            gauge = name,
-            value,
-            "plugin gauge"
-        );
+        self.metrics.set(&name, value);
     }
 
     fn config(&mut self) -> String {

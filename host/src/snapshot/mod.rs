@@ -42,7 +42,14 @@ use format::{
 pub struct SnapshotActivity {
     busy: Mutex<HashSet<String>>,
     running: Mutex<BTreeMap<(String, String), Progress>>,
+    /// Snapshots that failed before their manifest reached the repository (it was
+    /// unreachable, say), as `GET /_snapshot` shows them, so the failure and its reason stay
+    /// visible; the newest [`MAX_FAILED_KEPT`] are kept, in memory only.
+    failed: Mutex<BTreeMap<(String, String), (i64, Value)>>,
 }
+
+/// Failed snapshots without a manifest remembered per node.
+const MAX_FAILED_KEPT: usize = 100;
 
 /// A running snapshot's progress.
 #[derive(Debug, Clone, Default)]
@@ -75,9 +82,42 @@ impl SnapshotActivity {
         );
     }
 
-    fn finish(&self, repository: &str, snapshot: &str) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.remove(&(repository.to_string(), snapshot.to_string()));
+    /// Ends a running snapshot; one that failed without a manifest is remembered as FAILED.
+    fn finish(&self, repository: &str, snapshot: &str, failure: Option<&Error>) {
+        let key = (repository.to_string(), snapshot.to_string());
+        let progress = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.remove(&key)
+        };
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.remove(&key);
+        let (Some(err), Some(progress)) = (failure, progress) else {
+            return;
+        };
+        let mut described = progress.to_json(repository, snapshot);
+        let end = chrono::Utc::now().timestamp_millis();
+        described["state"] = serde_json::json!(SnapshotState::Failed);
+        described["reason"] = Value::String(err.to_string());
+        described["end_time_in_millis"] = end.into();
+        failed.insert(key, (end, described));
+        if failed.len() > MAX_FAILED_KEPT
+            && let Some(oldest) = failed
+                .iter()
+                .min_by_key(|(_, (end, _))| *end)
+                .map(|(key, _)| key.clone())
+        {
+            failed.remove(&oldest);
+        }
+    }
+
+    /// Snapshots of `repository` that failed without leaving a manifest, by name.
+    pub fn failed(&self, repository: &str) -> Vec<(String, Value)> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .iter()
+            .filter(|((repo, _), _)| repo == repository)
+            .map(|((_, name), (_, described))| (name.clone(), described.clone()))
+            .collect()
     }
 }
 
@@ -190,7 +230,49 @@ pub fn open(node: &NodeState, name: &str, meta: &RepositoryMeta) -> Result<Repos
             })?;
         grants.http_hosts.push(authority.to_string());
     }
-    Ok(RepositorySession::new(plugin, grants))
+    let settings = plugin_settings(node, name, meta, &plugin.config())?;
+    Ok(RepositorySession::new(plugin, grants).with_settings(settings))
+}
+
+/// What the repository's plugin instance reads as its config: the plugin's own config, the
+/// repository's settings over it, and the node's secure settings of the repository's client
+/// (`<namespace>.client.<client>.*`, the namespace being the plugin's name without
+/// `-repository`) over both.
+fn plugin_settings(
+    node: &NodeState,
+    name: &str,
+    meta: &RepositoryMeta,
+    plugin_config: &str,
+) -> Result<String> {
+    let mut merged = match serde_json::from_str::<Value>(plugin_config) {
+        Ok(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    merged.extend(meta.settings.clone());
+    let client = match meta.settings.get("client") {
+        None => "default",
+        Some(Value::String(client)) => client.as_str(),
+        Some(other) => {
+            return Err(Error::IllegalArgument(format!(
+                "[{name}] client must be a string, got {other}"
+            )));
+        }
+    };
+    let namespace = meta
+        .plugin
+        .strip_suffix("-repository")
+        .unwrap_or(&meta.plugin);
+    let secrets = crate::secure_settings::client_settings(&node.config, namespace, client)
+        .map_err(|err| Error::Repository {
+            repository: name.to_string(),
+            reason: err.to_string(),
+        })?;
+    merged.extend(
+        secrets
+            .into_iter()
+            .map(|(key, value)| (key, Value::String(value))),
+    );
+    Ok(Value::Object(merged).to_string())
 }
 
 /// Looks a repository up and refuses a readonly one: `action` says what was refused.
@@ -326,20 +408,9 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
     let repository = request.repository.as_str();
     let meta = writable(node, repository, "create a snapshot in")?;
     validate_snapshot_name(repository, &request.snapshot)?;
-    let _guard = node.snapshot_activity.acquire(repository)?;
-    let mut session = open(node, repository, &meta)?;
-    claim_writer(node, &mut session, repository)?;
-    if session
-        .exists(&manifest_name(&request.snapshot))
-        .map_err(repo_error(repository))?
-    {
-        return Err(Error::InvalidSnapshotName {
-            repository: repository.to_string(),
-            snapshot: request.snapshot.clone(),
-            reason: "a snapshot with the same name already exists".into(),
-        });
-    }
     let indices = node.indices.resolve(&request.indices, false)?;
+    let _guard = node.snapshot_activity.acquire(repository)?;
+    // Visible as running from here on, even while the repository is slow to answer.
     let start = chrono::Utc::now().timestamp_millis();
     let activity = &node.snapshot_activity;
     activity.update(repository, &request.snapshot, |progress| {
@@ -353,8 +424,25 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
             .map(|index| index.number_of_shards() as usize)
             .sum();
     });
-    let outcome = take_snapshot(node, request, &mut session, &indices, start);
-    activity.finish(repository, &request.snapshot);
+    let outcome = open(node, repository, &meta).and_then(|mut session| {
+        claim_writer(node, &mut session, repository)?;
+        if session
+            .exists(&manifest_name(&request.snapshot))
+            .map_err(repo_error(repository))?
+        {
+            return Err(Error::InvalidSnapshotName {
+                repository: repository.to_string(),
+                snapshot: request.snapshot.clone(),
+                reason: "a snapshot with the same name already exists".into(),
+            });
+        }
+        take_snapshot(node, request, &mut session, &indices, start)
+    });
+    let failure = outcome
+        .as_ref()
+        .err()
+        .filter(|err| !matches!(err, Error::InvalidSnapshotName { .. }));
+    activity.finish(repository, &request.snapshot, failure);
     outcome
 }
 

@@ -11,6 +11,7 @@ mod plugins;
 mod pruning;
 mod replication;
 mod repository_plugin;
+mod s3;
 mod search;
 mod slm;
 mod snapshots;

@@ -13,7 +13,7 @@ fn node_with_path_repo(dir: &Path) -> Node {
     shoal_tests::node_with_path_repo(BIN, dir).expect("node starts")
 }
 
-fn index_docs(node: &Node, index: &str, from: u32, to: u32) {
+pub(crate) fn index_docs(node: &Node, index: &str, from: u32, to: u32) {
     let mut lines = Vec::new();
     for i in from..to {
         lines.push(json!({"index": {"_index": index, "_id": i.to_string()}}));
@@ -24,14 +24,14 @@ fn index_docs(node: &Node, index: &str, from: u32, to: u32) {
     assert_eq!(reply.body["errors"], false, "{:?}", reply.body);
 }
 
-fn count(node: &Node, index: &str) -> u64 {
+pub(crate) fn count(node: &Node, index: &str) -> u64 {
     node.get(&format!("/{index}/_count")).body["count"]
         .as_u64()
         .unwrap_or(u64::MAX)
 }
 
 /// Hits (ids in order) and a terms aggregation: what a user would compare after a restore.
-fn search_fingerprint(node: &Node, index: &str) -> Value {
+pub(crate) fn search_fingerprint(node: &Node, index: &str) -> Value {
     let reply = node.post(
         &format!("/{index}/_search"),
         &json!({"size": 20, "sort": [{"n": "desc"}], "query": {"range": {"n": {"gte": 7}}},
@@ -45,7 +45,7 @@ fn search_fingerprint(node: &Node, index: &str) -> Value {
     json!({"ids": ids, "tags": reply.body["aggregations"]["tags"]["buckets"]})
 }
 
-fn snapshot(node: &Node, repo: &str, name: &str, body: Value) -> Value {
+pub(crate) fn snapshot(node: &Node, repo: &str, name: &str, body: Value) -> Value {
     let reply = node.put(
         &format!("/_snapshot/{repo}/{name}?wait_for_completion=true"),
         &body,
@@ -54,7 +54,7 @@ fn snapshot(node: &Node, repo: &str, name: &str, body: Value) -> Value {
     reply.body["snapshot"].clone()
 }
 
-fn uploaded_bytes(info: &Value) -> u64 {
+pub(crate) fn uploaded_bytes(info: &Value) -> u64 {
     info["stats"]["incremental"]["size_in_bytes"]
         .as_u64()
         .unwrap_or(u64::MAX)

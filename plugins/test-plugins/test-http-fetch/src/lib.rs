@@ -8,7 +8,9 @@ use wasi::io::streams::StreamError;
 
 fn refused(code: ErrorCode) -> RepositoryError {
     match code {
-        ErrorCode::HttpRequestDenied => RepositoryError::AccessDenied("the host refused the request".into()),
+        ErrorCode::HttpRequestDenied => {
+            RepositoryError::AccessDenied("the host refused the request".into())
+        }
         other => RepositoryError::Unavailable(format!("{other:?}")),
     }
 }
@@ -45,7 +47,11 @@ fn fetch(url: &str) -> Result<Vec<u8>, RepositoryError> {
         match stream.blocking_read(64 * 1024) {
             Ok(chunk) => out.extend(chunk),
             Err(StreamError::Closed) => break,
-            Err(err) => return Err(RepositoryError::Unavailable(format!("reading the body: {err:?}"))),
+            Err(err) => {
+                return Err(RepositoryError::Unavailable(format!(
+                    "reading the body: {err:?}"
+                )));
+            }
         }
     }
     Ok(out)
@@ -54,7 +60,9 @@ fn fetch(url: &str) -> Result<Vec<u8>, RepositoryError> {
 struct HttpFetch;
 
 fn unsupported<T>() -> Result<T, RepositoryError> {
-    Err(RepositoryError::Invalid("this test plugin only implements get".into()))
+    Err(RepositoryError::Invalid(
+        "this test plugin only implements get".into(),
+    ))
 }
 
 impl RepositoryPlugin for HttpFetch {
