@@ -1,7 +1,8 @@
 //! Snapshot benchmark (prints figures, asserts nothing about speed), in one run on one node:
 //! snapshot and restore throughput of an http_logs index to the `fs-repository` plugin versus
-//! `cp -r` of the same shard files on the same disk, and the time and bytes of a second
-//! snapshot of the unchanged index.
+//! `cp -r` of the same shard files on the same disk, the time and bytes of a second
+//! snapshot of the unchanged index, and snapshot and restore throughput to the
+//! `s3-repository` plugin on a local S3 server (s3s-fs, on the same disk).
 //!
 //! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 1000000).
 
@@ -9,9 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shoal_tests::{Node, dir_size, http_logs, node_with_path_repo};
+use shoal_tests::s3::S3Server;
+use shoal_tests::{Node, dir_size, http_logs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
+const S3_BIN: &str = env!("CARGO_BIN_EXE_s3-server");
 
 fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
@@ -32,7 +35,16 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let node = node_with_path_repo(BIN, dir.path()).expect("node starts");
+    let repos = dir.path().join("repos");
+    std::fs::create_dir_all(&repos).expect("repos");
+    let repos = repos.display().to_string();
+    let node = Node::start_with_env(
+        BIN,
+        &data,
+        &["--path-repo", &repos],
+        &S3Server::credentials_env(),
+    )
+    .expect("node starts");
     let created = node.put(
         "/logs",
         &json!({"settings": {"number_of_shards": 2, "number_of_replicas": 0, "refresh_interval": "-1"}, "mappings": http_logs::mapping()}),
@@ -95,6 +107,32 @@ fn main() {
     let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
     assert_eq!(count as usize, doc_count, "the restore is complete");
 
+    let server = S3Server::start(S3_BIN, &dir.path().join("s3")).expect("S3 server starts");
+    server.create_bucket("bench").expect("bucket");
+    let registered = node.put(
+        "/_snapshot/s3",
+        &json!({"type": "s3", "settings": {"bucket": "bench", "endpoint": server.endpoint()}}),
+    );
+    assert_eq!(registered.status, 200, "{:?}", registered.body);
+    let (s3_snap_took, s3_first) = timed(
+        &node,
+        "PUT",
+        "/_snapshot/s3/s1?wait_for_completion=true",
+        &json!({"indices": "logs"}),
+    );
+    let s3_uploaded = s3_first["snapshot"]["stats"]["incremental"]["size_in_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(node.delete("/logs").status, 200);
+    let (s3_restore_took, _) = timed(
+        &node,
+        "POST",
+        "/_snapshot/s3/s1/_restore",
+        &json!({"indices": "logs"}),
+    );
+    let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
+    assert_eq!(count as usize, doc_count, "the S3 restore is complete");
+
     let cp = mb_per_s(index_bytes, cp_took);
     let snap = mb_per_s(uploaded, snap_took);
     let restore = mb_per_s(uploaded, restore_took);
@@ -113,4 +151,14 @@ fn main() {
         restore / cp
     );
     println!("  second snapshot, unchanged: {again_took:?}, {again_bytes} bytes uploaded");
+    let s3_snap = mb_per_s(s3_uploaded, s3_snap_took);
+    let s3_restore = mb_per_s(s3_uploaded, s3_restore_took);
+    println!(
+        "  snapshot to s3-repository:  {s3_snap:>8.1} MiB/s ({s3_snap_took:?})  = {:.2}x cp -r",
+        s3_snap / cp
+    );
+    println!(
+        "  restore from s3-repository: {s3_restore:>8.1} MiB/s ({s3_restore_took:?})  = {:.2}x cp -r",
+        s3_restore / cp
+    );
 }

@@ -319,7 +319,15 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
     let snap = name.to_string();
     let laid_out = blocking(move || snapshot::restore(&node, &restore)).await?;
     let mut restored = Vec::with_capacity(laid_out.len());
+    let (mut total, mut from_data) = (0, 0);
     for index in laid_out {
+        total += index.routing.shards.len();
+        from_data += index
+            .routing
+            .shards
+            .iter()
+            .filter(|shard| !shard.in_sync.is_empty())
+            .count();
         let command = crate::cluster::state::StateCommand::CreateIndex {
             name: index.name.clone(),
             meta: index.meta.clone(),
@@ -337,7 +345,9 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
         "snapshot": {
             "snapshot": snap,
             "indices": restored,
-            "shards": { "total": 0, "failed": 0, "successful": 0 },
+            // Shards a partial snapshot lacks come back empty: counted as failed, as
+            // Elasticsearch does.
+            "shards": { "total": total, "failed": total - from_data, "successful": from_data },
         }
     }))
 }

@@ -164,8 +164,18 @@ impl LocalCopies {
 /// Sends a data request to `node_id`, giving up as soon as gossip declares the node gone (a
 /// hung peer must not hold a request longer than failure detection takes).
 pub async fn ask(node: &NodeState, node_id: &str, request: DataRequest) -> Result<DataResponse> {
+    ask_within(node, node_id, request, SHARD_REQUEST_TIMEOUT).await
+}
+
+/// [`ask`] for requests that may take longer than a shard request (a shard's snapshot).
+pub async fn ask_within(
+    node: &NodeState,
+    node_id: &str,
+    request: DataRequest,
+    timeout: Duration,
+) -> Result<DataResponse> {
     let addr = node_address(node, node_id).ok_or_else(|| unreachable(node_id, "not live"))?;
-    let call = node.cluster.rpc.data(addr, request, SHARD_REQUEST_TIMEOUT);
+    let call = node.cluster.rpc.data(addr, request, timeout);
     tokio::select! {
         answer = call => match answer {
             Ok(DataResponse::Failed(err)) => Err(err.into()),

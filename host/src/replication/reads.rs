@@ -160,7 +160,9 @@ pub async fn search(
         let node = node.clone();
         let request = search_request(&group, &body_text, &params, input.expression);
         remote.spawn(async move {
-            let answer = ask(&node, &node_id, request).await.and_then(decode_phase);
+            let answer = ask(&node, &node_id, request)
+                .await
+                .and_then(DataResponse::into_search_phase);
             (node_id, group, answer)
         });
     }
@@ -208,7 +210,9 @@ pub async fn search(
                         Some(other) => {
                             let request =
                                 search_request(&single, &body_text, &params, input.expression);
-                            ask(node, &other, request).await.and_then(decode_phase)
+                            ask(node, &other, request)
+                                .await
+                                .and_then(DataResponse::into_search_phase)
                         }
                     };
                 match answer {
@@ -232,14 +236,6 @@ fn search_request(
         body: body.to_string(),
         params: params.to_vec(),
         expression: expression.to_string(),
-    }
-}
-
-fn decode_phase(response: DataResponse) -> Result<ShardPhase> {
-    match response {
-        DataResponse::Searched(text) => serde_json::from_str(&text)
-            .map_err(|err| Error::Internal(format!("unreadable search phase: {err}"))),
-        _ => Err(Error::Internal("the node answered something else".into())),
     }
 }
 

@@ -141,9 +141,44 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
                 .map(|name| node.indices.get(name))
                 .collect::<Result<Vec<_>>>()?;
             let phase = reads::search_here(node, &indices, &expression, &request, &group)?;
-            let text = serde_json::to_string(&phase)
-                .map_err(|err| Error::Internal(format!("search phase: {err}")))?;
-            Ok(DataResponse::Searched(text))
+            DataResponse::searched(phase)
+        }
+        DataRequest::SnapshotShard {
+            repository,
+            index,
+            shard,
+        } => {
+            let worker = node.clone();
+            let upload = blocking(move || {
+                crate::snapshot::snapshot_shard_here(&worker, &repository, &index, shard)
+            })
+            .await?;
+            let text = serde_json::to_string(&upload)
+                .map_err(|err| Error::Internal(format!("shard snapshot: {err}")))?;
+            Ok(DataResponse::ShardSnapshotted(text))
+        }
+        DataRequest::RestoreShard {
+            repository,
+            index_uuid,
+            shard,
+            allocation_id,
+            snapshot,
+        } => {
+            let snapshot: crate::snapshot::format::ShardSnapshot = serde_json::from_str(&snapshot)
+                .map_err(|err| Error::Parsing(format!("shard snapshot: {err}")))?;
+            let worker = node.clone();
+            blocking(move || {
+                crate::snapshot::restore_shard_here(
+                    &worker,
+                    &repository,
+                    &index_uuid,
+                    shard,
+                    &allocation_id,
+                    &snapshot,
+                )
+            })
+            .await?;
+            Ok(DataResponse::Done)
         }
     }
 }

@@ -69,6 +69,23 @@ pub enum DataRequest {
         params: Vec<(String, String)>,
         expression: String,
     },
+    /// Snapshots this node's primary of a shard into a repository (for the coordinator of a
+    /// snapshot running on another node).
+    SnapshotShard {
+        repository: String,
+        index: String,
+        shard: u32,
+    },
+    /// Downloads a shard of a snapshot as this node's copy of a restored index (for the
+    /// coordinator of a restore); answered `Done` once every file is verified on disk.
+    RestoreShard {
+        repository: String,
+        index_uuid: String,
+        shard: u32,
+        allocation_id: String,
+        /// JSON of the shard's [`crate::snapshot::format::ShardSnapshot`].
+        snapshot: String,
+    },
 }
 
 /// The answer to a [`DataRequest`].
@@ -91,14 +108,42 @@ pub enum DataResponse {
         copies: usize,
     },
     Docs(Vec<Option<WireDoc>>),
-    /// JSON of the shard-level search results.
-    Searched(String),
+    /// The shard-level search results ([`crate::search::ShardPhase`]): JSON for the hits
+    /// (sources are raw JSON), MessagePack for tantivy's intermediate aggregations (they key
+    /// maps by non-string keys, which JSON cannot carry).
+    Searched {
+        phase: String,
+        #[serde(with = "serde_bytes")]
+        aggs: Vec<u8>,
+    },
+    /// JSON of the shard's snapshot and what uploading it took ([`crate::snapshot::ShardUpload`]).
+    ShardSnapshotted(String),
     Failed(WireError),
 }
 
 impl DataResponse {
     pub fn failed(err: &Error) -> DataResponse {
         DataResponse::Failed(WireError::from(err))
+    }
+
+    pub fn searched(mut phase: crate::search::ShardPhase) -> Result<DataResponse> {
+        let encode = |err: &dyn std::fmt::Display| Error::Internal(format!("search phase: {err}"));
+        let aggs = rmp_serde::to_vec_named(&phase.aggs.take()).map_err(|err| encode(&err))?;
+        let phase = serde_json::to_string(&phase).map_err(|err| encode(&err))?;
+        Ok(DataResponse::Searched { phase, aggs })
+    }
+
+    pub fn into_search_phase(self) -> Result<crate::search::ShardPhase> {
+        let DataResponse::Searched { phase, aggs } = self else {
+            return Err(Error::Internal("the node answered something else".into()));
+        };
+        let decode = |err: &dyn std::fmt::Display| {
+            Error::Internal(format!("unreadable search phase: {err}"))
+        };
+        let mut phase: crate::search::ShardPhase =
+            serde_json::from_str(&phase).map_err(|err| decode(&err))?;
+        phase.aggs = rmp_serde::from_slice(&aggs).map_err(|err| decode(&err))?;
+        Ok(phase)
     }
 }
 

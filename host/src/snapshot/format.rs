@@ -64,6 +64,16 @@ pub struct TransferStats {
     pub uploaded_bytes: u64,
 }
 
+impl TransferStats {
+    /// Adds what another shard's upload took.
+    pub fn absorb(&mut self, other: TransferStats) {
+        self.total_files += other.total_files;
+        self.total_bytes += other.total_bytes;
+        self.uploaded_files += other.uploaded_files;
+        self.uploaded_bytes += other.uploaded_bytes;
+    }
+}
+
 /// A snapshot's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotManifest {

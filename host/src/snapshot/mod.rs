@@ -7,9 +7,9 @@
 //! registers it. Deleting a snapshot removes its manifest, then every blob no remaining
 //! snapshot references.
 //!
-//! The coordinator part (what to snapshot, the manifest) and the per-shard part (stage, hash,
-//! upload) are separate functions, so the cluster work can run the shard part on each
-//! primary's node.
+//! The node receiving the request coordinates (what to snapshot, the manifest); each shard is
+//! staged and uploaded by the node holding its started primary, asked over the data plane
+//! when that is another node ([`snapshot_shard_here`]).
 
 pub mod format;
 pub mod lifecycle;
@@ -17,7 +17,7 @@ pub mod slm;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -455,46 +455,21 @@ fn take_snapshot(
     start: i64,
 ) -> Result<SnapshotManifest> {
     let repository = request.repository.as_str();
-    let staging = node.config.data_dir.join("_snapshots").join(new_uuid());
-    let mut known: HashSet<String> = session
-        .list(BLOB_PREFIX)
-        .map_err(repo_error(repository))?
-        .into_iter()
-        .map(|blob| blob.name)
-        .collect();
+    let mut known = known_blobs(session, repository)?;
     let mut stats = TransferStats::default();
     let mut failures = Vec::new();
     let mut snapshots = BTreeMap::new();
     for index in indices {
         let index_meta = index.meta.persisted_json()?;
-        // Each shard is read from its primary; this node snapshots the primaries it holds.
-        // (Primaries on other nodes are not fetched yet: such shards fail, named below.)
         let mut shards = Vec::with_capacity(index.number_of_shards() as usize);
         for number in 0..index.number_of_shards() {
-            let primary = index.shard(number).filter(|shard| {
-                shard.is_primary() && node.copies.active(index.name(), number).is_some()
-            });
-            let outcome = match primary {
-                None => Err(Error::ShardNotAvailable(
-                    "the primary is not on this node; snapshot through the node holding it".into(),
-                )),
-                Some(shard) => {
-                    let shard_staging = staging.join(&index.meta.uuid).join(number.to_string());
-                    shard.stage_commit(&shard_staging).and_then(|staged| {
-                        upload_shard(
-                            session,
-                            repository,
-                            &shard_staging,
-                            staged,
-                            &mut known,
-                            &mut stats,
-                        )
-                    })
-                }
-            };
+            let outcome = snapshot_shard(node, session, repository, index, number, &mut known);
             let failed = outcome.is_err();
             match outcome {
-                Ok(snapshot) => shards.push(Some(snapshot)),
+                Ok(upload) => {
+                    stats.absorb(upload.stats);
+                    shards.push(Some(upload.snapshot));
+                }
                 Err(err) => {
                     tracing::warn!(index = index.name(), shard = number, error = %err, "shard snapshot failed");
                     failures.push(format!("[{}][{number}] {err}", index.name()));
@@ -515,11 +490,6 @@ fn take_snapshot(
                 shards,
             },
         );
-    }
-    if let Err(err) = std::fs::remove_dir_all(&staging)
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %staging.display(), error = %err, "could not remove snapshot staging files");
     }
     let state = match (failures.is_empty(), request.partial) {
         (true, _) => SnapshotState::Success,
@@ -544,6 +514,130 @@ fn take_snapshot(
         .map_err(repo_error(repository))?;
     tracing::info!(repository, snapshot = %request.snapshot, state = ?manifest.state, uploaded_bytes = stats.uploaded_bytes, total_bytes = stats.total_bytes, "snapshot finished");
     Ok(manifest)
+}
+
+/// How long a coordinator waits for another node to snapshot one shard.
+const REMOTE_SHARD_SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// What snapshotting one shard produced: its files and what uploading them took.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ShardUpload {
+    pub snapshot: ShardSnapshot,
+    pub stats: TransferStats,
+}
+
+/// The blobs the repository holds already (content-addressed, so never uploaded twice).
+fn known_blobs(session: &mut RepositorySession, repository: &str) -> Result<HashSet<String>> {
+    Ok(session
+        .list(BLOB_PREFIX)
+        .map_err(repo_error(repository))?
+        .into_iter()
+        .map(|blob| blob.name)
+        .collect())
+}
+
+/// Snapshots one shard on the node holding its started primary: here, or on that node
+/// through the data plane (each node uploads its own primaries, with its own credentials).
+fn snapshot_shard(
+    node: &NodeState,
+    session: &mut RepositorySession,
+    repository: &str,
+    index: &crate::index::IndexService,
+    number: u32,
+    known: &mut HashSet<String>,
+) -> Result<ShardUpload> {
+    use crate::replication::wire::{DataRequest, DataResponse};
+    let primary_node = {
+        let state = node.cluster.consensus.state();
+        crate::replication::started_primary(&state, index.name(), number)?
+            .node_id
+            .clone()
+    };
+    if primary_node == node.identity.node_id {
+        return upload_local_primary(node, session, repository, index, number, known);
+    }
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|err| Error::Internal(format!("no runtime to reach the primary: {err}")))?;
+    let request = DataRequest::SnapshotShard {
+        repository: repository.to_string(),
+        index: index.name().to_string(),
+        shard: number,
+    };
+    let answer = runtime.block_on(crate::replication::ask_within(
+        node,
+        &primary_node,
+        request,
+        REMOTE_SHARD_SNAPSHOT_TIMEOUT,
+    ))?;
+    let DataResponse::ShardSnapshotted(text) = answer else {
+        return Err(Error::Internal(
+            "unexpected answer to a shard snapshot request".into(),
+        ));
+    };
+    let upload: ShardUpload = serde_json::from_str(&text)
+        .map_err(|err| Error::Internal(format!("shard snapshot answer: {err}")))?;
+    known.extend(
+        upload
+            .snapshot
+            .files
+            .iter()
+            .map(|file| blob_name(&file.sha256)),
+    );
+    Ok(upload)
+}
+
+/// Snapshots this node's primary of `[index][shard]` into `repository`, for a coordinator
+/// on another node.
+pub fn snapshot_shard_here(
+    node: &NodeState,
+    repository: &str,
+    index: &str,
+    shard: u32,
+) -> Result<ShardUpload> {
+    let meta = writable(node, repository, "create a snapshot in")?;
+    let mut session = open(node, repository, &meta)?;
+    let mut known = known_blobs(&mut session, repository)?;
+    let service = node.indices.get(index)?;
+    upload_local_primary(node, &mut session, repository, &service, shard, &mut known)
+}
+
+/// Stages the commit of this node's primary of a shard (the point in time; writes go on) and
+/// uploads the files the repository lacks.
+fn upload_local_primary(
+    node: &NodeState,
+    session: &mut RepositorySession,
+    repository: &str,
+    index: &crate::index::IndexService,
+    number: u32,
+    known: &mut HashSet<String>,
+) -> Result<ShardUpload> {
+    let shard = index
+        .shard(number)
+        .filter(|shard| shard.is_primary() && node.copies.active(index.name(), number).is_some())
+        .ok_or_else(|| {
+            Error::ShardNotAvailable(format!(
+                "the primary of [{}][{number}] is not on this node",
+                index.name()
+            ))
+        })?;
+    let staging = node
+        .config
+        .data_dir
+        .join("_snapshots")
+        .join(new_uuid())
+        .join(&index.meta.uuid)
+        .join(number.to_string());
+    let mut stats = TransferStats::default();
+    let outcome = shard
+        .stage_commit(&staging)
+        .and_then(|staged| upload_shard(session, repository, &staging, staged, known, &mut stats));
+    if let Some(root) = staging.parent().and_then(Path::parent)
+        && let Err(err) = std::fs::remove_dir_all(root)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %root.display(), error = %err, "could not remove snapshot staging files");
+    }
+    outcome.map(|snapshot| ShardUpload { snapshot, stats })
 }
 
 /// Hashes a shard's staged files and uploads those the repository lacks.
@@ -746,56 +840,87 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
     let mut restored = Vec::new();
     for (source, target, index) in chosen {
         let uuid = new_uuid();
-        let dir = node.indices.index_dir(&uuid);
-        let laid_out = lay_out_index(&mut session, repository, &dir, &target, &uuid, index);
-        if let Err(err) = laid_out {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(restore_error(format!(
-                "restoring [{source}] as [{target}]: {err}"
-            )));
-        }
-        let adopted = adopt_restored(node, &dir, &target, &uuid, index);
-        let restored_index = adopted.inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&dir);
-        })?;
+        let restored_index = restore_index(node, &mut session, repository, &target, &uuid, index)
+            .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
+            })?;
         tracing::info!(repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
         restored.push(restored_index);
     }
     Ok(restored)
 }
 
-/// Marks every laid-out shard as a primary copy of this node and describes the index for the
-/// cluster state (the applier then opens the copies from disk instead of creating them).
-fn adopt_restored(
+/// Places the index's primaries as a new index's would be, has each primary's node download
+/// its shard ([`restore_shard_here`]), and describes the index for the cluster state: the
+/// primaries open from disk there, and the master then allocates replicas that recover from
+/// them. A shard missing from a partial snapshot gets an empty primary.
+fn restore_index(
     node: &NodeState,
-    dir: &Path,
+    session: &mut RepositorySession,
+    repository: &str,
     target: &str,
     uuid: &str,
     index: &IndexSnapshot,
 ) -> Result<RestoredIndex> {
-    use crate::cluster::allocation::{IndexRouting, ShardCopy, ShardRouting};
+    use crate::cluster::allocation::{self, IndexRouting, ShardRouting};
+    use crate::replication::master::{allocation_settings, data_nodes};
     let settings: crate::index::IndexSettings =
         serde_json::from_value(index.meta.get("settings").cloned().unwrap_or_default())
             .map_err(|err| Error::Internal(format!("snapshot index settings: {err}")))?;
-    let mut shards = Vec::with_capacity(index.shards.len());
-    for number in 0..index.shards.len() {
-        let allocation_id = new_uuid();
-        let marker = crate::index::CopyMarker {
-            allocation_id: allocation_id.clone(),
+    let fresh = BTreeMap::from([(
+        target.to_string(),
+        IndexRouting {
+            replicas: settings.number_of_replicas,
+            shards: vec![ShardRouting::default(); index.shards.len()],
+        },
+    )]);
+    let state = node.cluster.consensus.state();
+    let mut decided = allocation::allocate(
+        &fresh,
+        &data_nodes(node),
+        &allocation_settings(&state),
+        &BTreeSet::new(),
+        new_uuid,
+    );
+    let mut routing = decided.routing.remove(target).unwrap_or_default();
+    for (number, (shard_routing, shard)) in routing.shards.iter_mut().zip(&index.shards).enumerate()
+    {
+        shard_routing.copies.retain(|copy| copy.primary);
+        let Some(primary) = shard_routing.copies.first() else {
+            return Err(Error::ShardNotAvailable(format!(
+                "no data node can hold shard [{number}]"
+            )));
         };
-        let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
-        crate::index::write_atomically(&dir.join(number.to_string()).join("_copy.json"), &bytes)?;
-        shards.push(ShardRouting {
-            copies: vec![ShardCopy {
-                node_id: node.identity.node_id.clone(),
-                primary: true,
-                started: false,
-                allocation_id: allocation_id.clone(),
-                replaces: None,
-            }],
-            in_sync: [allocation_id].into(),
-            primary_term: 1,
-        });
+        let Some(shard) = shard else { continue };
+        let number = number as u32;
+        if primary.node_id == node.identity.node_id {
+            lay_out_shard(
+                session,
+                repository,
+                &node.indices.index_dir(uuid).join(number.to_string()),
+                shard,
+                &primary.allocation_id,
+            )?;
+        } else {
+            let request = crate::replication::wire::DataRequest::RestoreShard {
+                repository: repository.to_string(),
+                index_uuid: uuid.to_string(),
+                shard: number,
+                allocation_id: primary.allocation_id.clone(),
+                snapshot: serde_json::to_string(shard)
+                    .map_err(|err| Error::Internal(err.to_string()))?,
+            };
+            let runtime = tokio::runtime::Handle::try_current()
+                .map_err(|err| Error::Internal(format!("no runtime to reach a node: {err}")))?;
+            runtime.block_on(crate::replication::ask_within(
+                node,
+                &primary.node_id,
+                request,
+                REMOTE_SHARD_SNAPSHOT_TIMEOUT,
+            ))?;
+        }
+        shard_routing.in_sync = [primary.allocation_id.clone()].into();
     }
     Ok(RestoredIndex {
         name: target.to_string(),
@@ -807,12 +932,27 @@ fn adopt_restored(
                 .and_then(Value::as_i64)
                 .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
             mappings: index.meta.get("mappings").cloned().unwrap_or_default(),
-            settings: settings.clone(),
+            settings,
         },
-        routing: IndexRouting {
-            replicas: settings.number_of_replicas,
-            shards,
-        },
+        routing,
+    })
+}
+
+/// Downloads one shard of a snapshot as this node's copy `allocation_id` of index `uuid`, for
+/// the coordinator of a restore; a failure leaves nothing behind.
+pub fn restore_shard_here(
+    node: &NodeState,
+    repository: &str,
+    uuid: &str,
+    number: u32,
+    allocation_id: &str,
+    shard: &ShardSnapshot,
+) -> Result<()> {
+    let meta = registered(node, repository)?;
+    let mut session = open(node, repository, &meta)?;
+    let dir = node.indices.index_dir(uuid).join(number.to_string());
+    lay_out_shard(&mut session, repository, &dir, shard, allocation_id).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
     })
 }
 
@@ -840,37 +980,35 @@ fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Resul
     })
 }
 
-/// Downloads and verifies every file, then writes the index metadata last: a crash leaves a
-/// directory without metadata, which the next start removes.
-fn lay_out_index(
+/// Downloads and verifies a shard's files into `shard_dir`, then marks the directory as copy
+/// `allocation_id`. The index's own metadata is written when the restored index is committed
+/// ([`crate::indices::Indices::ensure`]); a directory left without it by a crash is removed at
+/// the next start.
+fn lay_out_shard(
     session: &mut RepositorySession,
     repository: &str,
-    dir: &Path,
-    target: &str,
-    uuid: &str,
-    index: &IndexSnapshot,
+    shard_dir: &Path,
+    shard: &ShardSnapshot,
+    allocation_id: &str,
 ) -> Result<()> {
-    for (number, shard) in index.shards.iter().enumerate() {
-        let index_dir: PathBuf = dir.join(number.to_string()).join("index");
-        std::fs::create_dir_all(&index_dir)?;
-        let Some(shard) = shard else { continue };
-        let mut managed = vec!["meta.json".to_string()];
-        for file in &shard.files {
-            download_verified(session, repository, file, &index_dir.join(&file.name))?;
-            managed.push(file.name.clone());
-        }
-        std::fs::write(index_dir.join("meta.json"), &shard.commit_meta)?;
-        // tantivy's record of the files it owns, so merges can later delete restored files.
-        let mut listing =
-            serde_json::to_vec(&managed).map_err(|err| Error::Internal(err.to_string()))?;
-        listing.push(b'\n');
-        std::fs::write(index_dir.join(".managed.json"), listing)?;
+    let index_dir = shard_dir.join("index");
+    std::fs::create_dir_all(&index_dir)?;
+    let mut managed = vec!["meta.json".to_string()];
+    for file in &shard.files {
+        download_verified(session, repository, file, &index_dir.join(&file.name))?;
+        managed.push(file.name.clone());
     }
-    let mut meta = index.meta.clone();
-    meta["name"] = Value::String(target.to_string());
-    meta["uuid"] = Value::String(uuid.to_string());
-    let bytes = serde_json::to_vec_pretty(&meta).map_err(|err| Error::Internal(err.to_string()))?;
-    crate::index::write_atomically(&dir.join("_meta.json"), &bytes)?;
+    std::fs::write(index_dir.join("meta.json"), &shard.commit_meta)?;
+    // tantivy's record of the files it owns, so merges can later delete restored files.
+    let mut listing =
+        serde_json::to_vec(&managed).map_err(|err| Error::Internal(err.to_string()))?;
+    listing.push(b'\n');
+    std::fs::write(index_dir.join(".managed.json"), listing)?;
+    let marker = crate::index::CopyMarker {
+        allocation_id: allocation_id.to_string(),
+    };
+    let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
+    crate::index::write_atomically(&shard_dir.join("_copy.json"), &bytes)?;
     Ok(())
 }
 

@@ -227,8 +227,10 @@ fn try_once(settings: &Settings, request: &Request<'_>, payload_sha256: &str) ->
         Ok(future) => future,
         Err(code) => return transport_error(code),
     };
-    // A failed body write usually means the service answered early (an error) or the
-    // connection broke: the response, if any, says which.
+    // A body write can fail because the service already answered (an early error, or the
+    // whole body went through and the request completed before the final flush) or because
+    // the connection broke. A response settles it: the service checks the length and the
+    // signed SHA-256 of the payload, so a success means the body arrived whole.
     let written = if request.body.is_empty() {
         Ok(())
     } else {
@@ -241,15 +243,13 @@ fn try_once(settings: &Settings, request: &Request<'_>, payload_sha256: &str) ->
         Some(Ok(Err(code))) => return transport_error(code),
         Some(Err(())) | None => return Attempt::Transient("no response".into()),
     };
-    let response = match read_response(response, &request.method) {
-        Ok(response) => response,
-        Err(reason) => return Attempt::Transient(reason),
-    };
-    match (written, finished) {
-        (Ok(()), Ok(())) => Attempt::Answered(response),
-        _ if !(200..300).contains(&response.status) => Attempt::Answered(response),
-        (Err(reason), _) => Attempt::Transient(reason),
-        (_, Err(code)) => transport_error(code),
+    match read_response(response, &request.method) {
+        Ok(response) => Attempt::Answered(response),
+        Err(reason) => match (written, finished) {
+            (Err(write_failed), _) => Attempt::Transient(format!("{write_failed}; {reason}")),
+            (Ok(()), Err(code)) => transport_error(code),
+            (Ok(()), Ok(())) => Attempt::Transient(reason),
+        },
     }
 }
 

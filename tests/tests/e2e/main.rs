@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts a real node process and drives it over HTTP.
 
 mod cli;
+mod cluster_snapshots;
 mod cluster_state;
 mod compat;
 mod documents;

@@ -38,6 +38,11 @@ pub(crate) fn search_fingerprint(node: &Node, index: &str) -> Value {
                 "aggs": {"tags": {"terms": {"field": "tag.keyword"}}}}),
     );
     assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(
+        reply.body["_shards"]["failed"], 0,
+        "every shard answers: {:?}",
+        reply.body
+    );
     let ids: Vec<Value> = reply.body["hits"]["hits"]
         .as_array()
         .map(|hits| hits.iter().map(|hit| hit["_id"].clone()).collect())
