@@ -224,8 +224,8 @@ pub mod switchover {
 ///         std::fs::remove_file(path(&name)).map_err(io)
 ///     }
 ///     fn verify() -> Result<(), RepositoryError> {
-///         Self::put("verify".into(), b"ok".to_vec(), String::new())?;
-///         Self::delete("verify".into())
+///         // Writes, reads back and deletes a probe blob through the methods above.
+///         shoal_plugin_sdk::repository::verify_by_round_trip::<Self>()
 ///     }
 /// }
 ///
@@ -242,6 +242,27 @@ pub mod repository {
     pub use self::exports::shoal::plugin::repository::{
         BlobMeta, Guest as RepositoryPlugin, RepositoryError,
     };
+
+    /// The blob `verify` writes, reads back and deletes.
+    pub const PROBE_NAME: &str = "tests-verify/probe";
+    /// The probe's contents.
+    pub const PROBE: &[u8] = b"shoal repository verification";
+    /// SHA-256 of [`PROBE`], as `put` wants it.
+    pub const PROBE_SHA256: &str =
+        "7f3f31a5475048b501f311bb2ed298417d4529a68929bb6c6460e3a25c3a6f53";
+
+    /// A `verify` for any repository: writes the probe, reads it back, deletes it.
+    pub fn verify_by_round_trip<P: RepositoryPlugin>() -> Result<(), RepositoryError> {
+        P::put(PROBE_NAME.into(), PROBE.to_vec(), PROBE_SHA256.into())?;
+        let read = P::get(PROBE_NAME.into(), 0, None)?;
+        P::delete(PROBE_NAME.into())?;
+        if read != PROBE {
+            return Err(RepositoryError::Unavailable(
+                "the verification blob read back differently".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Logging through the host (lines are tagged with the plugin's name).
@@ -280,5 +301,19 @@ pub mod time {
     /// True when `[min, max]` (a shard's timestamps) may hold a value inside `range`.
     pub fn overlaps(range: &TimeRange, min: i64, max: i64) -> bool {
         range.min.is_none_or(|low| max >= low) && range.max.is_none_or(|high| min <= high)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn the_probe_checksum_matches_the_probe() {
+        let digest: String = Sha256::digest(crate::repository::PROBE)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(digest, crate::repository::PROBE_SHA256);
     }
 }

@@ -65,21 +65,12 @@ pub async fn create_index(
             uuid: existing.uuid.clone(),
         });
     }
-    let fresh = BTreeMap::from([(
-        name.to_string(),
-        IndexRouting {
-            replicas: settings.number_of_replicas,
-            shards: vec![ShardRouting::default(); settings.number_of_shards as usize],
-        },
-    )]);
-    let mut decided = allocation::allocate(
-        &fresh,
-        &data_nodes(node),
-        &allocation_settings(&state),
-        &BTreeSet::new(),
-        new_uuid,
+    let routing = place_new_index(
+        node,
+        name,
+        settings.number_of_replicas,
+        settings.number_of_shards as usize,
     );
-    let routing = decided.routing.remove(name).unwrap_or_default();
     let meta = IndexMetadata {
         uuid: new_uuid(),
         creation_date: chrono::Utc::now().timestamp_millis(),
@@ -114,6 +105,26 @@ pub async fn create_index(
     tracing::info!(index = name, uuid = %meta.uuid, "created index");
     node.indices.ensure(name, &meta)?;
     Ok(wait_for_primaries(node, name).await)
+}
+
+/// Where a new index's copies go: allocated on the live data nodes as the master would.
+pub fn place_new_index(node: &NodeState, name: &str, replicas: u32, shards: usize) -> IndexRouting {
+    let fresh = BTreeMap::from([(
+        name.to_string(),
+        IndexRouting {
+            replicas,
+            shards: vec![ShardRouting::default(); shards],
+        },
+    )]);
+    let state = node.cluster.consensus.state();
+    let mut decided = allocation::allocate(
+        &fresh,
+        &data_nodes(node),
+        &allocation_settings(&state),
+        &BTreeSet::new(),
+        new_uuid,
+    );
+    decided.routing.remove(name).unwrap_or_default()
 }
 
 /// Waits (up to 30 s) until every primary of `name` is started; returns whether they are.

@@ -436,7 +436,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
                 reason: "a snapshot with the same name already exists".into(),
             });
         }
-        take_snapshot(node, request, &mut session, &indices, start)
+        take_snapshot(node, request, &meta, &mut session, &indices, start)
     });
     let failure = outcome
         .as_ref()
@@ -450,43 +450,74 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
 fn take_snapshot(
     node: &NodeState,
     request: &CreateRequest,
+    meta: &RepositoryMeta,
     session: &mut RepositorySession,
     indices: &[std::sync::Arc<crate::index::IndexService>],
     start: i64,
 ) -> Result<SnapshotManifest> {
     let repository = request.repository.as_str();
-    let mut known = known_blobs(session, repository)?;
-    let mut stats = TransferStats::default();
+    let known = Mutex::new(known_blobs(session, repository)?);
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|err| Error::Internal(format!("no runtime to reach other nodes: {err}")))?;
+    let jobs: Vec<(usize, u32)> = indices
+        .iter()
+        .enumerate()
+        .flat_map(|(position, index)| (0..index.number_of_shards()).map(move |n| (position, n)))
+        .collect();
+    let stats = Mutex::new(TransferStats::default());
+    let runs = on_workers(
+        node,
+        repository,
+        meta,
+        &jobs,
+        |session, &(position, number)| {
+            let outcome = snapshot_shard(
+                node,
+                &runtime,
+                session,
+                repository,
+                &indices[position],
+                number,
+                &known,
+            );
+            let total = {
+                let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
+                if let Ok(upload) = &outcome {
+                    stats.absorb(upload.stats);
+                }
+                *stats
+            };
+            node.snapshot_activity
+                .update(repository, &request.snapshot, |progress| {
+                    progress.shards_done += 1;
+                    progress.shards_failed += usize::from(outcome.is_err());
+                    progress.stats = total;
+                });
+            outcome
+        },
+    );
+    let mut outcomes: BTreeMap<(usize, u32), Result<ShardUpload>> =
+        jobs.iter().copied().zip(runs).collect();
+    let stats = stats.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut failures = Vec::new();
     let mut snapshots = BTreeMap::new();
-    for index in indices {
-        let index_meta = index.meta.persisted_json()?;
+    for (position, index) in indices.iter().enumerate() {
         let mut shards = Vec::with_capacity(index.number_of_shards() as usize);
         for number in 0..index.number_of_shards() {
-            let outcome = snapshot_shard(node, session, repository, index, number, &mut known);
-            let failed = outcome.is_err();
-            match outcome {
-                Ok(upload) => {
-                    stats.absorb(upload.stats);
-                    shards.push(Some(upload.snapshot));
-                }
-                Err(err) => {
+            match outcomes.remove(&(position, number)) {
+                Some(Ok(upload)) => shards.push(Some(upload.snapshot)),
+                Some(Err(err)) => {
                     tracing::warn!(index = index.name(), shard = number, error = %err, "shard snapshot failed");
                     failures.push(format!("[{}][{number}] {err}", index.name()));
                     shards.push(None);
                 }
+                None => shards.push(None),
             }
-            node.snapshot_activity
-                .update(repository, &request.snapshot, |progress| {
-                    progress.shards_done += 1;
-                    progress.shards_failed += usize::from(failed);
-                    progress.stats = stats;
-                });
         }
         snapshots.insert(
             index.name().to_string(),
             IndexSnapshot {
-                meta: index_meta,
+                meta: index.meta.persisted_json()?,
                 shards,
             },
         );
@@ -516,6 +547,59 @@ fn take_snapshot(
     Ok(manifest)
 }
 
+/// Blobs the repository holds, shared by the workers of one snapshot.
+type KnownBlobs = Mutex<HashSet<String>>;
+
+/// Shards snapshotted at once by one coordinator: half the cores, at least 2, at most 4
+/// (Elasticsearch's snapshot pool is similar), so queries keep cores while a snapshot runs.
+fn snapshot_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |cores| cores.get() / 2)
+        .clamp(2, 4)
+}
+
+/// Runs `work` on every job with up to [`snapshot_workers`] threads, each with its own session
+/// on the repository (its own plugin instance); the outcomes come back in job order.
+fn on_workers<J: Sync, T: Send>(
+    node: &NodeState,
+    repository: &str,
+    meta: &RepositoryMeta,
+    jobs: &[J],
+    work: impl Fn(&mut RepositorySession, &J) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Mutex<BTreeMap<usize, Result<T>>> = Mutex::default();
+    std::thread::scope(|scope| {
+        for _ in 0..snapshot_workers().min(jobs.len()) {
+            scope.spawn(|| {
+                let mut session = open(node, repository, meta);
+                loop {
+                    let position = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(job) = jobs.get(position) else {
+                        return;
+                    };
+                    let outcome = match session.as_mut() {
+                        Ok(session) => work(session, job),
+                        Err(err) => Err(Error::Repository {
+                            repository: repository.to_string(),
+                            reason: err.to_string(),
+                        }),
+                    };
+                    outcomes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(position, outcome);
+                }
+            });
+        }
+    });
+    outcomes
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_values()
+        .collect()
+}
+
 /// How long a coordinator waits for another node to snapshot one shard.
 const REMOTE_SHARD_SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -540,11 +624,12 @@ fn known_blobs(session: &mut RepositorySession, repository: &str) -> Result<Hash
 /// through the data plane (each node uploads its own primaries, with its own credentials).
 fn snapshot_shard(
     node: &NodeState,
+    runtime: &tokio::runtime::Handle,
     session: &mut RepositorySession,
     repository: &str,
     index: &crate::index::IndexService,
     number: u32,
-    known: &mut HashSet<String>,
+    known: &KnownBlobs,
 ) -> Result<ShardUpload> {
     use crate::replication::wire::{DataRequest, DataResponse};
     let primary_node = {
@@ -556,8 +641,6 @@ fn snapshot_shard(
     if primary_node == node.identity.node_id {
         return upload_local_primary(node, session, repository, index, number, known);
     }
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|err| Error::Internal(format!("no runtime to reach the primary: {err}")))?;
     let request = DataRequest::SnapshotShard {
         repository: repository.to_string(),
         index: index.name().to_string(),
@@ -576,7 +659,7 @@ fn snapshot_shard(
     };
     let upload: ShardUpload = serde_json::from_str(&text)
         .map_err(|err| Error::Internal(format!("shard snapshot answer: {err}")))?;
-    known.extend(
+    known.lock().unwrap_or_else(|p| p.into_inner()).extend(
         upload
             .snapshot
             .files
@@ -596,9 +679,9 @@ pub fn snapshot_shard_here(
 ) -> Result<ShardUpload> {
     let meta = writable(node, repository, "create a snapshot in")?;
     let mut session = open(node, repository, &meta)?;
-    let mut known = known_blobs(&mut session, repository)?;
+    let known = Mutex::new(known_blobs(&mut session, repository)?);
     let service = node.indices.get(index)?;
-    upload_local_primary(node, &mut session, repository, &service, shard, &mut known)
+    upload_local_primary(node, &mut session, repository, &service, shard, &known)
 }
 
 /// Stages the commit of this node's primary of a shard (the point in time; writes go on) and
@@ -609,7 +692,7 @@ fn upload_local_primary(
     repository: &str,
     index: &crate::index::IndexService,
     number: u32,
-    known: &mut HashSet<String>,
+    known: &KnownBlobs,
 ) -> Result<ShardUpload> {
     let shard = index
         .shard(number)
@@ -646,7 +729,7 @@ fn upload_shard(
     repository: &str,
     staging: &Path,
     staged: crate::shard::StagedCommit,
-    known: &mut HashSet<String>,
+    known: &KnownBlobs,
     stats: &mut TransferStats,
 ) -> Result<ShardSnapshot> {
     let mut files = Vec::with_capacity(staged.files.len());
@@ -656,14 +739,20 @@ fn upload_shard(
         let blob = blob_name(&sha256);
         stats.total_files += 1;
         stats.total_bytes += size;
-        if !known.contains(&blob) {
+        let missing = !known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&blob);
+        // Two workers may upload one blob at once (the same file in two shards): harmless,
+        // as a blob's name is its content.
+        if missing {
             let file = std::fs::File::open(&path)?;
             session
                 .put_streamed(&blob, size, &sha256, std::io::BufReader::new(file))
                 .map_err(repo_error(repository))?;
             stats.uploaded_files += 1;
             stats.uploaded_bytes += size;
-            known.insert(blob);
+            known.lock().unwrap_or_else(|p| p.into_inner()).insert(blob);
         }
         files.push(FileRef { name, sha256, size });
     }
@@ -840,7 +929,7 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
     let mut restored = Vec::new();
     for (source, target, index) in chosen {
         let uuid = new_uuid();
-        let restored_index = restore_index(node, &mut session, repository, &target, &uuid, index)
+        let restored_index = restore_index(node, &meta, repository, &target, &uuid, index)
             .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
             .inspect_err(|_| {
                 let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
@@ -857,33 +946,24 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
 /// them. A shard missing from a partial snapshot gets an empty primary.
 fn restore_index(
     node: &NodeState,
-    session: &mut RepositorySession,
+    meta: &RepositoryMeta,
     repository: &str,
     target: &str,
     uuid: &str,
     index: &IndexSnapshot,
 ) -> Result<RestoredIndex> {
-    use crate::cluster::allocation::{self, IndexRouting, ShardRouting};
-    use crate::replication::master::{allocation_settings, data_nodes};
     let settings: crate::index::IndexSettings =
         serde_json::from_value(index.meta.get("settings").cloned().unwrap_or_default())
             .map_err(|err| Error::Internal(format!("snapshot index settings: {err}")))?;
-    let fresh = BTreeMap::from([(
-        target.to_string(),
-        IndexRouting {
-            replicas: settings.number_of_replicas,
-            shards: vec![ShardRouting::default(); index.shards.len()],
-        },
-    )]);
-    let state = node.cluster.consensus.state();
-    let mut decided = allocation::allocate(
-        &fresh,
-        &data_nodes(node),
-        &allocation_settings(&state),
-        &BTreeSet::new(),
-        new_uuid,
+    let mut routing = crate::replication::admin::place_new_index(
+        node,
+        target,
+        settings.number_of_replicas,
+        index.shards.len(),
     );
-    let mut routing = decided.routing.remove(target).unwrap_or_default();
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|err| Error::Internal(format!("no runtime to reach other nodes: {err}")))?;
+    let mut jobs = Vec::new();
     for (number, (shard_routing, shard)) in routing.shards.iter_mut().zip(&index.shards).enumerate()
     {
         shard_routing.copies.retain(|copy| copy.primary);
@@ -892,36 +972,42 @@ fn restore_index(
                 "no data node can hold shard [{number}]"
             )));
         };
-        let Some(shard) = shard else { continue };
-        let number = number as u32;
-        if primary.node_id == node.identity.node_id {
-            lay_out_shard(
-                session,
-                repository,
-                &node.indices.index_dir(uuid).join(number.to_string()),
-                shard,
-                &primary.allocation_id,
-            )?;
-        } else {
+        // A shard a partial snapshot lacks gets an empty primary, as a new index would.
+        if let Some(shard) = shard {
+            shard_routing.in_sync = [primary.allocation_id.clone()].into();
+            jobs.push((number as u32, primary.clone(), shard));
+        }
+    }
+    // Each primary's node downloads its shard; the shards go in parallel.
+    let runs = on_workers(
+        node,
+        repository,
+        meta,
+        &jobs,
+        |session, (number, primary, shard)| {
+            if primary.node_id == node.identity.node_id {
+                let dir = node.indices.index_dir(uuid).join(number.to_string());
+                return lay_out_shard(session, repository, &dir, shard, &primary.allocation_id);
+            }
             let request = crate::replication::wire::DataRequest::RestoreShard {
                 repository: repository.to_string(),
                 index_uuid: uuid.to_string(),
-                shard: number,
+                shard: *number,
                 allocation_id: primary.allocation_id.clone(),
                 snapshot: serde_json::to_string(shard)
                     .map_err(|err| Error::Internal(err.to_string()))?,
             };
-            let runtime = tokio::runtime::Handle::try_current()
-                .map_err(|err| Error::Internal(format!("no runtime to reach a node: {err}")))?;
-            runtime.block_on(crate::replication::ask_within(
-                node,
-                &primary.node_id,
-                request,
-                REMOTE_SHARD_SNAPSHOT_TIMEOUT,
-            ))?;
-        }
-        shard_routing.in_sync = [primary.allocation_id.clone()].into();
-    }
+            runtime
+                .block_on(crate::replication::ask_within(
+                    node,
+                    &primary.node_id,
+                    request,
+                    REMOTE_SHARD_SNAPSHOT_TIMEOUT,
+                ))
+                .map(drop)
+        },
+    );
+    runs.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(RestoredIndex {
         name: target.to_string(),
         meta: crate::cluster::state::IndexMetadata {

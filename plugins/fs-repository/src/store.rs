@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use shoal_plugin_sdk::host;
 use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin};
 
 const ROOT: &str = "/repo";
@@ -57,9 +58,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A name no other upload uses, even one of another instance (the host runs several at once
+/// and may send the same blob twice): upload ids count per instance, so the clocks make the
+/// difference.
 fn temp_path(path: &Path, upload: u64) -> PathBuf {
     let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".{upload}{PART_SUFFIX}"));
+    temp.push(format!(
+        ".{}-{}-{upload}{PART_SUFFIX}",
+        host::wall_clock_now(),
+        host::monotonic_now()
+    ));
     PathBuf::from(temp)
 }
 
@@ -274,17 +282,6 @@ impl RepositoryPlugin for FsRepository {
     }
 
     fn verify() -> Result<(), RepositoryError> {
-        let name = "tests-verify/probe".to_string();
-        let data = b"shoal repository verification".to_vec();
-        let sha = hex(&Sha256::digest(&data));
-        Self::put(name.clone(), data.clone(), sha)?;
-        let read = Self::get(name.clone(), 0, None)?;
-        Self::delete(name)?;
-        if read != data {
-            return Err(RepositoryError::Unavailable(
-                "the verification blob read back differently".into(),
-            ));
-        }
-        Ok(())
+        shoal_plugin_sdk::repository::verify_by_round_trip::<Self>()
     }
 }

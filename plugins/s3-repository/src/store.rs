@@ -438,17 +438,6 @@ impl RepositoryPlugin for S3Repository {
     }
 
     fn verify() -> Result<(), RepositoryError> {
-        let name = "tests-verify/probe".to_string();
-        let data = b"shoal repository verification".to_vec();
-        let sha = hex(&Sha256::digest(&data));
-        Self::put(name.clone(), data.clone(), sha)?;
-        let read = Self::get(name.clone(), 0, None)?;
-        Self::delete(name)?;
-        if read != data {
-            return Err(RepositoryError::Unavailable(
-                "the verification blob read back differently".into(),
-            ));
-        }
-        Ok(())
+        shoal_plugin_sdk::repository::verify_by_round_trip::<Self>()
     }
 }
