@@ -418,6 +418,19 @@ impl Cluster {
         Ok(&self.nodes[index])
     }
 
+    /// Waits until `node` reports `count` voters in the committed voting configuration. The
+    /// master promotes master-eligible nodes one at a time, and a quorum lost in the middle of
+    /// a promotion stays lost: fault tests wait for this before they kill masters.
+    pub fn wait_for_voters(node: &Node, count: usize) {
+        wait_for(Duration::from_secs(60), &format!("{count} voters"), || {
+            let state = node.get("/_cluster/state");
+            let voters = state.body["metadata"]["cluster_coordination"]["last_committed_config"]
+                .as_array()
+                .map(Vec::len);
+            (voters == Some(count)).then_some(())
+        });
+    }
+
     /// The names of the nodes that node `index` lists in `_cat/nodes`, sorted.
     pub fn seen_by(&self, index: usize) -> Vec<String> {
         node_names(&self.nodes[index])

@@ -47,16 +47,9 @@ fn agreed_master_other_than(
     )
 }
 
-/// Waits until node 0 reports all three master-eligible nodes in the voting configuration
-/// (the master adds joining nodes as voters one at a time).
+/// Waits until node 0 reports all three master-eligible nodes in the voting configuration.
 fn wait_for_three_voters(cluster: &Cluster) {
-    wait_for(Duration::from_secs(60), "three voters", || {
-        let state = cluster.nodes[0].get("/_cluster/state");
-        let voters = state.body["metadata"]["cluster_coordination"]["last_committed_config"]
-            .as_array()
-            .map(Vec::len);
-        (voters == Some(3)).then_some(())
-    });
+    Cluster::wait_for_voters(&cluster.nodes[0], 3);
 }
 
 fn index_of(name: &str) -> usize {

@@ -17,6 +17,7 @@ const INDEX: &str = "events";
 fn green_cluster() -> Cluster {
     let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
     cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    Cluster::wait_for_voters(&cluster.nodes[0], 3);
     let created = cluster.nodes[0].put(
         &format!("/{INDEX}"),
         &json!({"settings": {"number_of_shards": 3, "number_of_replicas": 1}}),
