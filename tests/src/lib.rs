@@ -244,6 +244,21 @@ impl Node {
         self.launch()
     }
 
+    /// Whether the node logs `needle` within 10 s: its stderr is read by another thread, so a
+    /// line written just before an HTTP answer may not be there yet when the answer arrives.
+    pub fn logs_soon(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log_contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log
             .lock()

@@ -275,7 +275,7 @@ pub(super) fn cat_rows(node: &NodeState) -> (Vec<&'static str>, Vec<Vec<String>>
     (vec!["shards", "host", "ip", "node", "zone"], rows)
 }
 
-/// `_cat/recovery`: the peer recoveries this node completed as the target.
+/// `_cat/recovery`: the peer recoveries and snapshot restores this node completed as the target.
 pub(super) fn recovery_rows(node: &NodeState) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let names: BTreeMap<String, String> = node
         .cluster
@@ -293,12 +293,9 @@ pub(super) fn recovery_rows(node: &NodeState) -> (Vec<&'static str>, Vec<Vec<Str
                 done.index,
                 done.shard.to_string(),
                 format!("{}ms", done.took.as_millis()),
-                "peer".into(),
+                done.kind.as_str().into(),
                 "done".into(),
-                names
-                    .get(&done.source_node)
-                    .cloned()
-                    .unwrap_or(done.source_node),
+                names.get(&done.source).cloned().unwrap_or(done.source),
                 node.config.node_name.clone(),
                 done.bytes.to_string(),
             ]

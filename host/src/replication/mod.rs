@@ -281,9 +281,27 @@ pub fn unreachable(node_id: &str, reason: impl std::fmt::Display) -> Error {
 pub struct RecoveryRecord {
     pub index: String,
     pub shard: u32,
-    pub source_node: String,
+    pub kind: RecoveryKind,
+    /// The node copied from (a peer recovery), or `repository/snapshot` (a restore).
+    pub source: String,
     pub bytes: u64,
     pub took: Duration,
+}
+
+/// Where a recovered copy's files came from, as `_cat/recovery` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryKind {
+    Peer,
+    Snapshot,
+}
+
+impl RecoveryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryKind::Peer => "peer",
+            RecoveryKind::Snapshot => "snapshot",
+        }
+    }
 }
 
 /// The most recent recoveries this node completed as the target.
@@ -295,7 +313,15 @@ pub struct Recoveries {
 impl Recoveries {
     const KEPT: usize = 256;
 
-    pub fn record(&self, index: &str, shard: u32, source_node: &str, bytes: u64, took: Duration) {
+    pub fn record(
+        &self,
+        copy: (&str, u32),
+        kind: RecoveryKind,
+        source: &str,
+        bytes: u64,
+        took: Duration,
+    ) {
+        let (index, shard) = copy;
         let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
         if done.len() == Self::KEPT {
             done.pop_front();
@@ -303,7 +329,8 @@ impl Recoveries {
         done.push_back(RecoveryRecord {
             index: index.to_string(),
             shard,
-            source_node: source_node.to_string(),
+            kind,
+            source: source.to_string(),
             bytes,
             took,
         });

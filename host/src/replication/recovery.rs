@@ -159,8 +159,8 @@ pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()
         Ok(bytes) => {
             tracing::info!(index, shard = number, copy = %allocation_id, bytes, took_ms = started.elapsed().as_millis() as u64, "recovered shard copy from its primary");
             node.recoveries.record(
-                index,
-                number,
+                (index, number),
+                super::RecoveryKind::Peer,
                 &target.primary_node,
                 *bytes,
                 started.elapsed(),

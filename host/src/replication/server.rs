@@ -157,27 +157,11 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
                 .map_err(|err| Error::Internal(format!("shard snapshot: {err}")))?;
             Ok(DataResponse::ShardSnapshotted(text))
         }
-        DataRequest::RestoreShard {
-            repository,
-            index_uuid,
-            shard,
-            allocation_id,
-            snapshot,
-        } => {
-            let snapshot: crate::snapshot::format::ShardSnapshot = serde_json::from_str(&snapshot)
-                .map_err(|err| Error::Parsing(format!("shard snapshot: {err}")))?;
+        DataRequest::RestoreShard(job) => {
+            let job: crate::snapshot::ShardRestore = serde_json::from_str(&job)
+                .map_err(|err| Error::Parsing(format!("shard restore: {err}")))?;
             let worker = node.clone();
-            blocking(move || {
-                crate::snapshot::restore_shard_here(
-                    &worker,
-                    &repository,
-                    &index_uuid,
-                    shard,
-                    &allocation_id,
-                    &snapshot,
-                )
-            })
-            .await?;
+            blocking(move || crate::snapshot::restore_shard_here(&worker, &job)).await?;
             Ok(DataResponse::Done)
         }
     }

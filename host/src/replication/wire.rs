@@ -78,14 +78,8 @@ pub enum DataRequest {
     },
     /// Downloads a shard of a snapshot as this node's copy of a restored index (for the
     /// coordinator of a restore); answered `Done` once every file is verified on disk.
-    RestoreShard {
-        repository: String,
-        index_uuid: String,
-        shard: u32,
-        allocation_id: String,
-        /// JSON of the shard's [`crate::snapshot::format::ShardSnapshot`].
-        snapshot: String,
-    },
+    /// JSON of a [`crate::snapshot::ShardRestore`].
+    RestoreShard(String),
 }
 
 /// The answer to a [`DataRequest`].

@@ -929,11 +929,19 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
     let mut restored = Vec::new();
     for (source, target, index) in chosen {
         let uuid = new_uuid();
-        let restored_index = restore_index(node, &meta, repository, &target, &uuid, index)
-            .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
-            })?;
+        let restored_index = restore_index(
+            node,
+            &meta,
+            repository,
+            &request.snapshot,
+            &target,
+            &uuid,
+            index,
+        )
+        .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
+        })?;
         tracing::info!(repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
         restored.push(restored_index);
     }
@@ -948,6 +956,7 @@ fn restore_index(
     node: &NodeState,
     meta: &RepositoryMeta,
     repository: &str,
+    snapshot: &str,
     target: &str,
     uuid: &str,
     index: &IndexSnapshot,
@@ -975,38 +984,35 @@ fn restore_index(
         // A shard a partial snapshot lacks gets an empty primary, as a new index would.
         if let Some(shard) = shard {
             shard_routing.in_sync = [primary.allocation_id.clone()].into();
-            jobs.push((number as u32, primary.clone(), shard));
+            let job = ShardRestore {
+                repository: repository.to_string(),
+                snapshot: snapshot.to_string(),
+                index: target.to_string(),
+                index_uuid: uuid.to_string(),
+                shard: number as u32,
+                allocation_id: primary.allocation_id.clone(),
+                files: shard.clone(),
+            };
+            jobs.push((primary.node_id.clone(), job));
         }
     }
     // Each primary's node downloads its shard; the shards go in parallel.
-    let runs = on_workers(
-        node,
-        repository,
-        meta,
-        &jobs,
-        |session, (number, primary, shard)| {
-            if primary.node_id == node.identity.node_id {
-                let dir = node.indices.index_dir(uuid).join(number.to_string());
-                return lay_out_shard(session, repository, &dir, shard, &primary.allocation_id);
-            }
-            let request = crate::replication::wire::DataRequest::RestoreShard {
-                repository: repository.to_string(),
-                index_uuid: uuid.to_string(),
-                shard: *number,
-                allocation_id: primary.allocation_id.clone(),
-                snapshot: serde_json::to_string(shard)
-                    .map_err(|err| Error::Internal(err.to_string()))?,
-            };
-            runtime
-                .block_on(crate::replication::ask_within(
-                    node,
-                    &primary.node_id,
-                    request,
-                    REMOTE_SHARD_SNAPSHOT_TIMEOUT,
-                ))
-                .map(drop)
-        },
-    );
+    let runs = on_workers(node, repository, meta, &jobs, |session, (holder, job)| {
+        if *holder == node.identity.node_id {
+            return restore_shard(node, session, job);
+        }
+        let request = crate::replication::wire::DataRequest::RestoreShard(
+            serde_json::to_string(job).map_err(|err| Error::Internal(err.to_string()))?,
+        );
+        runtime
+            .block_on(crate::replication::ask_within(
+                node,
+                holder,
+                request,
+                REMOTE_SHARD_SNAPSHOT_TIMEOUT,
+            ))
+            .map(drop)
+    });
     runs.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(RestoredIndex {
         name: target.to_string(),
@@ -1024,22 +1030,57 @@ fn restore_index(
     })
 }
 
-/// Downloads one shard of a snapshot as this node's copy `allocation_id` of index `uuid`, for
-/// the coordinator of a restore; a failure leaves nothing behind.
-pub fn restore_shard_here(
+/// One shard of a restore, as the coordinator hands it to the node of the shard's primary.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ShardRestore {
+    pub repository: String,
+    pub snapshot: String,
+    /// The restored index's name and uuid.
+    pub index: String,
+    pub index_uuid: String,
+    pub shard: u32,
+    /// The primary copy the files become.
+    pub allocation_id: String,
+    pub files: ShardSnapshot,
+}
+
+/// Restores one shard onto this node, for the coordinator of a restore on another node.
+pub fn restore_shard_here(node: &NodeState, job: &ShardRestore) -> Result<()> {
+    let meta = registered(node, &job.repository)?;
+    let mut session = open(node, &job.repository, &meta)?;
+    restore_shard(node, &mut session, job)
+}
+
+/// Downloads and verifies a shard as this node's copy of the restored index (nothing is left
+/// behind on failure), and lists it in `_cat/recovery`.
+fn restore_shard(
     node: &NodeState,
-    repository: &str,
-    uuid: &str,
-    number: u32,
-    allocation_id: &str,
-    shard: &ShardSnapshot,
+    session: &mut RepositorySession,
+    job: &ShardRestore,
 ) -> Result<()> {
-    let meta = registered(node, repository)?;
-    let mut session = open(node, repository, &meta)?;
-    let dir = node.indices.index_dir(uuid).join(number.to_string());
-    lay_out_shard(&mut session, repository, &dir, shard, allocation_id).inspect_err(|_| {
+    let started = std::time::Instant::now();
+    let dir = node
+        .indices
+        .index_dir(&job.index_uuid)
+        .join(job.shard.to_string());
+    let bytes = lay_out_shard(
+        session,
+        &job.repository,
+        &dir,
+        &job.files,
+        &job.allocation_id,
+    )
+    .inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
-    })
+    })?;
+    node.recoveries.record(
+        (&job.index, job.shard),
+        crate::replication::RecoveryKind::Snapshot,
+        &format!("{}/{}", job.repository, job.snapshot),
+        bytes,
+        started.elapsed(),
+    );
+    Ok(())
 }
 
 fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Result<String> {
@@ -1067,7 +1108,7 @@ fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Resul
 }
 
 /// Downloads and verifies a shard's files into `shard_dir`, then marks the directory as copy
-/// `allocation_id`. The index's own metadata is written when the restored index is committed
+/// `allocation_id`; returns the bytes downloaded. The index's own metadata is written when the restored index is committed
 /// ([`crate::indices::Indices::ensure`]); a directory left without it by a crash is removed at
 /// the next start.
 fn lay_out_shard(
@@ -1076,7 +1117,7 @@ fn lay_out_shard(
     shard_dir: &Path,
     shard: &ShardSnapshot,
     allocation_id: &str,
-) -> Result<()> {
+) -> Result<u64> {
     let index_dir = shard_dir.join("index");
     std::fs::create_dir_all(&index_dir)?;
     let mut managed = vec!["meta.json".to_string()];
@@ -1095,7 +1136,7 @@ fn lay_out_shard(
     };
     let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
     crate::index::write_atomically(&shard_dir.join("_copy.json"), &bytes)?;
-    Ok(())
+    Ok(shard.files.iter().map(|file| file.size).sum())
 }
 
 fn download_verified(

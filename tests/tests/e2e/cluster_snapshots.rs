@@ -93,6 +93,26 @@ fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
     assert_eq!(restored.status, 200, "{:?}", restored.body);
     assert_eq!(restored.body["snapshot"]["shards"]["successful"], 3);
     wait_for_green(first);
+    // Each primary's node lists the shard it restored in _cat/recovery.
+    let restored_rows: Vec<serde_json::Value> = cluster
+        .nodes
+        .iter()
+        .flat_map(|node| {
+            node.get("/_cat/recovery?format=json")
+                .body
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|row| row["index"] == "logs" && row["type"] == "snapshot")
+        .collect();
+    assert_eq!(restored_rows.len(), 3, "{restored_rows:?}");
+    assert!(
+        restored_rows
+            .iter()
+            .all(|row| row["source_node"] == "shared/snap-1"),
+        "{restored_rows:?}"
+    );
     let restored_primaries = primary_nodes(first, "logs");
     assert!(
         restored_primaries.len() >= 2,

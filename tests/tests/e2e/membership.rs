@@ -65,7 +65,7 @@ fn a_hung_node_is_dropped_and_taken_back_when_it_resumes() {
     cluster.nodes[1].resume();
     cluster.wait_for_view(&[0, 1, 2], &ALL);
     assert!(
-        cluster.nodes[1].log_contains("rejoined under a new generation"),
+        cluster.nodes[1].logs_soon("rejoined under a new generation"),
         "a node declared down renews its identity to rejoin"
     );
 }

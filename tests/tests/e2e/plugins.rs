@@ -80,12 +80,12 @@ fn hostile_plugins_fail_only_their_call() {
             "{name}: the node keeps answering"
         );
         assert!(
-            node.log_contains(&format!("plugin [{name}]")),
+            node.logs_soon(&format!("plugin [{name}]")),
             "{name}: failures are logged with the plugin's name"
         );
     }
     assert!(
-        node.log_contains("memory"),
+        node.logs_soon("memory"),
         "the memory cap is what stopped the hog"
     );
     let snoop = node.get("/_plugins/snoop").body;
@@ -94,7 +94,7 @@ fn hostile_plugins_fail_only_their_call() {
         "a denied file read is an error the plugin returns, not a trap"
     );
     assert!(
-        node.log_contains("file access denied"),
+        node.logs_soon("file access denied"),
         "the plugin saw the denial"
     );
     let looper = node.get("/_plugins/looper").body;
@@ -179,7 +179,7 @@ fn lifecycle_hot_replace_and_persistence() {
     );
     search(&node, one_day());
     assert!(
-        node.log_contains(
+        node.logs_soon(
             r#"keeping 8 shards of 4 indices (first: logs-2024.01.01), config {\"threshold\":3}"#
         ),
         "the plugin reads index names and its config through the host"
@@ -286,7 +286,7 @@ fn lifecycle_hot_replace_and_persistence() {
 
     node.restart().expect("restart");
     assert!(
-        node.log_contains("\"cached\":true"),
+        node.logs_soon("\"cached\":true"),
         "a restart loads compiled plugins from the cache"
     );
     let cached = std::fs::read_dir(dir.path().join("data/_plugins/.cache"))
