@@ -185,6 +185,38 @@ impl IndexSettings {
         Ok(settings)
     }
 
+    /// Resets one setting (`index.refresh_interval` or `refresh_interval`) to its default, as
+    /// a restore's `ignore_index_settings` asks; `number_of_shards` is fixed by the data.
+    pub fn reset(&self, key: &str) -> Result<IndexSettings> {
+        let defaults = IndexSettings::default();
+        let mut settings = self.clone();
+        match key.strip_prefix("index.").unwrap_or(key) {
+            "number_of_replicas" => settings.number_of_replicas = defaults.number_of_replicas,
+            "refresh_interval" => settings.refresh_interval = defaults.refresh_interval,
+            "translog.durability" => settings.translog_durability = defaults.translog_durability,
+            "translog.sync_interval" => {
+                settings.translog_sync_interval = defaults.translog_sync_interval
+            }
+            "time_series.timestamp_field" => settings.timestamp_field = defaults.timestamp_field,
+            "max_result_window" => settings.max_result_window = defaults.max_result_window,
+            "unassigned.node_left.delayed_timeout" => {
+                settings.node_left_delayed_timeout = defaults.node_left_delayed_timeout
+            }
+            "plugins.pruning" => settings.pruning_plugin = defaults.pruning_plugin,
+            "number_of_shards" => {
+                return Err(illegal(
+                    "cannot remove setting [index.number_of_shards] on restore",
+                ));
+            }
+            other => {
+                return Err(illegal(format!(
+                    "unknown setting [index.{other}] in ignore_index_settings"
+                )));
+            }
+        }
+        Ok(settings)
+    }
+
     /// Settings as `GET /{index}/_settings` shows them (values as strings, like Elasticsearch).
     pub fn to_json(&self, meta: &IndexMeta) -> Value {
         json!({

@@ -20,6 +20,16 @@ fn plugin_for_type(kind: &str) -> &str {
     }
 }
 
+/// A boolean body field (`true`, or `"true"` as some clients send), `default` when absent.
+fn flag(body: &Value, key: &str, default: bool) -> Result<bool> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(flag)) => Ok(*flag),
+        Some(Value::String(text)) if text == "true" || text == "false" => Ok(text == "true"),
+        Some(other) => Err(illegal(format!("[{key}] must be a boolean, got {other}"))),
+    }
+}
+
 async fn commit(request: &Request, command: StateCommand) -> Result<()> {
     super::cluster::commit(request, command, Error::RepositoryMissing).await
 }
@@ -175,11 +185,9 @@ pub(super) async fn create_snapshot(
         repository: repository.to_string(),
         snapshot: name.to_string(),
         indices,
-        partial: body
-            .get("partial")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        partial: flag(&body, "partial", false)?,
         metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
+        include_global_state: flag(&body, "include_global_state", true)?,
     };
     // Refuse what is refusable before answering, even when not waiting.
     snapshot::writable(&request.node, repository, "create a snapshot in")?;
@@ -310,17 +318,61 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
         indices,
         rename_pattern: text("rename_pattern"),
         rename_replacement: text("rename_replacement"),
-        partial: body
-            .get("partial")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        partial: flag(&body, "partial", false)?,
+        index_settings: match body.get("index_settings") {
+            None | Some(Value::Null) => Value::Null,
+            Some(settings @ Value::Object(_)) => settings.clone(),
+            Some(other) => {
+                return Err(illegal(format!(
+                    "[index_settings] must be an object, got {other}"
+                )));
+            }
+        },
+        ignore_index_settings: match body.get("ignore_index_settings") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(list)) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|key| !key.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Some(Value::Array(keys)) => keys
+                .iter()
+                .map(|key| {
+                    key.as_str().map(str::to_string).ok_or_else(|| {
+                        illegal(format!(
+                            "[ignore_index_settings] must list names, got {key}"
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
+            Some(other) => {
+                return Err(illegal(format!(
+                    "[ignore_index_settings] must be a list of setting names, got {other}"
+                )));
+            }
+        },
+        include_global_state: flag(&body, "include_global_state", false)?,
     };
     let node = request.node.clone();
     let snap = name.to_string();
     let laid_out = blocking(move || snapshot::restore(&node, &restore)).await?;
-    let mut restored = Vec::with_capacity(laid_out.len());
+    if let Some(global) = laid_out.global_state {
+        commit(
+            &request,
+            StateCommand::PutSettings {
+                persistent: global.persistent_settings,
+                transient: BTreeMap::new(),
+            },
+        )
+        .await?;
+        for (id, policy) in global.slm_policies {
+            commit(&request, StateCommand::PutSlmPolicy { id, policy }).await?;
+        }
+    }
+    let mut restored = Vec::with_capacity(laid_out.indices.len());
     let (mut total, mut from_data) = (0, 0);
-    for index in laid_out {
+    for index in laid_out.indices {
         total += index.routing.shards.len();
         from_data += index
             .routing

@@ -87,6 +87,18 @@ pub struct SnapshotManifest {
     pub start_time_in_millis: i64,
     pub end_time_in_millis: i64,
     pub stats: TransferStats,
+    /// The cluster's global state at the snapshot, when `include_global_state` was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_state: Option<GlobalState>,
+}
+
+/// What a snapshot keeps of the cluster besides indices (Elasticsearch's global state):
+/// persistent cluster settings and snapshot lifecycle policies. Repositories are not part of
+/// it: a restore must not repoint the repository it reads from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalState {
+    pub persistent_settings: BTreeMap<String, Value>,
+    pub slm_policies: BTreeMap<String, crate::snapshot::slm::SlmPolicy>,
 }
 
 impl SnapshotManifest {
@@ -167,6 +179,7 @@ impl SnapshotManifest {
             "state": self.state,
             "failures": self.failures,
             "metadata": self.metadata,
+            "include_global_state": self.global_state.is_some(),
             "start_time_in_millis": self.start_time_in_millis,
             "end_time_in_millis": self.end_time_in_millis,
             "duration_in_millis": self.end_time_in_millis - self.start_time_in_millis,

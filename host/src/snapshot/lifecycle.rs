@@ -58,6 +58,10 @@ pub async fn execute(node: Arc<NodeState>, id: &str) -> Result<String> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         metadata,
+        include_global_state: config
+            .get("include_global_state")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
     };
     let worker = node.clone();
     let outcome = tokio::task::spawn_blocking(move || super::create(&worker, &request))

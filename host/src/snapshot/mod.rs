@@ -400,6 +400,8 @@ pub struct CreateRequest {
     pub indices: String,
     pub partial: bool,
     pub metadata: Value,
+    /// Keep the cluster's persistent settings and lifecycle policies too (default true).
+    pub include_global_state: bool,
 }
 
 /// Takes a snapshot (blocking). Shard failures end it `PARTIAL` when `partial` is set, else
@@ -538,6 +540,13 @@ fn take_snapshot(
         start_time_in_millis: start,
         end_time_in_millis: chrono::Utc::now().timestamp_millis(),
         stats,
+        global_state: request.include_global_state.then(|| {
+            let state = node.cluster.consensus.state();
+            format::GlobalState {
+                persistent_settings: state.persistent_settings.clone(),
+                slm_policies: state.slm_policies.clone(),
+            }
+        }),
     };
     let bytes = serde_json::to_vec(&manifest).map_err(|err| Error::Internal(err.to_string()))?;
     session
@@ -854,6 +863,19 @@ pub struct RestoreRequest {
     pub rename_pattern: Option<String>,
     pub rename_replacement: Option<String>,
     pub partial: bool,
+    /// Settings applied over the snapshot's (`number_of_shards` cannot change).
+    pub index_settings: Value,
+    /// Settings reset to their defaults.
+    pub ignore_index_settings: Vec<String>,
+    /// Restore the snapshot's persistent settings and lifecycle policies too (default false).
+    pub include_global_state: bool,
+}
+
+/// What a restore brings back: indices laid out on their primaries' nodes, and the global
+/// state if asked; the caller commits both.
+pub struct Restored {
+    pub indices: Vec<RestoredIndex>,
+    pub global_state: Option<format::GlobalState>,
 }
 
 /// An index a restore laid out on this node, ready to be committed to the cluster state with
@@ -865,7 +887,7 @@ pub struct RestoredIndex {
 }
 
 /// Restores indices from a snapshot onto this node's disk (blocking); the caller commits them.
-pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<RestoredIndex>> {
+pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Restored> {
     let repository = request.repository.as_str();
     let restore_error = |reason: String| Error::SnapshotRestore {
         repository: repository.to_string(),
@@ -886,6 +908,11 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
         .map_err(repo_error(repository))?;
     let manifest: SnapshotManifest = serde_json::from_slice(&bytes)
         .map_err(|err| restore_error(format!("unreadable manifest: {err}")))?;
+    if request.include_global_state && manifest.global_state.is_none() {
+        return Err(restore_error(
+            "the snapshot was taken without include_global_state, so there is no global state to restore".into(),
+        ));
+    }
     let patterns: Vec<&str> = request
         .indices
         .split(',')
@@ -916,7 +943,9 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
                 "cannot restore index [{target}] because an open index with same name already exists in the cluster"
             )));
         }
-        chosen.push((index_name.clone(), target, index));
+        let settings = restored_settings(index, request)
+            .map_err(|err| restore_error(format!("index [{index_name}]: {err}")))?;
+        chosen.push((index_name.clone(), target, index, settings));
     }
     for pattern in &patterns {
         let concrete = !pattern.contains('*') && *pattern != "_all";
@@ -927,25 +956,40 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
         }
     }
     let mut restored = Vec::new();
-    for (source, target, index) in chosen {
+    for (source, target, index, settings) in chosen {
         let uuid = new_uuid();
-        let restored_index = restore_index(
-            node,
-            &meta,
-            repository,
-            &request.snapshot,
-            &target,
-            &uuid,
-            index,
-        )
-        .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
-        })?;
+        let restored_index = restore_index(node, &meta, request, &target, &uuid, index, settings)
+            .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
+            })?;
         tracing::info!(repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
         restored.push(restored_index);
     }
-    Ok(restored)
+    Ok(Restored {
+        indices: restored,
+        global_state: manifest
+            .global_state
+            .filter(|_| request.include_global_state),
+    })
+}
+
+/// The snapshot's index settings with `ignore_index_settings` reset and `index_settings`
+/// applied over them; `number_of_shards` cannot change (the shards are the data).
+fn restored_settings(
+    index: &IndexSnapshot,
+    request: &RestoreRequest,
+) -> Result<crate::index::IndexSettings> {
+    let mut settings: crate::index::IndexSettings =
+        serde_json::from_value(index.meta.get("settings").cloned().unwrap_or_default())
+            .map_err(|err| Error::Internal(format!("snapshot index settings: {err}")))?;
+    for key in &request.ignore_index_settings {
+        settings = settings.reset(key)?;
+    }
+    if !request.index_settings.is_null() {
+        settings = settings.apply(&request.index_settings, false)?;
+    }
+    Ok(settings)
 }
 
 /// Places the index's primaries as a new index's would be, has each primary's node download
@@ -955,15 +999,13 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Vec<Restore
 fn restore_index(
     node: &NodeState,
     meta: &RepositoryMeta,
-    repository: &str,
-    snapshot: &str,
+    request: &RestoreRequest,
     target: &str,
     uuid: &str,
     index: &IndexSnapshot,
+    settings: crate::index::IndexSettings,
 ) -> Result<RestoredIndex> {
-    let settings: crate::index::IndexSettings =
-        serde_json::from_value(index.meta.get("settings").cloned().unwrap_or_default())
-            .map_err(|err| Error::Internal(format!("snapshot index settings: {err}")))?;
+    let repository = request.repository.as_str();
     let mut routing = crate::replication::admin::place_new_index(
         node,
         target,
@@ -986,7 +1028,7 @@ fn restore_index(
             shard_routing.in_sync = [primary.allocation_id.clone()].into();
             let job = ShardRestore {
                 repository: repository.to_string(),
-                snapshot: snapshot.to_string(),
+                snapshot: request.snapshot.clone(),
                 index: target.to_string(),
                 index_uuid: uuid.to_string(),
                 shard: number as u32,

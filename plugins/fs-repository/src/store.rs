@@ -186,9 +186,13 @@ fn list(prefix: &str) -> Result<Vec<BlobMeta>, RepositoryError> {
         for entry in entries {
             let entry = entry.map_err(|err| io("listing blobs", err))?;
             let path = entry.path();
-            let metadata = entry
-                .metadata()
-                .map_err(|err| io("reading blob metadata", err))?;
+            // Uploads go on during a listing: a temporary file renamed into place (or a
+            // directory removed) since `read_dir` saw it is simply not listed.
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io("reading blob metadata", err)),
+            };
             let Ok(relative) = path.strip_prefix(root) else {
                 continue;
             };

@@ -196,8 +196,12 @@ fn abort_multipart(settings: &Settings, name: &str, multipart: &Multipart) {
     }
 }
 
+/// Room for one part plus the largest chunk the host sends (4 MiB) and some, reserved up
+/// front: a buffer left to grow by doubling could overshoot the plugin's memory limit.
+const CHUNK_HEADROOM: u64 = 8 << 20;
+
 fn start(name: String, expected_length: u64, sha256: String) -> Result<u64, RepositoryError> {
-    settings::current()?;
+    let settings = settings::current()?;
     check_name(&name)?;
     let id = NEXT_UPLOAD.with(|next| {
         let mut next = next.borrow_mut();
@@ -211,7 +215,9 @@ fn start(name: String, expected_length: u64, sha256: String) -> Result<u64, Repo
         expected_sha256: sha256.to_ascii_lowercase(),
         received: 0,
         hasher: Sha256::new(),
-        buffer: Vec::new(),
+        buffer: Vec::with_capacity(
+            expected_length.min(settings.part_bytes + CHUNK_HEADROOM) as usize
+        ),
         multipart: None,
     };
     UPLOADS.with(|uploads| uploads.borrow_mut().insert(id, upload));

@@ -112,6 +112,9 @@ fn s3_snapshots_round_trip_incrementally_with_multipart_uploads() {
     assert_eq!(created.status, 200, "{:?}", created.body);
     index_bulky_docs(&node, "bulky", 9000);
     index_docs(&node, "small", 0, 200);
+    // One segment, so one file is larger than a part whatever the refreshes cut.
+    let merged = node.post("/bulky/_forcemerge?max_num_segments=1", &json!({}));
+    assert_eq!(merged.status, 200, "{:?}", merged.body);
     assert_eq!(node.post("/bulky,small/_flush", &json!({})).status, 200);
     let bulky_before = search_fingerprint(&node, "bulky");
     let small_before = search_fingerprint(&node, "small");

@@ -433,3 +433,105 @@ fn a_second_cluster_can_only_register_a_repository_readonly() {
     // The first cluster keeps writing as before.
     snapshot(&first, "shared", "s2", json!({}));
 }
+
+fn index_setting(node: &Node, index: &str, key: &str) -> Value {
+    node.get(&format!("/{index}/_settings")).body[index]["settings"]["index"][key].clone()
+}
+
+#[test]
+fn restores_override_index_settings_and_bring_back_the_global_state_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node_with_path_repo(dir.path());
+    shoal_tests::register_fs_repository(&node, "r", "r");
+    let created = node.put(
+        "/logs",
+        &json!({"settings": {"number_of_replicas": 0, "refresh_interval": "2s", "max_result_window": 50}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    index_docs(&node, "logs", 0, 20);
+    let awareness = "cluster.routing.allocation.awareness.attributes";
+    let set = node.put(
+        "/_cluster/settings",
+        &json!({"persistent": {awareness: "zone"}}),
+    );
+    assert_eq!(set.status, 200, "{:?}", set.body);
+    let policy = json!({"schedule": "0 0 1 * * ?", "name": "<nightly-{now/d}>",
+                        "repository": "r", "config": {"indices": ["logs"]}});
+    assert_eq!(node.put("/_slm/policy/nightly", &policy).status, 200);
+
+    let with_state = snapshot(&node, "r", "with-state", json!({"indices": "logs"}));
+    assert_eq!(with_state["include_global_state"], true, "{with_state:?}");
+    let without = snapshot(
+        &node,
+        "r",
+        "without-state",
+        json!({"indices": "logs", "include_global_state": false}),
+    );
+    assert_eq!(without["include_global_state"], false);
+
+    // The cluster changes after the snapshot.
+    assert_eq!(
+        node.put(
+            "/_cluster/settings",
+            &json!({"persistent": {awareness: null}})
+        )
+        .status,
+        200
+    );
+    assert_eq!(node.delete("/_slm/policy/nightly").status, 200);
+
+    // Static or unknown settings cannot be changed on restore, and a snapshot without global
+    // state cannot give it back: nothing is restored then.
+    let shards = node.post(
+        "/_snapshot/r/with-state/_restore",
+        &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "x",
+                "index_settings": {"index.number_of_shards": 3}}),
+    );
+    assert_eq!(shards.status, 500, "{:?}", shards.body);
+    let unknown = node.post(
+        "/_snapshot/r/with-state/_restore",
+        &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "x",
+                "ignore_index_settings": ["index.no_such_setting"]}),
+    );
+    assert_eq!(unknown.status, 500, "{:?}", unknown.body);
+    let no_state = node.post(
+        "/_snapshot/r/without-state/_restore",
+        &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "x",
+                "include_global_state": true}),
+    );
+    assert_eq!(no_state.status, 500, "{:?}", no_state.body);
+    assert_eq!(node.get("/x").status, 404, "nothing was restored");
+
+    // By default a restore leaves the global state alone.
+    let plain = node.post(
+        "/_snapshot/r/with-state/_restore",
+        &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "plain"}),
+    );
+    assert_eq!(plain.status, 200, "{:?}", plain.body);
+    assert_eq!(node.get("/_slm/policy/nightly").status, 404);
+    assert_eq!(index_setting(&node, "plain", "refresh_interval"), "2s");
+
+    let restored = node.post(
+        "/_snapshot/r/with-state/_restore",
+        &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "tuned",
+                "include_global_state": true,
+                "index_settings": {"index": {"refresh_interval": "5s"}},
+                "ignore_index_settings": "index.max_result_window"}),
+    );
+    assert_eq!(restored.status, 200, "{:?}", restored.body);
+    assert_eq!(count(&node, "tuned"), 20);
+    assert_eq!(index_setting(&node, "tuned", "refresh_interval"), "5s");
+    assert_eq!(index_setting(&node, "tuned", "max_result_window"), "10000");
+    assert_eq!(index_setting(&node, "tuned", "number_of_replicas"), "0");
+    assert_eq!(
+        node.get("/_slm/policy/nightly").status,
+        200,
+        "the policy is back"
+    );
+    let settings = node.get("/_cluster/settings?flat_settings=true");
+    assert_eq!(
+        settings.body["persistent"][awareness], "zone",
+        "{:?}",
+        settings.body
+    );
+}
