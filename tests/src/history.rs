@@ -227,13 +227,20 @@ pub fn check(node: &Node, index: &str, history: &History) -> Result<(), String> 
     let mut found = BTreeSet::new();
     let attempted: Vec<&String> = history.attempted.iter().collect();
     for chunk in attempted.chunks(1000) {
+        let started = Instant::now();
         let reply = node.post(
             &format!("/{index}/_mget?_source=false"),
             &json!({ "ids": chunk }),
         );
-        let docs = reply.body["docs"]
-            .as_array()
-            .ok_or_else(|| format!("_mget failed: {:?}", reply.body))?;
+        let docs = reply.body["docs"].as_array().ok_or_else(|| {
+            format!(
+                "_mget failed after {:?} (status {}, node answering: {}): {:?}",
+                started.elapsed(),
+                reply.status,
+                node.get("/").status == 200,
+                reply.body
+            )
+        })?;
         for doc in docs {
             if doc.get("error").is_some() {
                 return Err(format!("_mget item failed: {doc}"));

@@ -101,7 +101,9 @@ impl Node {
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Node> {
         let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
+            // Longer than a node's own retry of an unavailable shard (1 minute), so that a
+            // request the node gives up on comes back with the node's error, not a timeout.
+            .timeout(Duration::from_secs(120))
             .build()?;
         let mut node = Node {
             binary: PathBuf::from(binary),
