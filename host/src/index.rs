@@ -262,6 +262,9 @@ pub struct IndexMeta {
     mapping: RwLock<Arc<Mapping>>,
     /// Serializes read-modify-persist of settings and mapping.
     persist_lock: Mutex<()>,
+    /// The cluster-state version whose settings were adopted last: the applier and an API
+    /// call can adopt concurrently, and an older state must not undo a newer change.
+    adopted_version: Mutex<u64>,
 }
 
 impl IndexMeta {
@@ -311,8 +314,13 @@ impl IndexMeta {
     pub fn adopt_cluster_metadata(
         &self,
         meta: &crate::cluster::state::IndexMetadata,
+        version: u64,
     ) -> Result<()> {
-        if self.settings() != meta.settings {
+        let mut adopted = self
+            .adopted_version
+            .lock()
+            .map_err(|_| Error::Internal("metadata version lock poisoned".into()))?;
+        if version >= *adopted && self.settings() != meta.settings {
             let _guard = self
                 .persist_lock
                 .lock()
@@ -322,6 +330,9 @@ impl IndexMeta {
                 *settings = meta.settings.clone();
             }
         }
+        *adopted = (*adopted).max(version);
+        drop(adopted);
+        // Mappings only grow, so an older one merges in harmlessly.
         let cluster_mapping = Mapping::parse(&meta.mappings)?;
         if self.mapping().merge(&cluster_mapping)? != *self.mapping() {
             self.grow(&cluster_mapping)?;
@@ -395,6 +406,7 @@ impl IndexService {
             settings: RwLock::new(settings.clone()),
             mapping: RwLock::new(Arc::new(mapping.clone())),
             persist_lock: Mutex::new(()),
+            adopted_version: Mutex::new(0),
         };
         meta.persist(&settings, &mapping)?;
         Ok(IndexService {
@@ -421,6 +433,7 @@ impl IndexService {
             settings: RwLock::new(persisted.settings),
             mapping: RwLock::new(Arc::new(mapping)),
             persist_lock: Mutex::new(()),
+            adopted_version: Mutex::new(0),
         };
         let index = IndexService {
             meta: Arc::new(meta),

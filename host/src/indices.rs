@@ -72,12 +72,18 @@ impl Indices {
 
     /// Makes sure the index the cluster state describes is laid out here (metadata only;
     /// copies open as they are allocated). An older index of the same name is replaced.
-    pub fn ensure(&self, name: &str, meta: &IndexMetadata) -> Result<Arc<IndexService>> {
+    /// `version` is the cluster-state version `meta` comes from.
+    pub fn ensure(
+        &self,
+        name: &str,
+        meta: &IndexMetadata,
+        version: u64,
+    ) -> Result<Arc<IndexService>> {
         if let Some(existing) = self.read().get(name)
             && existing.meta.uuid == meta.uuid
         {
             let index = existing.clone();
-            index.meta.adopt_cluster_metadata(meta)?;
+            index.meta.adopt_cluster_metadata(meta, version)?;
             return Ok(index);
         }
         let guard = self
@@ -91,7 +97,7 @@ impl Indices {
             }
             drop(guard);
             self.delete(name)?;
-            return self.ensure(name, meta);
+            return self.ensure(name, meta, version);
         }
         let dir = self.dir.join(&meta.uuid);
         let index = if dir.join("_meta.json").exists() {
@@ -107,6 +113,8 @@ impl Indices {
                 mapping,
             )?
         };
+        // An index opened from disk may hold older settings than the cluster's.
+        index.meta.adopt_cluster_metadata(meta, version)?;
         let index = Arc::new(index);
         tracing::info!(index = name, uuid = %meta.uuid, "laid out index");
         self.indices

@@ -389,7 +389,11 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
             let _ = std::fs::remove_dir_all(request.node.indices.index_dir(&index.meta.uuid));
             return Err(err);
         }
-        request.node.indices.ensure(&index.name, &index.meta)?;
+        let version = request.node.cluster.consensus.state().version;
+        request
+            .node
+            .indices
+            .ensure(&index.name, &index.meta, version)?;
         crate::replication::admin::wait_for_primaries(&request.node, &index.name).await;
         restored.push(index.name);
     }

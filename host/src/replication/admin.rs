@@ -43,7 +43,7 @@ pub fn index(node: &NodeState, name: &str) -> Result<Arc<IndexService>> {
                 .indices
                 .get(name)
                 .ok_or_else(|| Error::IndexNotFound(name.to_string()))?;
-            node.indices.ensure(name, meta)
+            node.indices.ensure(name, meta, state.version)
         }
         Err(err) => Err(err),
     }
@@ -103,7 +103,8 @@ pub async fn create_index(
         Err(other) => return Err(Error::MasterNotDiscovered(other.to_string())),
     }
     tracing::info!(index = name, uuid = %meta.uuid, "created index");
-    node.indices.ensure(name, &meta)?;
+    let version = node.cluster.consensus.state().version;
+    node.indices.ensure(name, &meta, version)?;
     Ok(wait_for_primaries(node, name).await)
 }
 
@@ -233,7 +234,7 @@ pub async fn put_mapping(
 fn adopt(node: &NodeState, index: &IndexService) -> Result<()> {
     let state = node.cluster.consensus.state();
     match state.indices.get(index.name()) {
-        Some(meta) => index.meta.adopt_cluster_metadata(meta),
+        Some(meta) => index.meta.adopt_cluster_metadata(meta, state.version),
         None => Ok(()),
     }
 }

@@ -124,8 +124,8 @@ impl Applier {
     async fn apply_metadata(&mut self, state: &ClusterState) -> Result<()> {
         for (name, meta) in &state.indices {
             let node = self.node.clone();
-            let (name, meta) = (name.clone(), meta.clone());
-            blocking(move || node.indices.ensure(&name, &meta).map(|_| ())).await?;
+            let (name, meta, version) = (name.clone(), meta.clone(), state.version);
+            blocking(move || node.indices.ensure(&name, &meta, version).map(|_| ())).await?;
         }
         for index in self.node.indices.all() {
             let known = state

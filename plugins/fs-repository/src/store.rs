@@ -184,10 +184,14 @@ fn list(prefix: &str) -> Result<Vec<BlobMeta>, RepositoryError> {
             Err(err) => return Err(io("listing blobs", err)),
         };
         for entry in entries {
-            let entry = entry.map_err(|err| io("listing blobs", err))?;
-            let path = entry.path();
             // Uploads go on during a listing: a temporary file renamed into place (or a
-            // directory removed) since `read_dir` saw it is simply not listed.
+            // directory removed) since the directory was read is simply not listed.
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io("listing blobs", err)),
+            };
+            let path = entry.path();
             let metadata = match entry.metadata() {
                 Ok(metadata) => metadata,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
