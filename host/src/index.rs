@@ -28,8 +28,8 @@ pub struct IndexSettings {
     /// The field time-series pruning reads (`index.time_series.timestamp_field`).
     pub timestamp_field: String,
     pub max_result_window: usize,
-    /// The pruning plugin searches of this index consult (`index.plugins.pruning`); `None`
-    /// (`"none"`) searches every shard.
+    /// The pruning plugin searches of this index consult (`index.plugins.pruning`): a plugin,
+    /// `none` to search every shard, or unset (`None`) to follow the cluster (`plugins::roles`).
     pub pruning_plugin: Option<String>,
     /// How long a replica lost with its node waits for the node before it is rebuilt elsewhere
     /// (`index.unassigned.node_left.delayed_timeout`).
@@ -46,7 +46,7 @@ impl Default for IndexSettings {
             translog_sync_interval: Duration::from_secs(5),
             timestamp_field: "@timestamp".to_string(),
             max_result_window: 10_000,
-            pruning_plugin: Some("time-series-pruning".to_string()),
+            pruning_plugin: None,
             node_left_delayed_timeout: Duration::from_secs(60),
         }
     }
@@ -171,7 +171,7 @@ impl IndexSettings {
                 }
                 "plugins.pruning" => {
                     let name = setting_string(&key, &value)?;
-                    settings.pruning_plugin = (!name.is_empty() && name != "none").then_some(name);
+                    settings.pruning_plugin = (!name.is_empty()).then_some(name);
                 }
                 // Accepted for compatibility with clients that always send them.
                 "uuid" | "creation_date" | "provided_name" | "version.created" => {}
@@ -230,7 +230,11 @@ impl IndexSettings {
                 },
                 "time_series": { "timestamp_field": self.timestamp_field },
                 "max_result_window": self.max_result_window.to_string(),
-                "plugins": { "pruning": self.pruning_plugin.as_deref().unwrap_or("none") },
+                // Unset means "as the cluster says", which `GET /_cluster/settings` shows.
+                "plugins": match &self.pruning_plugin {
+                    Some(name) => json!({ "pruning": name }),
+                    None => json!({}),
+                },
                 "unassigned": { "node_left": { "delayed_timeout": format_time_value(Some(self.node_left_delayed_timeout)) } },
                 "uuid": meta.uuid,
                 "creation_date": meta.creation_date.to_string(),
@@ -272,7 +276,6 @@ impl IndexMeta {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Cheaper than cloning all settings, for per-document response headers.
     /// The persisted metadata (settings, mappings, primary terms) as JSON, for snapshots.
     pub fn persisted_json(&self) -> Result<Value> {
         let bytes = std::fs::read(self.dir.join("_meta.json"))?;

@@ -52,7 +52,7 @@ pub mod pruning {
     pub use self::exports::shoal::plugin::pruning::{
         Guest as PruningPlugin, PruneRequest, ShardTable,
     };
-    pub use self::shoal::plugin::pruning_context::index_name;
+    pub use self::shoal::plugin::pruning_context::{index_name, index_pattern, timestamp_field};
     pub use self::shoal::plugin::types::{LogLevel, PluginError, TimeRange};
 
     /// One shard of a [`ShardTable`], as a plain struct.

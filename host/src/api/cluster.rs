@@ -16,6 +16,7 @@ use crate::config::Role;
 use crate::error::Error;
 use crate::error::{Result, illegal};
 use crate::node::NodeState;
+use crate::plugins::{PluginKind, roles};
 use crate::units::parse_time_value;
 
 pub(super) fn root(request: &Request) -> Result<Reply> {
@@ -270,6 +271,9 @@ pub(super) async fn put_settings(request: &Request) -> Result<Reply> {
         |name: &str| flatten_settings(object.get(name).unwrap_or(&Value::Null)).map_err(illegal);
     let persistent = section("persistent")?;
     let transient = section("transient")?;
+    for (key, value) in persistent.iter().chain(&transient) {
+        check_setting(&request.node, key, value)?;
+    }
     let command = StateCommand::PutSettings {
         persistent: persistent.clone(),
         transient: transient.clone(),
@@ -302,6 +306,26 @@ pub(super) async fn commit(
             ProposeError::Rejected(reason) => rejected(reason),
             other => Error::MasterNotDiscovered(other.to_string()),
         })
+}
+
+/// Refuses a value a known setting could not use (the keys themselves are checked by
+/// `flatten_settings`).
+fn check_setting(node: &NodeState, key: &str, value: &Value) -> Result<()> {
+    if key == roles::CLUSTER_PRUNING {
+        match value {
+            // `null` resets it to the shipped plugin.
+            Value::Null => {}
+            Value::String(name) => {
+                roles::check(&node.plugins, PluginKind::Pruning, key, name).map_err(illegal)?
+            }
+            other => {
+                return Err(illegal(format!(
+                    "[{key}] must be a plugin name, got {other}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn settings_body(

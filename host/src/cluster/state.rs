@@ -28,6 +28,7 @@ pub const KNOWN_CLUSTER_SETTINGS: &[&str] = &[
     "cluster.routing.rebalance.enable",
     "cluster.max_shards_per_node",
     "indices.recovery.max_bytes_per_sec",
+    crate::plugins::roles::CLUSTER_PRUNING,
 ];
 
 /// A registered snapshot repository.

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::pruning::{PruneCandidate, ShardTimeStats, select_shards};
+use super::isolation::{self, Admission, Completion, Progress, QueryProfile, Verdict};
+use super::pruning::{PruneCandidate, PruneQuery, ShardTimeStats, select_shards};
+use super::switchover::{self, NodeHealth, NodeState};
 use super::{InstallRequest, LimitsOverride, PluginHost, PluginKind};
 
 /// One contract test's outcome.
@@ -25,6 +27,16 @@ pub struct CheckReport {
     pub compile: Duration,
     pub load_error: Option<String>,
     pub results: Vec<CheckResult>,
+}
+
+impl CheckResult {
+    fn of(name: &'static str, outcome: Result<(), String>) -> CheckResult {
+        CheckResult {
+            name,
+            passed: outcome.is_ok(),
+            detail: outcome.err().unwrap_or_default(),
+        }
+    }
 }
 
 impl CheckReport {
@@ -115,21 +127,17 @@ pub fn check(file: &str, bytes: &[u8]) -> CheckReport {
     report.sha256 = plugin.describe()["sha256"].as_str().map(str::to_string);
     report.results = match plugin.kind {
         PluginKind::Pruning => pruning_contract(&plugin),
+        PluginKind::QueryIsolation => query_isolation_contract(&plugin),
+        PluginKind::Switchover => switchover_contract(&plugin),
         PluginKind::Repository => repository_contract(plugin),
-        kind => vec![CheckResult {
-            name: "contract tests for this kind",
-            passed: false,
-            detail: format!(
-                "the {kind:?} contract tests arrive with the host's {kind:?} call sites; only loading was checked"
-            ),
-        }],
     };
     report
 }
 
+/// Shard `shard` of index `logs-{shard}`.
 fn shard(shard: u32, min: Option<i64>, max: Option<i64>) -> PruneCandidate {
     PruneCandidate {
-        index: format!("logs-{shard}"),
+        index: shard,
         shard,
         stats: ShardTimeStats {
             doc_count: 100,
@@ -142,11 +150,7 @@ fn shard(shard: u32, min: Option<i64>, max: Option<i64>) -> PruneCandidate {
 fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
     let mut results = Vec::new();
     let mut record = |name: &'static str, outcome: Result<(), String>| {
-        results.push(CheckResult {
-            name,
-            passed: outcome.is_ok(),
-            detail: outcome.err().unwrap_or_default(),
-        });
+        results.push(CheckResult::of(name, outcome));
     };
     let shards = vec![
         shard(0, Some(0), Some(99)),
@@ -154,8 +158,14 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         shard(2, Some(200), Some(299)),
     ];
     let ask = |range: (Option<i64>, Option<i64>), candidates: &[PruneCandidate]| {
-        select_shards(plugin, "logs-*", "@timestamp", range, candidates)
-            .map_err(|err| err.to_string())
+        let names: Vec<String> = (0..candidates.len()).map(|i| format!("logs-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let query = PruneQuery {
+            index_pattern: "logs-*",
+            timestamp_field: "@timestamp",
+            range,
+        };
+        select_shards(plugin, query, &names, candidates).map_err(|err| err.to_string())
     };
 
     let first = ask((Some(120), Some(180)), &shards);
@@ -247,6 +257,202 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
     results
 }
 
+fn profile(estimated_cost: f64, node_load: f64) -> QueryProfile {
+    QueryProfile {
+        index: "logs-*".into(),
+        shard_count: 30,
+        fingerprint: "bool(filter(range(@timestamp)))".into(),
+        estimated_cost,
+        node_load,
+    }
+}
+
+fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    let mut record = |name: &'static str, outcome: Result<(), String>| {
+        results.push(CheckResult::of(name, outcome));
+    };
+    let ask = |query: &QueryProfile| isolation::classify(plugin, query).map_err(|e| e.to_string());
+    let light = ask(&profile(10.0, 0.1));
+    record(
+        "admits a light query on an idle node into a pool",
+        match &light {
+            Ok(Admission::Pool(_)) => Ok(()),
+            Ok(Admission::Reject(reason)) => Err(format!("rejected it: {reason}")),
+            Err(err) => Err(err.clone()),
+        },
+    );
+    record(
+        "classifies an expensive query on a busy node (a pool, or a rejection with a reason)",
+        ask(&profile(1e12, 0.9)).map(|_| ()),
+    );
+    record(
+        "is deterministic",
+        match (&light, &ask(&profile(10.0, 0.1))) {
+            (Ok(a), Ok(b)) if format!("{a:?}") == format!("{b:?}") => Ok(()),
+            (a, b) => Err(format!("first {a:?}, then {b:?}")),
+        },
+    );
+    let extremes = [
+        profile(f64::NAN, f64::NAN),
+        profile(f64::INFINITY, f64::INFINITY),
+        profile(-1.0, -1.0),
+        QueryProfile {
+            index: String::new(),
+            shard_count: 0,
+            fingerprint: "x".repeat(64 * 1024),
+            estimated_cost: 0.0,
+            node_load: 0.0,
+        },
+    ];
+    record(
+        "handles NaN, infinite, negative and empty inputs without trapping",
+        extremes
+            .iter()
+            .map(|query| match ask(query) {
+                // Refusing nonsense with its own error is fine; trapping or a bad answer is not.
+                Ok(_) => Ok(()),
+                Err(message) if message.contains("returned an error: invalid input") => Ok(()),
+                Err(message) => Err(message),
+            })
+            .collect::<Result<Vec<()>, String>>()
+            .map(|_| ()),
+    );
+    let fresh = Progress {
+        elapsed_ms: 0,
+        docs_visited: 0,
+        memory_bytes: 0,
+    };
+    record(
+        "lets a query that has just started go on",
+        match isolation::on_progress(plugin, "bool(filter(range(@timestamp)))", fresh) {
+            Ok(Verdict::Proceed) => Ok(()),
+            Ok(Verdict::Cancel) => Err("cancelled a query at 0 ms".into()),
+            Err(err) => Err(err.to_string()),
+        },
+    );
+    let runaway = Progress {
+        elapsed_ms: u64::MAX,
+        docs_visited: u64::MAX,
+        memory_bytes: u64::MAX,
+    };
+    record(
+        "answers progress of any size, for a fingerprint it never classified",
+        isolation::on_progress(plugin, "never-seen", runaway)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    record(
+        "accepts completion stats, failed or not",
+        [false, true]
+            .into_iter()
+            .map(|failed| {
+                let stats = Completion {
+                    fingerprint: "bool(filter(range(@timestamp)))".into(),
+                    elapsed_ms: 12,
+                    docs_visited: 3_000,
+                    failed,
+                };
+                isolation::on_complete(plugin, &stats).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<()>, String>>()
+            .map(|_| ()),
+    );
+    results
+}
+
+fn node(name: &str, ewma_latency_ms: f64, error_rate: f64, last_seen_ms: u64) -> NodeHealth {
+    NodeHealth {
+        node: name.into(),
+        ewma_latency_ms,
+        p99_latency_ms: ewma_latency_ms * 3.0,
+        error_rate,
+        in_flight: 2,
+        queue_depth: 0,
+        last_seen_ms,
+    }
+}
+
+fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    let mut record = |name: &'static str, outcome: Result<(), String>| {
+        results.push(CheckResult::of(name, outcome));
+    };
+    let nodes = [
+        node("node-a", 2.0, 0.0, 10),
+        node("node-b", 40.0, 0.0, 20),
+        node("node-c", 2.0, 0.0, 60_000),
+    ];
+    let judged = switchover::judge(plugin, &nodes).map_err(|e| e.to_string());
+    record(
+        "judges every node it is asked about, in order",
+        judged.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    record(
+        "does not call a node silent for a minute healthy",
+        judged.and_then(|states| match states.get(2) {
+            Some(NodeState::Healthy) => Err(format!("judged {states:?}")),
+            _ => Ok(()),
+        }),
+    );
+    let ranked = switchover::rank_copies(plugin, "logs[0]", &nodes).map_err(|e| e.to_string());
+    record(
+        "ranks only copies it was offered, each at most once",
+        ranked.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    record(
+        "keeps a healthy copy and ranks it before a silent one",
+        ranked.clone().and_then(|routing| {
+            let at = |copy: u32| routing.order.iter().position(|&c| c == copy);
+            match (at(0), at(2)) {
+                (Some(healthy), Some(silent)) if healthy < silent => Ok(()),
+                (Some(_), None) => Ok(()),
+                _ => Err(format!("order {:?}", routing.order)),
+            }
+        }),
+    );
+    record(
+        "is deterministic",
+        match (
+            &ranked,
+            &switchover::rank_copies(plugin, "logs[0]", &nodes).map_err(|e| e.to_string()),
+        ) {
+            (Ok(a), Ok(b)) if a.order == b.order && a.hedge_after_ms == b.hedge_after_ms => Ok(()),
+            (a, b) => Err(format!("first {a:?}, then {b:?}")),
+        },
+    );
+    record(
+        "handles no nodes and no copies",
+        switchover::judge(plugin, &[])
+            .and_then(|_| switchover::rank_copies(plugin, "logs[0]", &[]))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    let odd = [
+        node("", f64::NAN, f64::NAN, u64::MAX),
+        node("node-inf", f64::INFINITY, f64::INFINITY, 0),
+        node("node-neg", -1.0, -1.0, 0),
+    ];
+    record(
+        "handles NaN, infinite and negative metrics without trapping",
+        switchover::judge(plugin, &odd)
+            .and_then(|_| switchover::rank_copies(plugin, "logs[0]", &odd))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    let many: Vec<NodeHealth> = (0..1_000)
+        .map(|i| node(&format!("node-{i}"), f64::from(i % 50), 0.0, 5))
+        .collect();
+    record(
+        "judges and ranks 1,000 nodes within its deadline",
+        switchover::judge(plugin, &many)
+            .and_then(|_| switchover::rank_copies(plugin, "logs[0]", &many))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    results
+}
+
 /// The repository contract, against a scratch directory granted as a node would grant it.
 fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult> {
     use super::grants::{Grants, grant_repository_dir};
@@ -275,11 +481,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
     };
     let mut repo = RepositorySession::new(plugin, Grants::directory(granted));
     let mut record = |name: &'static str, outcome: Result<(), String>| {
-        results.push(CheckResult {
-            name,
-            passed: outcome.is_ok(),
-            detail: outcome.err().unwrap_or_default(),
-        });
+        results.push(CheckResult::of(name, outcome));
     };
     let sha = |data: &[u8]| -> String {
         Sha256::digest(data)

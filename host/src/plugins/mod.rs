@@ -9,12 +9,16 @@ pub mod bindings;
 pub mod check;
 pub mod grants;
 pub mod http_grant;
+pub mod isolation;
+mod latency;
 pub mod metrics;
 pub mod pruning;
 pub mod repository;
+pub mod roles;
 mod state;
+pub mod switchover;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,9 +33,9 @@ use wasmtime::{
 };
 
 use self::bindings::pruning::{PruningPlugin, PruningPluginPre};
-use self::bindings::query_isolation::QueryIsolationPluginPre;
+use self::bindings::query_isolation::{QueryIsolationPlugin, QueryIsolationPluginPre};
 use self::bindings::repository::{RepositoryPlugin, RepositoryPluginPre};
-use self::bindings::switchover::SwitchoverPluginPre;
+use self::bindings::switchover::{SwitchoverPlugin, SwitchoverPluginPre};
 use self::grants::Grants;
 use self::state::PluginState;
 
@@ -178,7 +182,12 @@ impl From<PluginLimits> for LimitsOverride {
 
 /// A pre-linked component of a known kind.
 enum KindPre {
-    Pruning(PruningPluginPre<PluginState>),
+    /// `reads_context`: the component imports `pruning-context`, so the search's strings must
+    /// be at hand during its calls; the others are spared copying them.
+    Pruning {
+        pre: PruningPluginPre<PluginState>,
+        reads_context: bool,
+    },
     QueryIsolation(QueryIsolationPluginPre<PluginState>),
     Switchover(SwitchoverPluginPre<PluginState>),
     Repository(RepositoryPluginPre<PluginState>),
@@ -191,9 +200,13 @@ pub(crate) struct Instance {
 }
 
 pub(crate) enum InstanceExports {
-    Pruning(PruningPlugin),
+    Pruning {
+        exports: PruningPlugin,
+        reads_context: bool,
+    },
+    QueryIsolation(QueryIsolationPlugin),
+    Switchover(SwitchoverPlugin),
     Repository(RepositoryPlugin),
-    Other,
 }
 
 /// One compiled version of a plugin; calls in flight keep it alive across a hot replace.
@@ -211,7 +224,7 @@ struct Stats {
     errors: AtomicU64,
     traps: AtomicU64,
     deadlines: AtomicU64,
-    recent_micros: Mutex<VecDeque<u64>>,
+    latency: latency::LatencyWindow,
 }
 
 /// An installed plugin.
@@ -571,7 +584,11 @@ impl PluginHost {
             .instantiate_pre(component)
             .map_err(|err| format!("imports cannot be satisfied: {err:#}"))?;
         if let Ok(pre) = PruningPluginPre::new(instance_pre.clone()) {
-            return Ok((PluginKind::Pruning, KindPre::Pruning(pre)));
+            let reads_context = component
+                .component_type()
+                .imports(self.linker.engine())
+                .any(|(name, _)| name.starts_with("shoal:plugin/pruning-context@"));
+            return Ok((PluginKind::Pruning, KindPre::Pruning { pre, reads_context }));
         }
         if let Ok(pre) = QueryIsolationPluginPre::new(instance_pre.clone()) {
             return Ok((PluginKind::QueryIsolation, KindPre::QueryIsolation(pre)));
@@ -672,7 +689,7 @@ impl Plugin {
             table: wasmtime::component::ResourceTable::new(),
             limits,
             started: Instant::now(),
-            pruning_indices: Vec::new(),
+            prune_scratch: Default::default(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hosts: http_grant::HttpAllowList {
                 plugin: self.name.clone(),
@@ -680,7 +697,7 @@ impl Plugin {
             },
         };
         let engine = match &loaded.pre {
-            KindPre::Pruning(pre) => pre.engine().clone(),
+            KindPre::Pruning { pre, .. } => pre.engine().clone(),
             KindPre::QueryIsolation(pre) => pre.engine().clone(),
             KindPre::Switchover(pre) => pre.engine().clone(),
             KindPre::Repository(pre) => pre.engine().clone(),
@@ -695,17 +712,16 @@ impl Plugin {
             reason: format!("{err:#}"),
         };
         let exports = match &loaded.pre {
-            KindPre::Pruning(pre) => {
-                InstanceExports::Pruning(pre.instantiate(&mut store).map_err(load_error)?)
+            KindPre::Pruning { pre, reads_context } => InstanceExports::Pruning {
+                exports: pre.instantiate(&mut store).map_err(load_error)?,
+                reads_context: *reads_context,
+            },
+            KindPre::QueryIsolation(pre) => {
+                InstanceExports::QueryIsolation(pre.instantiate(&mut store).map_err(load_error)?)
             }
-            KindPre::QueryIsolation(pre) => pre
-                .instantiate(&mut store)
-                .map(|_| InstanceExports::Other)
-                .map_err(load_error)?,
-            KindPre::Switchover(pre) => pre
-                .instantiate(&mut store)
-                .map(|_| InstanceExports::Other)
-                .map_err(load_error)?,
+            KindPre::Switchover(pre) => {
+                InstanceExports::Switchover(pre.instantiate(&mut store).map_err(load_error)?)
+            }
             KindPre::Repository(pre) => {
                 InstanceExports::Repository(pre.instantiate(&mut store).map_err(load_error)?)
             }
@@ -786,7 +802,7 @@ impl Plugin {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         instance.store.set_epoch_deadline(self.deadline_ticks());
         let outcome = call(instance);
-        self.record_latency(started.elapsed());
+        self.stats.latency.record(started.elapsed());
         match outcome {
             Ok(value) => Ok(value),
             Err(err) => {
@@ -828,34 +844,41 @@ impl Plugin {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn record_latency(&self, elapsed: Duration) {
-        if let Ok(mut recent) = self.stats.recent_micros.lock() {
-            if recent.len() == 1024 {
-                recent.pop_front();
-            }
-            recent.push_back(elapsed.as_micros() as u64);
+    /// Fails unless this plugin serves `kind`.
+    pub(crate) fn expect_kind(&self, kind: PluginKind) -> Result<(), PluginError> {
+        if self.kind == kind {
+            Ok(())
+        } else {
+            Err(PluginError::WrongKind {
+                plugin: self.name.clone(),
+                expected: kind,
+            })
+        }
+    }
+
+    /// An error a policy plugin returned itself, counted.
+    pub(crate) fn returned(&self, error: bindings::types::PluginError) -> PluginError {
+        use bindings::types::PluginError as Returned;
+        self.answered_wrongly(match error {
+            Returned::InvalidInput(reason) => format!("invalid input: {reason}"),
+            Returned::Unavailable(reason) => format!("unavailable: {reason}"),
+            Returned::Internal(reason) => reason,
+        })
+    }
+
+    /// An answer the host cannot act on (or an error the plugin returned), counted as an error.
+    pub(crate) fn answered_wrongly(&self, reason: impl Into<String>) -> PluginError {
+        self.count_returned_error();
+        PluginError::Returned {
+            plugin: self.name.clone(),
+            reason: reason.into(),
         }
     }
 
     /// What `GET /_plugins` shows.
     pub fn describe(&self) -> serde_json::Value {
         let loaded = self.loaded();
-        let (p50, p99) = self
-            .stats
-            .recent_micros
-            .lock()
-            .map(|recent| {
-                let mut sorted: Vec<u64> = recent.iter().copied().collect();
-                sorted.sort_unstable();
-                let at = |q: f64| {
-                    sorted
-                        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
-                        .copied()
-                        .unwrap_or(0)
-                };
-                (at(0.5), at(0.99))
-            })
-            .unwrap_or_default();
+        let (p50, p99) = self.stats.latency.percentiles_micros();
         serde_json::json!({
             "name": self.name,
             "kind": self.kind,

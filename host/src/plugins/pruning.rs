@@ -5,102 +5,151 @@
 pub use crate::shard::time_stats::ShardTimeStats;
 
 use super::bindings::pruning::exports::shoal::plugin::pruning::{PruneRequest, ShardTable};
-use super::bindings::types::{PluginError as WitError, TimeRange};
-use super::{InstanceExports, Plugin, PluginError, PluginKind};
+use super::bindings::types::TimeRange;
+use super::{Instance, InstanceExports, Plugin, PluginError, PluginKind};
 
 /// One shard as the pruning plugin sees it.
 #[derive(Debug, Clone)]
 pub struct PruneCandidate {
-    pub index: String,
+    /// Position of the shard's index in the `index_names` given with the candidates.
+    pub index: u32,
     pub shard: u32,
     pub stats: ShardTimeStats,
 }
 
-/// Asks `plugin` which of `candidates` to search; returns their positions.
+/// The request buffers an instance keeps between calls, so that a decision allocates nothing
+/// on the host once the instance is warm.
+#[derive(Default)]
+pub(crate) struct PruneScratch {
+    request: Option<PruneRequest>,
+    /// What `pruning-context` answers during the call in progress.
+    pub(crate) index_pattern: String,
+    pub(crate) timestamp_field: String,
+    pub(crate) index_names: Vec<String>,
+}
+
+fn empty_request() -> PruneRequest {
+    PruneRequest {
+        query_range: TimeRange {
+            min: None,
+            max: None,
+        },
+        index_count: 0,
+        shards: ShardTable {
+            index: Vec::new(),
+            shard: Vec::new(),
+            doc_count: Vec::new(),
+            min_timestamp: Vec::new(),
+            max_timestamp: Vec::new(),
+        },
+    }
+}
+
+/// Overwrites `slot` with `text`, reusing its allocation.
+fn copy_into(slot: &mut String, text: &str) {
+    slot.clear();
+    slot.push_str(text);
+}
+
+impl PruneScratch {
+    /// Keeps what `pruning-context` answers during the call.
+    fn set_context(&mut self, query: PruneQuery<'_>, index_names: &[&str]) {
+        copy_into(&mut self.index_pattern, query.index_pattern);
+        copy_into(&mut self.timestamp_field, query.timestamp_field);
+        self.index_names.truncate(index_names.len());
+        for (at, name) in index_names.iter().enumerate() {
+            match self.index_names.get_mut(at) {
+                Some(slot) => copy_into(slot, name),
+                None => self.index_names.push(name.to_string()),
+            }
+        }
+    }
+}
+
+/// The search a pruning decision is for.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneQuery<'a> {
+    /// The index expression of the search, as the user wrote it.
+    pub index_pattern: &'a str,
+    pub timestamp_field: &'a str,
+    /// The required time range, inclusive epoch ms.
+    pub range: (Option<i64>, Option<i64>),
+}
+
+fn fill(
+    request: &mut PruneRequest,
+    query: PruneQuery<'_>,
+    index_count: usize,
+    candidates: &[PruneCandidate],
+) {
+    request.query_range = TimeRange {
+        min: query.range.0,
+        max: query.range.1,
+    };
+    request.index_count = index_count as u32;
+    // One pass per column: each is a tight loop the compiler vectorizes.
+    let table = &mut request.shards;
+    fill_column(&mut table.index, candidates, |c| c.index);
+    fill_column(&mut table.shard, candidates, |c| c.shard);
+    fill_column(&mut table.doc_count, candidates, |c| c.stats.doc_count);
+    // A shard without timestamps has min > max, as the WIT says.
+    fill_column(&mut table.min_timestamp, candidates, |c| {
+        c.stats.bounds().map_or(i64::MAX, |b| b.0)
+    });
+    fill_column(&mut table.max_timestamp, candidates, |c| {
+        c.stats.bounds().map_or(i64::MIN, |b| b.1)
+    });
+}
+
+fn fill_column<T>(
+    column: &mut Vec<T>,
+    candidates: &[PruneCandidate],
+    value: impl Fn(&PruneCandidate) -> T,
+) {
+    column.clear();
+    column.extend(candidates.iter().map(value));
+}
+
+/// Asks `plugin` which of `candidates` (whose indices are named by `index_names`) to search;
+/// returns their positions, ascending.
 pub fn select_shards(
     plugin: &Plugin,
-    index_pattern: &str,
-    timestamp_field: &str,
-    range: (Option<i64>, Option<i64>),
+    query: PruneQuery<'_>,
+    index_names: &[&str],
     candidates: &[PruneCandidate],
-) -> Result<Vec<usize>, PluginError> {
-    if plugin.kind != PluginKind::Pruning {
-        return Err(PluginError::WrongKind {
-            plugin: plugin.name.clone(),
-            expected: PluginKind::Pruning,
-        });
-    }
-    // Index names cross only if the plugin asks (`pruning-context.index-name`); the table is
-    // columns of numbers, which the canonical ABI copies in bulk.
-    let mut names: Vec<String> = Vec::new();
-    let mut table = ShardTable {
-        index: Vec::with_capacity(candidates.len()),
-        shard: Vec::with_capacity(candidates.len()),
-        doc_count: Vec::with_capacity(candidates.len()),
-        min_timestamp: Vec::with_capacity(candidates.len()),
-        max_timestamp: Vec::with_capacity(candidates.len()),
-    };
-    for candidate in candidates {
-        // Shards of one index arrive together; a repeated name elsewhere is merely listed twice.
-        if names.last() != Some(&candidate.index) {
-            names.push(candidate.index.clone());
-        }
-        let position = names.len() - 1;
-        table.index.push(position as u32);
-        table.shard.push(candidate.shard);
-        table.doc_count.push(candidate.stats.doc_count);
-        let (min, max) = match (candidate.stats.min, candidate.stats.max) {
-            (Some(min), Some(max)) => (min, max),
-            _ => (i64::MAX, i64::MIN),
+) -> Result<Vec<u32>, PluginError> {
+    plugin.expect_kind(PluginKind::Pruning)?;
+    let answer = plugin.call(|instance| {
+        let Instance { store, exports } = instance;
+        let InstanceExports::Pruning {
+            exports,
+            reads_context,
+        } = exports
+        else {
+            return Err(wasmtime::Error::msg("instance is not a pruning plugin"));
         };
-        table.min_timestamp.push(min);
-        table.max_timestamp.push(max);
-    }
-    let request = PruneRequest {
-        index_pattern: index_pattern.to_string(),
-        timestamp_field: timestamp_field.to_string(),
-        query_range: TimeRange {
-            min: range.0,
-            max: range.1,
-        },
-        index_count: names.len() as u32,
-        shards: table,
-    };
-    let answer = plugin.call(|instance| match &instance.exports {
-        InstanceExports::Pruning(exports) => {
-            instance.store.data_mut().pruning_indices = names;
-            exports
-                .shoal_plugin_pruning()
-                .call_select_shards(&mut instance.store, &request)
+        let scratch = &mut store.data_mut().prune_scratch;
+        let mut request = scratch.request.take().unwrap_or_else(empty_request);
+        fill(&mut request, query, index_names.len(), candidates);
+        // Strings are kept only for plugins that can ask for them (`pruning-context`).
+        if *reads_context {
+            scratch.set_context(query, index_names);
         }
-        _ => Err(wasmtime::Error::msg("instance is not a pruning plugin")),
+        let answer = exports
+            .shoal_plugin_pruning()
+            .call_select_shards(&mut *store, &request);
+        store.data_mut().prune_scratch.request = Some(request);
+        answer
     })?;
-    let positions = answer.map_err(|err| {
-        plugin.count_returned_error();
-        let reason = match err {
-            WitError::InvalidInput(reason) => format!("invalid input: {reason}"),
-            WitError::Unavailable(reason) => format!("unavailable: {reason}"),
-            WitError::Internal(reason) => reason,
-        };
-        PluginError::Returned {
-            plugin: plugin.name.clone(),
-            reason,
-        }
-    })?;
-    let mut selected = Vec::with_capacity(positions.len());
-    for position in positions {
-        let position = position as usize;
-        if position >= candidates.len() {
-            plugin.count_returned_error();
-            return Err(PluginError::Returned {
-                plugin: plugin.name.clone(),
-                reason: format!(
-                    "selected shard position {position} but only {} shards were offered",
-                    candidates.len()
-                ),
-            });
-        }
-        selected.push(position);
+    let mut selected = answer.map_err(|err| plugin.returned(err))?;
+    if let Some(&position) = selected
+        .iter()
+        .find(|&&position| position as usize >= candidates.len())
+    {
+        return Err(plugin.answered_wrongly(format!(
+            "selected shard position {position} but only {} shards were offered",
+            candidates.len()
+        )));
     }
     selected.sort_unstable();
     selected.dedup();
@@ -114,7 +163,7 @@ mod tests {
 
     fn candidate(shard: u32, min: Option<i64>, max: Option<i64>) -> PruneCandidate {
         PruneCandidate {
-            index: "logs".into(),
+            index: 0,
             shard,
             stats: ShardTimeStats {
                 doc_count: 10,
@@ -122,6 +171,19 @@ mod tests {
                 max,
             },
         }
+    }
+
+    fn ask(
+        plugin: &Plugin,
+        range: (Option<i64>, Option<i64>),
+        candidates: &[PruneCandidate],
+    ) -> Result<Vec<u32>, PluginError> {
+        let query = PruneQuery {
+            index_pattern: "logs-*",
+            timestamp_field: "@timestamp",
+            range,
+        };
+        select_shards(plugin, query, &["logs"], candidates)
     }
 
     #[test]
@@ -137,32 +199,12 @@ mod tests {
             candidate(2, None, None),
             candidate(3, Some(150), Some(300)),
         ];
-        let kept = select_shards(
-            &plugin,
-            "logs-*",
-            "@timestamp",
-            (Some(120), Some(160)),
-            &candidates,
-        )
-        .expect("answer");
+        let kept = ask(&plugin, (Some(120), Some(160)), &candidates).expect("answer");
         assert_eq!(kept, vec![1, 3]);
-        let open_ended = select_shards(
-            &plugin,
-            "logs-*",
-            "@timestamp",
-            (None, Some(100)),
-            &candidates,
-        )
-        .expect("answer");
+        let open_ended = ask(&plugin, (None, Some(100)), &candidates).expect("answer");
         assert_eq!(open_ended, vec![0, 1]);
 
-        let refused = select_shards(
-            &plugin,
-            "logs-*",
-            "@timestamp",
-            (Some(10), Some(5)),
-            &candidates,
-        );
+        let refused = ask(&plugin, (Some(10), Some(5)), &candidates);
         let message = refused
             .expect_err("an empty range is invalid input")
             .to_string();
@@ -174,13 +216,7 @@ mod tests {
         assert_eq!(plugin.describe()["stats"]["calls"], 3);
 
         plugin.set_enabled(false);
-        let disabled = select_shards(
-            &plugin,
-            "logs-*",
-            "@timestamp",
-            (Some(0), Some(1)),
-            &candidates,
-        );
+        let disabled = ask(&plugin, (Some(0), Some(1)), &candidates);
         assert!(matches!(disabled, Err(PluginError::Disabled { .. })));
     }
 }

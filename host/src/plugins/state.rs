@@ -18,8 +18,8 @@ pub struct PluginState {
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub started: Instant,
-    /// Index names of the pruning call in progress (`pruning-context.index-name`).
-    pub pruning_indices: Vec<String>,
+    /// The pruning request buffers, reused across calls on this instance.
+    pub(crate) prune_scratch: super::pruning::PruneScratch,
     pub http: wasmtime_wasi_http::WasiHttpCtx,
     /// The hosts this instance may reach over `wasi:http` (none unless granted).
     pub http_hosts: super::http_grant::HttpAllowList,
@@ -80,8 +80,17 @@ impl host::Host for PluginState {
 impl super::bindings::types::Host for PluginState {}
 
 impl super::bindings::pruning::shoal::plugin::pruning_context::Host for PluginState {
+    fn index_pattern(&mut self) -> String {
+        self.prune_scratch.index_pattern.clone()
+    }
+
+    fn timestamp_field(&mut self) -> String {
+        self.prune_scratch.timestamp_field.clone()
+    }
+
     fn index_name(&mut self, position: u32) -> String {
-        self.pruning_indices
+        self.prune_scratch
+            .index_names
             .get(position as usize)
             .cloned()
             .unwrap_or_default()

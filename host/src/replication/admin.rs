@@ -16,6 +16,7 @@ use crate::ids::new_uuid;
 use crate::index::{IndexService, parse_create_body, validate_index_name};
 use crate::mapping::Mapping;
 use crate::node::NodeState;
+use crate::plugins::{PluginKind, roles};
 
 /// How long index creation waits for its primaries to start (`shards_acknowledged`).
 const WAIT_FOR_PRIMARIES: Duration = Duration::from_secs(30);
@@ -58,6 +59,7 @@ pub async fn create_index(
 ) -> Result<bool> {
     validate_index_name(name)?;
     let (settings, mapping) = parse_create_body(body)?;
+    check_pruning_plugin(node, &settings.pruning_plugin)?;
     let state = node.cluster.consensus.state();
     if let Some(existing) = state.indices.get(name) {
         return Err(Error::IndexAlreadyExists {
@@ -169,6 +171,20 @@ pub async fn delete_indices(node: &NodeState, names: &[String], timeout: Duratio
     Ok(())
 }
 
+/// Refuses an `index.plugins.pruning` naming no pruning plugin of this node.
+fn check_pruning_plugin(node: &NodeState, choice: &Option<String>) -> Result<()> {
+    match choice {
+        Some(name) => roles::check(
+            &node.plugins,
+            PluginKind::Pruning,
+            "index.plugins.pruning",
+            name,
+        )
+        .map_err(Error::IllegalArgument),
+        None => Ok(()),
+    }
+}
+
 /// Updates dynamic settings of `indices` (validated against each first, so a bad value for one
 /// changes none).
 pub async fn update_settings(
@@ -179,7 +195,12 @@ pub async fn update_settings(
 ) -> Result<()> {
     let mut updated = Vec::with_capacity(indices.len());
     for index in indices {
-        updated.push(index.meta.settings().apply(body, false)?);
+        let current = index.meta.settings();
+        let settings = current.apply(body, false)?;
+        if settings.pruning_plugin != current.pruning_plugin {
+            check_pruning_plugin(node, &settings.pruning_plugin)?;
+        }
+        updated.push(settings);
     }
     for (index, settings) in indices.iter().zip(updated) {
         commit(

@@ -18,6 +18,7 @@ use crate::cluster::allocation::ShardRouting;
 use crate::error::{Error, Result};
 use crate::index::IndexService;
 use crate::node::NodeState;
+use crate::plugins::roles;
 use crate::search::{self, SearchRequest, SearchResponse, SearchScope, ShardPhase};
 use crate::shard::{Shard, StoredDoc};
 
@@ -247,11 +248,16 @@ pub fn search_here(
     request: &SearchRequest,
     group: &ShardGroup,
 ) -> Result<ShardPhase> {
+    let state = node.cluster.consensus.state();
+    let cluster_pruning = state
+        .setting(roles::CLUSTER_PRUNING)
+        .and_then(Value::as_str);
     tokio::task::block_in_place(|| {
         let scope = SearchScope {
             indices,
             expression,
             plugins: Some(&node.plugins),
+            cluster_pruning,
             shards: Some(group),
         };
         search::execute_local(&scope, request)

@@ -33,7 +33,8 @@ use crate::error::{Error, Result, illegal, parsing};
 use crate::index::IndexService;
 use crate::mapping::{FieldType, LeafKind, ValueType};
 use crate::plugins::PluginHost;
-use crate::plugins::pruning::{PruneCandidate, select_shards};
+use crate::plugins::pruning::{PruneCandidate, PruneQuery, select_shards};
+use crate::plugins::roles;
 use crate::shard::Shard;
 
 /// A parsed search request (body and URL parameters combined).
@@ -241,14 +242,14 @@ struct ShardTarget {
     searcher: Searcher,
 }
 
-/// Time-series pruning: asks each index's pruning plugin (`index.plugins.pruning`) which
-/// shards can match the query's required time range. A failure keeps every shard, unless the
-/// plugin fails closed: then the search is refused.
+/// Time-series pruning: asks each index's pruning plugin (`plugins::roles`) which shards can
+/// match the query's required time range. A failure keeps every shard, unless the plugin fails
+/// closed: then the search is refused.
 fn prune_targets(
     targets: &[ShardTarget],
     query: &Value,
     plugins: &PluginHost,
-    expression: &str,
+    scope: &SearchScope<'_>,
     now_millis: i64,
 ) -> Result<Vec<bool>> {
     let mut keep = vec![true; targets.len()];
@@ -262,7 +263,11 @@ fn prune_targets(
             .entry(target.index.meta.uuid.as_str())
             .or_insert_with(|| {
                 let settings = target.index.meta.settings();
-                let plugin = settings.pruning_plugin?;
+                let plugin = roles::choose(
+                    settings.pruning_plugin.as_deref(),
+                    scope.cluster_pruning,
+                    roles::SHIPPED_PRUNING,
+                )?;
                 // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
                 match target
                     .index
@@ -294,24 +299,32 @@ fn prune_targets(
             continue;
         };
         let column = aggs::column_name(&field);
-        let candidates: Vec<PruneCandidate> = positions
-            .iter()
-            .map(|&position| {
-                let target = &targets[position];
-                PruneCandidate {
-                    index: target.index.name().to_string(),
-                    shard: target.shard.id.shard,
-                    stats: target.shard.time_stats.get(&target.searcher, &column),
-                }
-            })
-            .collect();
-        match select_shards(&plugin, expression, &field, range, &candidates) {
+        // Targets come index by index, so an index's name is listed once.
+        let mut index_names: Vec<&str> = Vec::new();
+        let mut candidates: Vec<PruneCandidate> = Vec::with_capacity(positions.len());
+        for &position in &positions {
+            let target = &targets[position];
+            if index_names.last() != Some(&target.index.name()) {
+                index_names.push(target.index.name());
+            }
+            candidates.push(PruneCandidate {
+                index: index_names.len() as u32 - 1,
+                shard: target.shard.id.shard,
+                stats: target.shard.time_stats.get(&target.searcher, &column),
+            });
+        }
+        let prune_query = PruneQuery {
+            index_pattern: scope.expression,
+            timestamp_field: &field,
+            range,
+        };
+        match select_shards(&plugin, prune_query, &index_names, &candidates) {
             Ok(selected) => {
                 for &position in &positions {
                     keep[position] = false;
                 }
                 for chosen in selected {
-                    keep[positions[chosen]] = true;
+                    keep[positions[chosen as usize]] = true;
                 }
             }
             Err(err) if plugin.limits().fail_closed => {
@@ -501,6 +514,8 @@ pub struct SearchScope<'a> {
     pub indices: &'a [Arc<IndexService>],
     pub expression: &'a str,
     pub plugins: Option<&'a PluginHost>,
+    /// The cluster's `plugins.pruning`, for indices that name no pruning plugin themselves.
+    pub cluster_pruning: Option<&'a str>,
     pub shards: Option<&'a HashMap<String, Vec<u32>>>,
 }
 
@@ -573,13 +588,7 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
         })
         .collect();
     let keep = match scope.plugins {
-        Some(plugins) => prune_targets(
-            &targets,
-            &request.query,
-            plugins,
-            scope.expression,
-            now_millis,
-        )?,
+        Some(plugins) => prune_targets(&targets, &request.query, plugins, scope, now_millis)?,
         None => vec![true; targets.len()],
     };
     let total_shards = targets.len();

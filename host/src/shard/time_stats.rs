@@ -14,6 +14,13 @@ pub struct ShardTimeStats {
     pub max: Option<i64>,
 }
 
+impl ShardTimeStats {
+    /// `(min, max)`, or `None` when the shard holds no timestamp.
+    pub fn bounds(&self) -> Option<(i64, i64)> {
+        self.min.zip(self.max)
+    }
+}
+
 /// Reads min/max of `column` (a date or integer column) over every segment of `searcher`.
 /// Deleted documents may widen the bounds, which only makes pruning more conservative.
 fn compute(searcher: &Searcher, column: &str) -> ShardTimeStats {

@@ -25,6 +25,35 @@ fn plugin_check_passes_shipped_plugins_and_fails_broken_ones() {
     );
     assert!(!report.contains("FAIL"), "{report}");
 
+    // Every kind has its contract: the test policies pass theirs.
+    for (plugin, kind, checks) in [
+        ("test-isolation-by-cost", "QueryIsolation", 7),
+        ("test-switchover-by-latency", "Switchover", 8),
+    ] {
+        let (ok, report) = shoal(&["plugin", "check", &plugin_path(plugin).to_string_lossy()]);
+        assert!(ok, "{report}");
+        assert!(
+            report.contains(&format!("kind:    {kind}"))
+                && report.contains(&format!("result: PASS ({checks} checks)")),
+            "{report}"
+        );
+    }
+    let (ok, report) = shoal(&[
+        "plugin",
+        "check",
+        &plugin_path("test-switchover-broken").to_string_lossy(),
+    ]);
+    assert!(
+        !ok,
+        "a policy whose answers break the contract fails the check"
+    );
+    assert!(
+        report.contains("FAIL  judges every node it is asked about, in order: plugin [test_switchover_broken] returned an error: judged 2 nodes but was asked about 3")
+            && report.contains("ranked copy 3 but only 3 copies were offered")
+            && report.contains("result: FAIL (8 failed)"),
+        "the report names each broken promise: {report}"
+    );
+
     let (ok, report) = shoal(&[
         "plugin",
         "check",

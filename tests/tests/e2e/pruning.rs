@@ -142,3 +142,97 @@ fn daily_indices_are_pruned_with_identical_results() {
     assert_eq!(nothing["hits"]["total"]["value"], 0);
     assert_eq!(node.get("/_plugins/nope").status, 404);
 }
+
+/// Asserts `reply` is a 400 `illegal_argument_exception` whose reason mentions `needle`.
+fn assert_refused(reply: &shoal_tests::Reply, needle: &str) {
+    assert_eq!(reply.status, 400, "{:?}", reply.body);
+    assert_eq!(reply.body["error"]["type"], "illegal_argument_exception");
+    let reason = reply.body["error"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(needle), "{reason}");
+}
+
+#[test]
+fn the_pruning_plugin_is_chosen_cluster_wide_unless_an_index_names_its_own() {
+    let (_dir, node) = fresh_node(&[]);
+    load_daily_indices(&node, 4);
+    let one_day = json!({
+        "size": 100,
+        "query": {"range": {"@timestamp": {"gte": "2024-01-02", "lt": "2024-01-03"}}},
+    });
+    let cluster_setting = |value: Value| {
+        node.put(
+            "/_cluster/settings",
+            &json!({"persistent": {"plugins.pruning": value}}),
+        )
+    };
+    let pruned = search(&node, one_day.clone());
+    assert_eq!(
+        pruned["_shards"]["skipped"], 6,
+        "the shipped plugin by default"
+    );
+
+    // Cluster-wide off: every index that names no plugin itself is searched whole.
+    let off_setting = cluster_setting(json!("none"));
+    assert_eq!(off_setting.status, 200, "{:?}", off_setting.body);
+    let off = search(&node, one_day.clone());
+    assert_eq!(off["_shards"]["skipped"], 0);
+    assert_eq!(sorted_ids(&off), sorted_ids(&pruned));
+    assert_eq!(
+        node.get("/_cluster/settings?flat_settings=true").body["persistent"]["plugins.pruning"],
+        "none"
+    );
+
+    // An index's own setting wins over the cluster's.
+    let own = node.put(
+        "/logs-2024.01.01/_settings",
+        &json!({"index.plugins.pruning": "time-series-pruning"}),
+    );
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    let mixed = search(&node, one_day.clone());
+    assert_eq!(
+        mixed["_shards"]["skipped"], 2,
+        "only logs-2024.01.01 prunes"
+    );
+    let settings = |index: &str| node.get(&format!("/{index}/_settings")).body;
+    assert_eq!(
+        settings("logs-2024.01.01")["logs-2024.01.01"]["settings"]["index"]["plugins"]["pruning"],
+        "time-series-pruning"
+    );
+    assert!(
+        settings("logs-2024.01.02")["logs-2024.01.02"]["settings"]["index"]["plugins"]
+            .get("pruning")
+            .is_none(),
+        "an index that names none follows the cluster"
+    );
+
+    // Names that cannot serve are refused where they are given, and change nothing.
+    assert_refused(&cluster_setting(json!("no-such-plugin")), "not installed");
+    assert_refused(
+        &cluster_setting(json!("fs-repository")),
+        "is a Repository plugin",
+    );
+    assert_refused(
+        &cluster_setting(json!(["time-series-pruning"])),
+        "must be a plugin name",
+    );
+    assert_refused(
+        &node.put(
+            "/logs-2024.01.03/_settings",
+            &json!({"index.plugins.pruning": "no-such-plugin"}),
+        ),
+        "not installed",
+    );
+    assert_refused(
+        &node.put(
+            "/logs-2024.02.01",
+            &json!({"settings": {"index.plugins.pruning": "fs-repository"}}),
+        ),
+        "is a Repository plugin",
+    );
+    assert_eq!(node.get("/logs-2024.02.01").status, 404);
+    assert_eq!(search(&node, one_day.clone())["_shards"]["skipped"], 2);
+
+    // `null` resets the cluster to the shipped plugin.
+    assert_eq!(cluster_setting(Value::Null).status, 200);
+    assert_eq!(search(&node, one_day)["_shards"]["skipped"], 6);
+}

@@ -13,9 +13,11 @@ impl PruningPlugin for KeepAll {
             String::new()
         };
         shoal_plugin_sdk::log::info(&format!(
-            "keeping {} shards of {} indices (first: {first_index}), config {}",
+            "keeping {} shards of {} indices (first: {first_index}) for {} on {}, config {}",
             request.shards.len(),
             request.index_count,
+            shoal_plugin_sdk::pruning::index_pattern(),
+            shoal_plugin_sdk::pruning::timestamp_field(),
             shoal_plugin_sdk::host::config()
         ));
         Ok((0..request.shards.len() as u32).collect())
