@@ -262,7 +262,8 @@ pub struct IndexMeta {
     pub uuid: String,
     pub creation_date: i64,
     dir: PathBuf,
-    settings: RwLock<IndexSettings>,
+    /// Shared, so that a search reads an index's settings without copying them.
+    settings: RwLock<Arc<IndexSettings>>,
     mapping: RwLock<Arc<Mapping>>,
     /// Serializes read-modify-persist of settings and mapping.
     persist_lock: Mutex<()>,
@@ -272,7 +273,7 @@ pub struct IndexMeta {
 }
 
 impl IndexMeta {
-    pub fn settings(&self) -> IndexSettings {
+    pub fn settings(&self) -> Arc<IndexSettings> {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
     }
 
@@ -323,14 +324,14 @@ impl IndexMeta {
             .adopted_version
             .lock()
             .map_err(|_| Error::Internal("metadata version lock poisoned".into()))?;
-        if version >= *adopted && self.settings() != meta.settings {
+        if version >= *adopted && *self.settings() != meta.settings {
             let _guard = self
                 .persist_lock
                 .lock()
                 .map_err(|_| Error::Internal("metadata lock poisoned".into()))?;
             self.persist(&meta.settings, &self.mapping())?;
             if let Ok(mut settings) = self.settings.write() {
-                *settings = meta.settings.clone();
+                *settings = Arc::new(meta.settings.clone());
             }
         }
         *adopted = (*adopted).max(version);
@@ -406,7 +407,7 @@ impl IndexService {
             uuid,
             creation_date,
             dir: dir.to_path_buf(),
-            settings: RwLock::new(settings.clone()),
+            settings: RwLock::new(Arc::new(settings.clone())),
             mapping: RwLock::new(Arc::new(mapping.clone())),
             persist_lock: Mutex::new(()),
             adopted_version: Mutex::new(0),
@@ -433,7 +434,7 @@ impl IndexService {
             uuid: persisted.uuid,
             creation_date: persisted.creation_date,
             dir: dir.to_path_buf(),
-            settings: RwLock::new(persisted.settings),
+            settings: RwLock::new(Arc::new(persisted.settings)),
             mapping: RwLock::new(Arc::new(mapping)),
             persist_lock: Mutex::new(()),
             adopted_version: Mutex::new(0),

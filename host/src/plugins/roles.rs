@@ -12,13 +12,13 @@ pub const SHIPPED_PRUNING: &str = "time-series-pruning";
 pub const NONE: &str = "none";
 
 /// The plugin serving a role, or `None` when the role is off.
-pub fn choose(
-    index_choice: Option<&str>,
-    cluster_choice: Option<&str>,
-    shipped: &str,
-) -> Option<String> {
+pub fn choose<'a>(
+    index_choice: Option<&'a str>,
+    cluster_choice: Option<&'a str>,
+    shipped: &'a str,
+) -> Option<&'a str> {
     let name = index_choice.or(cluster_choice).unwrap_or(shipped);
-    (name != NONE).then(|| name.to_string())
+    (name != NONE).then_some(name)
 }
 
 /// Refuses a role naming a plugin this node does not have, or one of another kind, so that a
@@ -47,17 +47,11 @@ mod tests {
     #[test]
     fn the_index_wins_over_the_cluster_which_wins_over_the_shipped_plugin() {
         let shipped = SHIPPED_PRUNING;
-        assert_eq!(choose(None, None, shipped).as_deref(), Some(shipped));
-        assert_eq!(choose(None, Some("mine"), shipped).as_deref(), Some("mine"));
-        assert_eq!(
-            choose(Some("its"), Some("mine"), shipped).as_deref(),
-            Some("its")
-        );
+        assert_eq!(choose(None, None, shipped), Some(shipped));
+        assert_eq!(choose(None, Some("mine"), shipped), Some("mine"));
+        assert_eq!(choose(Some("its"), Some("mine"), shipped), Some("its"));
         assert_eq!(choose(None, Some(NONE), shipped), None);
-        assert_eq!(
-            choose(Some(shipped), Some(NONE), shipped).as_deref(),
-            Some(shipped)
-        );
+        assert_eq!(choose(Some(shipped), Some(NONE), shipped), Some(shipped));
         assert_eq!(choose(Some(NONE), None, shipped), None);
     }
 

@@ -253,49 +253,60 @@ fn prune_targets(
     now_millis: i64,
 ) -> Result<Vec<bool>> {
     let mut keep = vec![true; targets.len()];
-    let mut groups: std::collections::BTreeMap<(String, String), Vec<usize>> =
-        std::collections::BTreeMap::new();
-    // Settings and mapping are read once per index, not once per shard.
-    let mut eligible: std::collections::HashMap<&str, Option<(String, String)>> =
-        std::collections::HashMap::new();
+    // Targets come index by index: settings and mapping are read once per index.
+    let mut runs: Vec<(usize, Arc<crate::index::IndexSettings>, bool)> = Vec::new();
     for (position, target) in targets.iter().enumerate() {
-        let group = eligible
-            .entry(target.index.meta.uuid.as_str())
-            .or_insert_with(|| {
-                let settings = target.index.meta.settings();
-                let plugin = roles::choose(
-                    settings.pruning_plugin.as_deref(),
-                    scope.cluster_pruning,
-                    roles::SHIPPED_PRUNING,
-                )?;
-                // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
-                match target
-                    .index
-                    .meta
-                    .mapping()
-                    .field(&settings.timestamp_field)
-                    .map(|f| &f.field_type)
-                {
-                    Some(
-                        FieldType::Date { .. }
-                        | FieldType::Long
-                        | FieldType::Integer
-                        | FieldType::Short
-                        | FieldType::Byte,
-                    )
-                    | None => Some((plugin, settings.timestamp_field)),
-                    Some(_) => None,
-                }
-            });
-        if let Some(key) = group.clone() {
-            groups.entry(key).or_default().push(position);
+        let same_index = position > 0 && Arc::ptr_eq(&targets[position - 1].index, &target.index);
+        if same_index {
+            continue;
         }
+        let settings = target.index.meta.settings();
+        // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
+        let mapping = target.index.meta.mapping();
+        let prunable = matches!(
+            mapping
+                .field(&settings.timestamp_field)
+                .map(|field| &field.field_type),
+            Some(
+                FieldType::Date { .. }
+                    | FieldType::Long
+                    | FieldType::Integer
+                    | FieldType::Short
+                    | FieldType::Byte,
+            ) | None
+        );
+        runs.push((position, settings, prunable));
     }
-    for ((plugin_name, field), positions) in groups {
-        let Some(range) = prune::required_time_range(query, &field, now_millis) else {
+    // Positions per (plugin, timestamp field); a search spans few of them.
+    let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
+    for (run, (start, settings, prunable)) in runs.iter().enumerate() {
+        let Some(plugin) = roles::choose(
+            settings.pruning_plugin.as_deref(),
+            scope.cluster_pruning,
+            roles::SHIPPED_PRUNING,
+        )
+        .filter(|_| *prunable) else {
             continue;
         };
-        let Some(plugin) = plugins.get(&plugin_name).filter(|plugin| plugin.enabled()) else {
+        let field = settings.timestamp_field.as_str();
+        let end = runs.get(run + 1).map_or(targets.len(), |next| next.0);
+        let group = match groups
+            .iter()
+            .position(|(p, f, _)| *p == plugin && *f == field)
+        {
+            Some(at) => at,
+            None => {
+                groups.push((plugin, field, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group].2.extend(*start..end);
+    }
+    for (plugin_name, field, positions) in groups {
+        let Some(range) = prune::required_time_range(query, field, now_millis) else {
+            continue;
+        };
+        let Some(plugin) = plugins.get(plugin_name).filter(|plugin| plugin.enabled()) else {
             continue;
         };
         let column = aggs::column_name(&field);
@@ -333,7 +344,7 @@ fn prune_targets(
                 )));
             }
             Err(err) => {
-                tracing::warn!(plugin = plugin_name.as_str(), error = %err, "pruning failed; searching every shard")
+                tracing::warn!(plugin = plugin_name, error = %err, "pruning failed; searching every shard")
             }
         }
     }
@@ -597,48 +608,42 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
     let mut results = Vec::new();
     let mut agg_request: Option<(Value, Aggregations)> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
-    for (position, (index, shards)) in indices.iter().zip(&per_index).enumerate() {
+    let mut translated_any = false;
+    for (index, shards) in indices.iter().zip(&per_index) {
         let index_targets: Vec<(ShardTarget, bool)> = targets.by_ref().take(shards.len()).collect();
-        // An index whose every shard was pruned needs no translation, except the first one, so
-        // that the response still has its aggregations (empty) and bad queries are refused.
-        if position > 0 && index_targets.iter().all(|(_, kept)| !kept) {
+        // An index whose every shard was pruned needs no translation.
+        if index_targets.iter().all(|(_, kept)| !kept) {
             continue;
         }
-        let Some((query, leaves)) = index_query(index, &request.query, now_millis)? else {
+        let Some(translated) = translate_for(index, request, now_millis)? else {
             continue;
         };
-        let specs = sort_specs(request, &leaves)?;
-        let search_after = search_after_keys(request, &leaves)?;
-        let aggs = request
-            .aggs
-            .as_ref()
-            .map(|aggs| aggs::translate(&leaves, aggs))
-            .transpose()?;
-        if let (Some((previous, _)), Some((current, _))) = (&agg_request, &aggs)
-            && previous != current
-        {
-            return Err(illegal(
-                "aggregations resolve to different field types across the searched indices",
-            ));
-        }
-        if agg_request.is_none() {
-            agg_request.clone_from(&aggs);
-        }
-        let aggs = aggs.map(|(_, aggs)| aggs);
-        specs_for_merge.get_or_insert_with(|| specs.clone());
+        translated_any = true;
+        agree_on_aggregations(&mut agg_request, &translated.aggs)?;
+        specs_for_merge.get_or_insert_with(|| translated.specs.clone());
+        let aggs = translated.aggs.map(|(_, aggs)| aggs);
         for (target, kept) in index_targets {
             if !kept {
                 continue;
             }
             results.push(query_shard(
                 target,
-                query.as_ref(),
-                &specs,
-                search_after.clone(),
+                translated.query.as_ref(),
+                &translated.specs,
+                translated.search_after.clone(),
                 request,
                 aggs.as_ref(),
             )?);
         }
+    }
+    // Nothing searched here: the first index still shapes the (empty) aggregations and sort,
+    // and refuses a query that cannot run.
+    if !translated_any
+        && let Some(index) = indices.first()
+        && let Some(translated) = translate_for(index, request, now_millis)?
+    {
+        agg_request = translated.aggs;
+        specs_for_merge = Some(translated.specs);
     }
     let total: u64 = results.iter().map(|r| r.hits.total).sum();
     let max_score = results.iter().filter_map(|r| r.max_score).reduce(f32::max);
@@ -677,6 +682,53 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
     })
 }
 
+/// A search request as it reads against one index's mapping.
+struct Translated {
+    query: Box<dyn tantivy::query::Query>,
+    specs: Vec<SortSpec>,
+    search_after: Option<Vec<SortValue>>,
+    aggs: Option<(Value, Aggregations)>,
+}
+
+fn translate_for(
+    index: &IndexService,
+    request: &SearchRequest,
+    now_millis: i64,
+) -> Result<Option<Translated>> {
+    let Some((query, leaves)) = index_query(index, &request.query, now_millis)? else {
+        return Ok(None);
+    };
+    Ok(Some(Translated {
+        query,
+        specs: sort_specs(request, &leaves)?,
+        search_after: search_after_keys(request, &leaves)?,
+        aggs: request
+            .aggs
+            .as_ref()
+            .map(|aggs| aggs::translate(&leaves, aggs))
+            .transpose()?,
+    }))
+}
+
+/// Every searched index must read the aggregations alike, or their partial results cannot
+/// merge; the first translation is kept.
+fn agree_on_aggregations(
+    kept: &mut Option<(Value, Aggregations)>,
+    current: &Option<(Value, Aggregations)>,
+) -> Result<()> {
+    if let (Some((previous, _)), Some((current, _))) = (&*kept, current)
+        && previous != current
+    {
+        return Err(illegal(
+            "aggregations resolve to different field types across the searched indices",
+        ));
+    }
+    if kept.is_none() {
+        kept.clone_from(current);
+    }
+    Ok(())
+}
+
 /// Merges the phases of every node that searched (and the failures of shards that could not
 /// be searched) into the response.
 pub fn merge(
@@ -694,16 +746,7 @@ pub fn merge(
     let mut hits = Vec::new();
     let mut intermediate: Option<IntermediateAggregationResults> = None;
     for phase in phases {
-        if let (Some((previous, _)), Some((current, _))) = (&agg_request, &phase.agg_request)
-            && previous != current
-        {
-            return Err(illegal(
-                "aggregations resolve to different field types across the searched indices",
-            ));
-        }
-        if agg_request.is_none() {
-            agg_request = phase.agg_request;
-        }
+        agree_on_aggregations(&mut agg_request, &phase.agg_request)?;
         if specs.is_none() {
             specs = phase.sort_specs;
         }
