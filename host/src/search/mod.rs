@@ -309,7 +309,7 @@ fn prune_targets(
         let Some(plugin) = plugins.get(plugin_name).filter(|plugin| plugin.enabled()) else {
             continue;
         };
-        let column = aggs::column_name(&field);
+        let column = aggs::column_name(field);
         // Targets come index by index, so an index's name is listed once.
         let mut index_names: Vec<&str> = Vec::new();
         let mut candidates: Vec<PruneCandidate> = Vec::with_capacity(positions.len());
@@ -326,7 +326,7 @@ fn prune_targets(
         }
         let prune_query = PruneQuery {
             index_pattern: scope.expression,
-            timestamp_field: &field,
+            timestamp_field: field,
             range,
         };
         match select_shards(&plugin, prune_query, &index_names, &candidates) {
