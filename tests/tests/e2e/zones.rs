@@ -67,14 +67,16 @@ fn set_cluster(node: &Node, settings: Value) {
 #[test]
 fn a_zone_is_drained_restored_and_lost_without_losing_a_shard() {
     let mut cluster = Cluster::start(BIN, &["a", "a", "b", "b"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2, 3], &["node-0", "node-1", "node-2", "node-3"]);
+    // Four master-eligible nodes vote as three: a fourth voter would add no tolerance.
+    Cluster::wait_for_voters(&cluster.nodes[0], 3);
     cluster
         .add_node("c", &["--roles", "master"])
         .expect("tiebreaker starts");
     let all = ["node-0", "node-1", "node-2", "node-3", "node-4"];
     cluster.wait_for_view(&[0, 1, 2, 3, 4], &all);
     let tiebreaker = &cluster.nodes.remove(4);
-    // Zone b holds two of the five voters only once every master-eligible node votes; killing
-    // it while a promotion is half done would leave no quorum (see the README's limits).
+    // With the tiebreaker's zone, five voters spread 2-2-1: losing zone b keeps three of five.
     Cluster::wait_for_voters(tiebreaker, 5);
     set_cluster(
         tiebreaker,

@@ -7,6 +7,7 @@
 
 pub mod network;
 pub mod store;
+pub mod voting;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -365,7 +366,8 @@ impl Consensus {
     }
 
     /// On the master: bootstraps the cluster identity, adds nodes gossip knows but Raft does
-    /// not (as learners), and promotes master-eligible learners to voters, one change at a time.
+    /// not (as learners), and keeps the voters an odd, zone-spread set of live master-eligible
+    /// nodes (`voting`), changed in one joint-consensus step.
     async fn reconcile(&self) {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(self.id) {
@@ -382,7 +384,9 @@ impl Consensus {
         }
         let config = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = config.voter_ids().collect();
-        for meta in self.membership.live_nodes() {
+        let live = self.membership.live_nodes();
+        let mut candidates = Vec::new();
+        for meta in &live {
             let id = raft_id(&meta.node_id);
             if config.get_node(&id).is_none() {
                 let peer = RaftPeer {
@@ -396,14 +400,27 @@ impl Consensus {
                 }
                 return;
             }
-            if meta.has_role(Role::Master) && !voters.contains(&id) {
-                tracing::info!(node = %meta.name, "promoting master-eligible node to voter");
-                let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-                if let Err(err) = self.raft.change_membership(change, false).await {
-                    tracing::debug!(node = %meta.name, error = %err, "promote voter");
-                }
-                return;
+            if meta.has_role(Role::Master) {
+                candidates.push(voting::Candidate {
+                    id,
+                    zone: meta.zone.clone(),
+                });
             }
+        }
+        let target = voting::target_voters(self.id, &voters, &candidates);
+        if target == voters {
+            return;
+        }
+        let names: Vec<&str> = live
+            .iter()
+            .filter(|meta| target.contains(&raft_id(&meta.node_id)))
+            .map(|meta| meta.name.as_str())
+            .collect();
+        tracing::info!(voters = ?names, "changing the cluster-state voting configuration");
+        // Removed voters stay learners: every node applies the cluster state.
+        let change = ChangeMembers::ReplaceAllVoters(target);
+        if let Err(err) = self.raft.change_membership(change, true).await {
+            tracing::debug!(error = %err, "voting configuration not changed yet");
         }
     }
 }
