@@ -156,7 +156,7 @@ impl Indices {
         ignore_unavailable: bool,
     ) -> Result<Vec<Arc<IndexService>>> {
         let indices = self.read();
-        let mut selected: BTreeMap<String, Arc<IndexService>> = BTreeMap::new();
+        let mut selected: BTreeMap<&str, Arc<IndexService>> = BTreeMap::new();
         for part in expression
             .split(',')
             .map(str::trim)
@@ -170,14 +170,14 @@ impl Indices {
                 let pattern = if part == "_all" { "*" } else { part };
                 for (name, index) in indices.iter() {
                     if wildcard_match(pattern, name) {
-                        selected.insert(name.clone(), index.clone());
+                        selected.insert(name, index.clone());
                     }
                 }
                 continue;
             }
-            match indices.get(part) {
-                Some(index) => {
-                    selected.insert(part.to_string(), index.clone());
+            match indices.get_key_value(part) {
+                Some((name, index)) => {
+                    selected.insert(name, index.clone());
                 }
                 None if ignore_unavailable => {}
                 None => return Err(Error::IndexNotFound(part.to_string())),
@@ -189,27 +189,20 @@ impl Indices {
 
 /// `*` matches any run of characters; everything else matches itself.
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    let Some((first, after_first)) = pattern.split_once('*') else {
         return pattern == text;
-    }
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(tail) => rest = tail,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(pos) => rest = &rest[pos + part.len()..],
-                None => return false,
-            }
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let (middle, last) = after_first.rsplit_once('*').unwrap_or(("", after_first));
+    for part in middle.split('*').filter(|part| !part.is_empty()) {
+        match rest.find(part) {
+            Some(pos) => rest = &rest[pos + part.len()..],
+            None => return false,
         }
     }
-    true
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -223,5 +216,12 @@ mod tests {
         assert!(wildcard_match("l*s*4", "logs-2024"));
         assert!(!wildcard_match("logs-*", "metrics"));
         assert!(wildcard_match("exact", "exact"));
+        assert!(wildcard_match("*", "anything"));
+        assert!(wildcard_match("a**b", "ab"));
+        assert!(
+            !wildcard_match("a*a", "a"),
+            "prefix and suffix may not overlap"
+        );
+        assert!(!wildcard_match("*ab*b", "ab"));
     }
 }

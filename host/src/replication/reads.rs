@@ -135,12 +135,15 @@ pub async fn search(
         };
         for (number, shard) in routing.shards.iter().enumerate() {
             match pick_copy(shard, &local, preference, &[]) {
-                Some(node_id) => plan
-                    .entry(node_id)
-                    .or_default()
-                    .entry(index.name().to_string())
-                    .or_default()
-                    .push(number as u32),
+                Some(node_id) => {
+                    let group = plan.entry(node_id).or_default();
+                    match group.get_mut(index.name()) {
+                        Some(numbers) => numbers.push(number as u32),
+                        None => {
+                            group.insert(index.name().to_string(), vec![number as u32]);
+                        }
+                    }
+                }
                 None => failures.push(shard_failure(
                     index.name(),
                     number as u32,

@@ -574,15 +574,11 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
     let now_millis = chrono::Utc::now().timestamp_millis();
     // Pin one point-in-time view per shard: pruning decides on the same view the query reads.
     let selected = |index: &IndexService| -> Vec<Arc<Shard>> {
-        let local = index.local_shards();
         match scope.shards {
-            None => local,
+            None => index.local_shards(),
             Some(wanted) => {
                 let numbers = wanted.get(index.name()).map(Vec::as_slice).unwrap_or(&[]);
-                local
-                    .into_iter()
-                    .filter(|shard| numbers.contains(&shard.id.shard))
-                    .collect()
+                index.local_shards_among(numbers)
             }
         }
     };
@@ -604,18 +600,23 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
     };
     let total_shards = targets.len();
     let skipped_shards = keep.iter().filter(|kept| !**kept).count();
-    let mut targets = targets.into_iter().zip(keep);
+    let mut targets = targets.into_iter().zip(keep.iter().copied());
     let mut results = Vec::new();
     let mut agg_request: Option<(Value, Aggregations)> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
     let mut translated_any = false;
+    let mut first_target = 0;
     for (index, shards) in indices.iter().zip(&per_index) {
-        let index_targets: Vec<(ShardTarget, bool)> = targets.by_ref().take(shards.len()).collect();
+        let positions = first_target..first_target + shards.len();
+        first_target = positions.end;
+        let index_targets = targets.by_ref().take(shards.len());
         // An index whose every shard was pruned needs no translation.
-        if index_targets.iter().all(|(_, kept)| !kept) {
+        if keep[positions].iter().all(|kept| !kept) {
+            index_targets.for_each(drop);
             continue;
         }
         let Some(translated) = translate_for(index, request, now_millis)? else {
+            index_targets.for_each(drop);
             continue;
         };
         translated_any = true;
