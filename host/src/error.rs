@@ -75,8 +75,8 @@ pub enum Error {
         snapshot: String,
         reason: String,
     },
-    #[error("[{repository}] a snapshot or deletion is already running in this repository")]
-    ConcurrentSnapshot { repository: String },
+    #[error("[{repository}] {reason}")]
+    ConcurrentSnapshot { repository: String, reason: String },
     /// No copy of a shard can take the request right now (no started primary, a primary that
     /// moved); the coordinator retries until its timeout.
     #[error("{0}")]

@@ -100,6 +100,11 @@ impl S3Server {
         self.signal("-STOP");
     }
 
+    /// SIGCONT: answers again, starting with what waited.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")

@@ -31,6 +31,17 @@ pub const KNOWN_CLUSTER_SETTINGS: &[&str] = &[
     crate::plugins::roles::CLUSTER_PRUNING,
 ];
 
+/// A node's claim to write to a repository, for one operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryLease {
+    pub node_id: String,
+    /// The holder's gossip generation: a lease outlives no restart of its node.
+    pub generation: u64,
+    /// What the holder does, as people read it (`snapshot [nightly-1]`).
+    pub operation: String,
+    pub since_millis: i64,
+}
+
 /// A registered snapshot repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RepositoryMeta {
@@ -66,6 +77,10 @@ pub struct ClusterState {
     pub transient_settings: BTreeMap<String, Value>,
     /// Snapshot repositories by name.
     pub repositories: BTreeMap<String, RepositoryMeta>,
+    /// Which node writes to a repository now (a snapshot, a deletion, a cleanup), by
+    /// repository: one writer at a time cluster-wide, so that no deletion collects the blobs
+    /// of a snapshot another node is taking.
+    pub repository_leases: BTreeMap<String, RepositoryLease>,
     /// Snapshot lifecycle policies by id, and what their runs did.
     pub slm_policies: BTreeMap<String, SlmPolicy>,
     pub slm_stats: BTreeMap<String, SlmStats>,
@@ -97,6 +112,17 @@ pub enum StateCommand {
     },
     DeleteRepository {
         name: String,
+    },
+    /// Claims `repository` for one writing operation; refused while another lease holds it.
+    AcquireRepository {
+        repository: String,
+        lease: RepositoryLease,
+    },
+    /// Ends a lease, if the repository is still held by that node life.
+    ReleaseRepository {
+        repository: String,
+        node_id: String,
+        generation: u64,
     },
     PutSlmPolicy {
         id: String,
@@ -192,8 +218,40 @@ impl ClusterState {
                 self.repositories.insert(name.clone(), repository.clone());
             }
             StateCommand::DeleteRepository { name } => {
+                if let Some(lease) = self.repository_leases.get(name) {
+                    return self.reject(format!(
+                        "[{name}] is in use: {} is running on node [{}]",
+                        lease.operation, lease.node_id
+                    ));
+                }
                 if self.repositories.remove(name).is_none() {
                     return self.reject(format!("[{name}] missing"));
+                }
+            }
+            StateCommand::AcquireRepository { repository, lease } => {
+                if !self.repositories.contains_key(repository) {
+                    return self.reject(format!("[{repository}] missing"));
+                }
+                if let Some(held) = self.repository_leases.get(repository) {
+                    return self.reject(format!(
+                        "{} is already running in this repository on node [{}]",
+                        held.operation, held.node_id
+                    ));
+                }
+                self.repository_leases
+                    .insert(repository.clone(), lease.clone());
+            }
+            StateCommand::ReleaseRepository {
+                repository,
+                node_id,
+                generation,
+            } => {
+                if self
+                    .repository_leases
+                    .get(repository)
+                    .is_some_and(|held| held.node_id == *node_id && held.generation == *generation)
+                {
+                    self.repository_leases.remove(repository);
                 }
             }
             StateCommand::PutSlmPolicy { id, policy } => {

@@ -78,10 +78,12 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let state = node.cluster.consensus.state();
+        let in_grace = started.elapsed() < UNSEEN_GRACE;
+        crate::snapshot::lease::release_stale(&node, &state, |id| in_grace && !seen.contains(id))
+            .await;
         if state.cluster_uuid.is_none() || state.routing.is_empty() {
             continue;
         }
-        let in_grace = started.elapsed() < UNSEEN_GRACE;
         let delayed = departures.delayed(&state, &nodes);
         let Some(routing) = decide(&state, &nodes, &delayed, |id| {
             in_grace && !seen.contains(id)

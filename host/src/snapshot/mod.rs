@@ -12,6 +12,7 @@
 //! when that is another node ([`snapshot_shard_here`]).
 
 pub mod format;
+pub mod lease;
 pub mod lifecycle;
 pub mod slm;
 
@@ -36,11 +37,11 @@ use format::{
     SnapshotManifest, SnapshotState, TransferStats, blob_name, manifest_name,
 };
 
-/// What this node is doing to repositories: which are being written (one snapshot or
-/// deletion at a time each) and the progress of running snapshots.
+/// What this node is doing to repositories: which it writes to (one snapshot, deletion or
+/// cleanup at a time each, see [`lease`]) and the progress of running snapshots.
 #[derive(Default)]
 pub struct SnapshotActivity {
-    busy: Mutex<HashSet<String>>,
+    writers: lease::LocalWriters,
     running: Mutex<BTreeMap<(String, String), Progress>>,
     /// Snapshots that failed before their manifest reached the repository (it was
     /// unreachable, say), as `GET /_snapshot` shows them, so the failure and its reason stay
@@ -142,34 +143,6 @@ impl Progress {
                 "processed": { "file_count": self.stats.total_files, "size_in_bytes": self.stats.total_bytes },
             },
         })
-    }
-}
-
-/// Held while a repository is being written.
-pub struct RepositoryGuard<'a> {
-    locks: &'a SnapshotActivity,
-    repository: String,
-}
-
-impl SnapshotActivity {
-    pub fn acquire(&self, repository: &str) -> Result<RepositoryGuard<'_>> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        if !busy.insert(repository.to_string()) {
-            return Err(Error::ConcurrentSnapshot {
-                repository: repository.to_string(),
-            });
-        }
-        Ok(RepositoryGuard {
-            locks: self,
-            repository: repository.to_string(),
-        })
-    }
-}
-
-impl Drop for RepositoryGuard<'_> {
-    fn drop(&mut self) {
-        let mut busy = self.locks.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.remove(&self.repository);
     }
 }
 
@@ -411,7 +384,7 @@ pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManif
     let meta = writable(node, repository, "create a snapshot in")?;
     validate_snapshot_name(repository, &request.snapshot)?;
     let indices = node.indices.resolve(&request.indices, false)?;
-    let _guard = node.snapshot_activity.acquire(repository)?;
+    let _guard = lease::acquire(node, repository, format!("snapshot [{}]", request.snapshot))?;
     // Visible as running from here on, even while the repository is slow to answer.
     let start = chrono::Utc::now().timestamp_millis();
     let activity = &node.snapshot_activity;
@@ -815,7 +788,11 @@ fn validate_snapshot_name(repository: &str, snapshot: &str) -> Result<()> {
 /// name must exist; nothing is deleted otherwise.
 pub fn delete(node: &NodeState, repository: &str, snapshots: &[String]) -> Result<()> {
     let meta = writable(node, repository, "delete snapshots from")?;
-    let _guard = node.snapshot_activity.acquire(repository)?;
+    let _guard = lease::acquire(
+        node,
+        repository,
+        format!("deletion of [{}]", snapshots.join(",")),
+    )?;
     let mut session = open(node, repository, &meta)?;
     for snapshot in snapshots {
         if !session

@@ -129,3 +129,101 @@ fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
         "the restored index takes writes"
     );
 }
+
+#[test]
+fn one_node_at_a_time_writes_to_a_repository_and_a_dead_writer_frees_it() {
+    use shoal_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+    let mut cluster = Cluster::start(BIN, &[]).expect("cluster root");
+    let mut server = S3Server::start(
+        env!("CARGO_BIN_EXE_s3-server"),
+        &cluster.root.path().join("s3"),
+    )
+    .expect("the S3 server starts");
+    server.create_bucket("snapshots").expect("bucket");
+    let secrets = cluster.root.path().join("secure.toml");
+    std::fs::write(
+        &secrets,
+        format!(
+            "[s3.client.default]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n"
+        ),
+    )
+    .expect("secure settings");
+    let secrets = secrets.display().to_string();
+    for zone in ["a", "b", "c"] {
+        cluster
+            .add_node(zone, &["--secure-settings", &secrets])
+            .expect("node starts");
+    }
+    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    Cluster::wait_for_voters(&cluster.nodes[0], 3);
+    let registered = cluster.nodes[0].put(
+        "/_snapshot/s3",
+        &json!({"type": "s3", "settings": {"bucket": "snapshots", "endpoint": server.endpoint()}}),
+    );
+    assert_eq!(registered.status, 200, "{:?}", registered.body);
+    let created = cluster.nodes[0].put(
+        "/logs",
+        &json!({"settings": {"number_of_shards": 2, "number_of_replicas": 1}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    wait_for_green(&cluster.nodes[0]);
+    index_docs(&cluster.nodes[0], "logs", 0, 200);
+
+    // Node 1 starts a snapshot that hangs on the paused server, holding the repository.
+    server.pause();
+    let (writer, other) = (&cluster.nodes[1], &cluster.nodes[2]);
+    let accepted = writer.put("/_snapshot/s3/first", &json!({"indices": "logs"}));
+    assert_eq!(accepted.body["accepted"], true, "{:?}", accepted.body);
+    wait_for(Duration::from_secs(30), "the first snapshot to run", || {
+        let running = writer.get("/_snapshot/s3/_status");
+        (running.body["snapshots"][0]["snapshot"] == "first").then_some(())
+    });
+    // Another node can neither snapshot into it nor delete from it meanwhile.
+    for refused in [
+        other.put(
+            "/_snapshot/s3/second?wait_for_completion=true",
+            &json!({"indices": "logs"}),
+        ),
+        other.delete("/_snapshot/s3/first"),
+    ] {
+        assert_eq!(refused.status, 503, "{:?}", refused.body);
+        assert_eq!(
+            refused.body["error"]["type"],
+            "concurrent_snapshot_execution_exception"
+        );
+        let reason = refused.body["error"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("snapshot [first]"),
+            "the refusal names the writer: {reason}"
+        );
+    }
+    let in_use = other.delete("/_snapshot/s3");
+    assert_ne!(
+        in_use.status, 200,
+        "a repository in use is not unregistered: {:?}",
+        in_use.body
+    );
+    assert_eq!(other.get("/_snapshot/s3").status, 200);
+
+    // The writer dies holding the repository: the master ends its lease, and another node's
+    // snapshot goes through once the server answers again.
+    cluster.nodes[1].kill();
+    server.resume();
+    let other = &cluster.nodes[2];
+    wait_for(Duration::from_secs(120), "another node's snapshot", || {
+        let health = other.get("/_cluster/health?wait_for_status=yellow&timeout=5s");
+        if health.body["status"] == "red" || health.body["initializing_shards"] != 0 {
+            return None;
+        }
+        let taken = other.put(
+            "/_snapshot/s3/second?wait_for_completion=true",
+            &json!({"indices": "logs"}),
+        );
+        (taken.status == 200 && taken.body["snapshot"]["state"] == "SUCCESS").then_some(())
+    });
+    assert_eq!(
+        count(other, "logs"),
+        200,
+        "the index lost nothing with the writer"
+    );
+}
