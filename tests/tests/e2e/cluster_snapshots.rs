@@ -134,7 +134,7 @@ fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
 fn one_node_at_a_time_writes_to_a_repository_and_a_dead_writer_frees_it() {
     use shoal_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
     let mut cluster = Cluster::start(BIN, &[]).expect("cluster root");
-    let mut server = S3Server::start(
+    let server = S3Server::start(
         env!("CARGO_BIN_EXE_s3-server"),
         &cluster.root.path().join("s3"),
     )
