@@ -29,13 +29,17 @@ pub struct CheckReport {
     pub results: Vec<CheckResult>,
 }
 
-impl CheckResult {
-    fn of(name: &'static str, outcome: Result<(), String>) -> CheckResult {
-        CheckResult {
+/// The results of one kind's contract tests, in the order they ran.
+#[derive(Default)]
+struct Contract(Vec<CheckResult>);
+
+impl Contract {
+    fn record(&mut self, name: &'static str, outcome: Result<(), String>) {
+        self.0.push(CheckResult {
             name,
             passed: outcome.is_ok(),
             detail: outcome.err().unwrap_or_default(),
-        }
+        });
     }
 }
 
@@ -148,10 +152,7 @@ fn shard(shard: u32, min: Option<i64>, max: Option<i64>) -> PruneCandidate {
 }
 
 fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
-    let mut results = Vec::new();
-    let mut record = |name: &'static str, outcome: Result<(), String>| {
-        results.push(CheckResult::of(name, outcome));
-    };
+    let mut report = Contract::default();
     let shards = vec![
         shard(0, Some(0), Some(99)),
         shard(1, Some(100), Some(199)),
@@ -169,11 +170,11 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
     };
 
     let first = ask((Some(120), Some(180)), &shards);
-    record(
+    report.record(
         "answers a well-formed request within its deadline",
         first.as_ref().map(|_| ()).map_err(Clone::clone),
     );
-    record(
+    report.record(
         "keeps every shard that can match (pruning must never change results)",
         first.clone().and_then(|kept| {
             if kept.contains(&1) {
@@ -186,7 +187,7 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         }),
     );
     let boundaries = ask((Some(99), Some(200)), &shards);
-    record(
+    report.record(
         "keeps shards that touch the range at its bounds",
         boundaries.and_then(|kept| {
             if kept == vec![0, 1, 2] {
@@ -199,7 +200,7 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         }),
     );
     let open = ask((None, None), &shards);
-    record(
+    report.record(
         "keeps every shard for an unbounded range",
         open.and_then(|kept| {
             if kept.len() == 3 {
@@ -210,19 +211,19 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         }),
     );
     let again = ask((Some(120), Some(180)), &shards);
-    record(
+    report.record(
         "is deterministic",
         match (&first, &again) {
             (Ok(a), Ok(b)) if a == b => Ok(()),
             (a, b) => Err(format!("first {a:?}, then {b:?}")),
         },
     );
-    record(
+    report.record(
         "accepts an empty shard list",
         ask((Some(0), Some(10)), &[]).map(|_| ()),
     );
     let inverted = ask((Some(500), Some(10)), &shards);
-    record(
+    report.record(
         "handles an inverted (empty) range without trapping",
         match inverted {
             Ok(_) => Ok(()),
@@ -234,7 +235,7 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         shard(0, None, None),
         shard(1, Some(i64::MIN), Some(i64::MAX)),
     ];
-    record(
+    report.record(
         "handles shards without timestamps and extreme bounds",
         ask((Some(0), Some(1)), &missing).and_then(|kept| {
             if kept.contains(&1) {
@@ -250,11 +251,11 @@ fn pruning_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
     let many: Vec<PruneCandidate> = (0..1_000)
         .map(|i| shard(i, Some(i64::from(i) * 10), Some(i64::from(i) * 10 + 9)))
         .collect();
-    record(
+    report.record(
         "decides over 1,000 shards within its deadline",
         ask((Some(5_000), Some(5_100)), &many).map(|_| ()),
     );
-    results
+    report.0
 }
 
 fn profile(estimated_cost: f64, node_load: f64) -> QueryProfile {
@@ -268,13 +269,10 @@ fn profile(estimated_cost: f64, node_load: f64) -> QueryProfile {
 }
 
 fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
-    let mut results = Vec::new();
-    let mut record = |name: &'static str, outcome: Result<(), String>| {
-        results.push(CheckResult::of(name, outcome));
-    };
+    let mut report = Contract::default();
     let ask = |query: &QueryProfile| isolation::classify(plugin, query).map_err(|e| e.to_string());
     let light = ask(&profile(10.0, 0.1));
-    record(
+    report.record(
         "admits a light query on an idle node into a pool",
         match &light {
             Ok(Admission::Pool(_)) => Ok(()),
@@ -282,11 +280,11 @@ fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
             Err(err) => Err(err.clone()),
         },
     );
-    record(
+    report.record(
         "classifies an expensive query on a busy node (a pool, or a rejection with a reason)",
         ask(&profile(1e12, 0.9)).map(|_| ()),
     );
-    record(
+    report.record(
         "is deterministic",
         match (&light, &ask(&profile(10.0, 0.1))) {
             (Ok(a), Ok(b)) if format!("{a:?}") == format!("{b:?}") => Ok(()),
@@ -305,7 +303,7 @@ fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
             node_load: 0.0,
         },
     ];
-    record(
+    report.record(
         "handles NaN, infinite, negative and empty inputs without trapping",
         extremes
             .iter()
@@ -323,7 +321,7 @@ fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         docs_visited: 0,
         memory_bytes: 0,
     };
-    record(
+    report.record(
         "lets a query that has just started go on",
         match isolation::on_progress(plugin, "bool(filter(range(@timestamp)))", fresh) {
             Ok(Verdict::Proceed) => Ok(()),
@@ -336,13 +334,13 @@ fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         docs_visited: u64::MAX,
         memory_bytes: u64::MAX,
     };
-    record(
+    report.record(
         "answers progress of any size, for a fingerprint it never classified",
         isolation::on_progress(plugin, "never-seen", runaway)
             .map(|_| ())
             .map_err(|e| e.to_string()),
     );
-    record(
+    report.record(
         "accepts completion stats, failed or not",
         [false, true]
             .into_iter()
@@ -358,7 +356,7 @@ fn query_isolation_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
             .collect::<Result<Vec<()>, String>>()
             .map(|_| ()),
     );
-    results
+    report.0
 }
 
 fn node(name: &str, ewma_latency_ms: f64, error_rate: f64, last_seen_ms: u64) -> NodeHealth {
@@ -374,21 +372,18 @@ fn node(name: &str, ewma_latency_ms: f64, error_rate: f64, last_seen_ms: u64) ->
 }
 
 fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
-    let mut results = Vec::new();
-    let mut record = |name: &'static str, outcome: Result<(), String>| {
-        results.push(CheckResult::of(name, outcome));
-    };
+    let mut report = Contract::default();
     let nodes = [
         node("node-a", 2.0, 0.0, 10),
         node("node-b", 40.0, 0.0, 20),
         node("node-c", 2.0, 0.0, 60_000),
     ];
     let judged = switchover::judge(plugin, &nodes).map_err(|e| e.to_string());
-    record(
+    report.record(
         "judges every node it is asked about, in order",
         judged.as_ref().map(|_| ()).map_err(Clone::clone),
     );
-    record(
+    report.record(
         "does not call a node silent for a minute healthy",
         judged.and_then(|states| match states.get(2) {
             Some(NodeState::Healthy) => Err(format!("judged {states:?}")),
@@ -396,11 +391,11 @@ fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         }),
     );
     let ranked = switchover::rank_copies(plugin, "logs[0]", &nodes).map_err(|e| e.to_string());
-    record(
+    report.record(
         "ranks only copies it was offered, each at most once",
         ranked.as_ref().map(|_| ()).map_err(Clone::clone),
     );
-    record(
+    report.record(
         "keeps a healthy copy and ranks it before a silent one",
         ranked.clone().and_then(|routing| {
             let at = |copy: u32| routing.order.iter().position(|&c| c == copy);
@@ -411,7 +406,7 @@ fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
             }
         }),
     );
-    record(
+    report.record(
         "is deterministic",
         match (
             &ranked,
@@ -421,7 +416,7 @@ fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
             (a, b) => Err(format!("first {a:?}, then {b:?}")),
         },
     );
-    record(
+    report.record(
         "handles no nodes and no copies",
         switchover::judge(plugin, &[])
             .and_then(|_| switchover::rank_copies(plugin, "logs[0]", &[]))
@@ -433,7 +428,7 @@ fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
         node("node-inf", f64::INFINITY, f64::INFINITY, 0),
         node("node-neg", -1.0, -1.0, 0),
     ];
-    record(
+    report.record(
         "handles NaN, infinite and negative metrics without trapping",
         switchover::judge(plugin, &odd)
             .and_then(|_| switchover::rank_copies(plugin, "logs[0]", &odd))
@@ -443,14 +438,14 @@ fn switchover_contract(plugin: &super::Plugin) -> Vec<CheckResult> {
     let many: Vec<NodeHealth> = (0..1_000)
         .map(|i| node(&format!("node-{i}"), f64::from(i % 50), 0.0, 5))
         .collect();
-    record(
+    report.record(
         "judges and ranks 1,000 nodes within its deadline",
         switchover::judge(plugin, &many)
             .and_then(|_| switchover::rank_copies(plugin, "logs[0]", &many))
             .map(|_| ())
             .map_err(|e| e.to_string()),
     );
-    results
+    report.0
 }
 
 /// The repository contract, against a scratch directory granted as a node would grant it.
@@ -459,7 +454,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
     use super::repository::{RepositoryError, RepositorySession};
     use sha2::{Digest, Sha256};
 
-    let mut results = Vec::new();
+    let mut report = Contract::default();
     let scratch =
         std::env::temp_dir().join(format!("shoal-plugin-check-{}", crate::ids::new_uuid()));
     let granted = std::fs::create_dir_all(&scratch)
@@ -471,18 +466,11 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
     let granted = match granted {
         Ok(granted) => granted,
         Err(err) => {
-            results.push(CheckResult {
-                name: "a scratch repository directory can be granted",
-                passed: false,
-                detail: err,
-            });
-            return results;
+            report.record("a scratch repository directory can be granted", Err(err));
+            return report.0;
         }
     };
     let mut repo = RepositorySession::new(plugin, Grants::directory(granted));
-    let mut record = |name: &'static str, outcome: Result<(), String>| {
-        results.push(CheckResult::of(name, outcome));
-    };
     let sha = |data: &[u8]| -> String {
         Sha256::digest(data)
             .iter()
@@ -491,11 +479,11 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
     };
     let fail = |err: RepositoryError| err.to_string();
 
-    record(
+    report.record(
         "verify succeeds on a writable directory",
         repo.verify().map_err(fail),
     );
-    record(
+    report.record(
         "a blob put whole reads back, exists, and reads by range",
         (|| {
             repo.put("check/a", b"0123456789").map_err(fail)?;
@@ -511,7 +499,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
     let big: Vec<u8> = (0..(super::repository::CHUNK_BYTES * 2 + 12_345))
         .map(|i| (i % 253) as u8)
         .collect();
-    record(
+    report.record(
         "a streamed blob over several chunks reads back identical",
         (|| {
             repo.put_streamed("check/big", big.len() as u64, &sha(&big), &big[..])
@@ -528,7 +516,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
             }
         })(),
     );
-    record(
+    report.record(
         "a wrong checksum is refused as invalid and leaves no blob",
         match repo.put_streamed("check/bad", 3, &sha(b"xyz"), &b"abc"[..]) {
             Err(RepositoryError::Invalid { .. }) => match repo.exists("check/bad") {
@@ -538,14 +526,14 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
             other => Err(format!("expected an invalid error, got {other:?}")),
         },
     );
-    record(
+    report.record(
         "a wrong length is refused as invalid",
         match repo.put_streamed("check/short", 10, &sha(b"abc"), &b"abc"[..]) {
             Err(RepositoryError::Invalid { .. }) => Ok(()),
             other => Err(format!("expected an invalid error, got {other:?}")),
         },
     );
-    record(
+    report.record(
         "listing by prefix returns exactly the complete blobs, with sizes, in name order",
         (|| {
             let listed: Vec<(String, u64)> = repo
@@ -565,7 +553,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
             }
         })(),
     );
-    record(
+    report.record(
         "a missing blob reads as not-found",
         match repo.get("check/missing", 0, None) {
             Err(RepositoryError::NotFound { .. }) => Ok(()),
@@ -575,7 +563,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
             )),
         },
     );
-    record(
+    report.record(
         "names escaping the repository are refused as invalid",
         ["../escape", "/etc/passwd", ""]
             .iter()
@@ -589,7 +577,7 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
             .collect::<Result<Vec<()>, String>>()
             .map(|_| ()),
     );
-    record(
+    report.record(
         "delete removes a blob, and deleting a missing blob succeeds",
         (|| {
             repo.delete("check/a").map_err(fail)?;
@@ -602,5 +590,5 @@ fn repository_contract(plugin: std::sync::Arc<super::Plugin>) -> Vec<CheckResult
     );
     drop(repo);
     let _ = std::fs::remove_dir_all(&scratch);
-    results
+    report.0
 }
