@@ -191,6 +191,7 @@ pub(super) async fn create_snapshot(
     };
     // Refuse what is refusable before answering, even when not waiting.
     snapshot::writable(&request.node, repository, "create a snapshot in")?;
+    snapshot::lease::check_free(&request.node, repository)?;
     let node = request.node.clone();
     let repo = repository.to_string();
     let work = move || snapshot::create(&node, &create).map(|manifest| manifest.to_json(&repo));

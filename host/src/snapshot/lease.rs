@@ -29,6 +29,22 @@ pub struct RepositoryGuard<'a> {
     leased: bool,
 }
 
+/// Fails as [`acquire`] would if `repository` is being written now, without claiming it: a
+/// background snapshot is refused before it is accepted. (`acquire` still decides.)
+pub fn check_free(node: &NodeState, repository: &str) -> Result<()> {
+    let state = node.cluster.consensus.state();
+    match state.repository_leases.get(repository) {
+        Some(held) => Err(Error::ConcurrentSnapshot {
+            repository: repository.to_string(),
+            reason: format!(
+                "{} is already running in this repository on node [{}]",
+                held.operation, held.node_id
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Claims `repository` for `operation` (blocking: call from a worker thread, not the async
 /// runtime). Fails with 503 `concurrent_snapshot_execution_exception` naming who writes.
 pub fn acquire<'a>(

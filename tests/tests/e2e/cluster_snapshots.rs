@@ -184,6 +184,7 @@ fn one_node_at_a_time_writes_to_a_repository_and_a_dead_writer_frees_it() {
             "/_snapshot/s3/second?wait_for_completion=true",
             &json!({"indices": "logs"}),
         ),
+        other.put("/_snapshot/s3/in-background", &json!({"indices": "logs"})),
         other.delete("/_snapshot/s3/first"),
     ] {
         assert_eq!(refused.status, 503, "{:?}", refused.body);
