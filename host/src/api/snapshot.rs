@@ -191,19 +191,31 @@ pub(super) async fn create_snapshot(
     };
     // Refuse what is refusable before answering, even when not waiting.
     snapshot::writable(&request.node, repository, "create a snapshot in")?;
-    snapshot::lease::check_free(&request.node, repository)?;
     let node = request.node.clone();
     let repo = repository.to_string();
-    let work = move || snapshot::create(&node, &create).map(|manifest| manifest.to_json(&repo));
     if request.flag("wait_for_completion") {
+        let work = move || snapshot::create(&node, &create).map(|manifest| manifest.to_json(&repo));
         let info = blocking(work).await?;
         return ok(json!({ "snapshot": info }));
     }
+    // Accepted once the repository is claimed; the snapshot then runs on that worker.
+    let (claimed, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        if let Err(err) = work() {
-            tracing::error!(error = %err, "background snapshot failed");
+        let guard = match snapshot::claim_for(&node, &create) {
+            Ok(guard) => guard,
+            Err(err) => {
+                let _ = claimed.send(Err(err));
+                return;
+            }
+        };
+        let _ = claimed.send(Ok(()));
+        if let Err(err) = snapshot::create_claimed(&node, &create, guard) {
+            tracing::error!(repository = repo, error = %err, "background snapshot failed");
         }
     });
+    outcome
+        .await
+        .map_err(|_| crate::error::Error::Internal("snapshot worker ended early".into()))??;
     ok(json!({ "accepted": true }))
 }
 

@@ -29,22 +29,6 @@ pub struct RepositoryGuard<'a> {
     leased: bool,
 }
 
-/// Fails as [`acquire`] would if `repository` is being written now, without claiming it: a
-/// background snapshot is refused before it is accepted. (`acquire` still decides.)
-pub fn check_free(node: &NodeState, repository: &str) -> Result<()> {
-    let state = node.cluster.consensus.state();
-    match state.repository_leases.get(repository) {
-        Some(held) => Err(Error::ConcurrentSnapshot {
-            repository: repository.to_string(),
-            reason: format!(
-                "{} is already running in this repository on node [{}]",
-                held.operation, held.node_id
-            ),
-        }),
-        None => Ok(()),
-    }
-}
-
 /// Claims `repository` for `operation` (blocking: call from a worker thread, not the async
 /// runtime). Fails with 503 `concurrent_snapshot_execution_exception` naming who writes.
 pub fn acquire<'a>(
@@ -114,8 +98,19 @@ impl Drop for RepositoryGuard<'_> {
             node_id: self.node.identity.node_id.clone(),
             generation: self.generation,
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(release(self.node.cluster.consensus.clone(), command));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Released before the operation answers, so that the next one (a snapshot right after
+        // a snapshot) finds the repository free; retried in the background if the master is
+        // unreachable now.
+        let consensus = self.node.cluster.consensus.clone();
+        let released = runtime.block_on(consensus.propose(command.clone(), LEASE_TIMEOUT));
+        if let Err(err) = released
+            && !matches!(err, ProposeError::Rejected(_))
+        {
+            tracing::debug!(error = %err, "repository lease not released yet; retrying");
+            runtime.spawn(release(consensus, command));
         }
     }
 }

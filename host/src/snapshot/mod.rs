@@ -380,11 +380,31 @@ pub struct CreateRequest {
 /// Takes a snapshot (blocking). Shard failures end it `PARTIAL` when `partial` is set, else
 /// `FAILED`; either way the manifest records the reasons and the indices are untouched.
 pub fn create(node: &NodeState, request: &CreateRequest) -> Result<SnapshotManifest> {
+    let guard = claim_for(node, request)?;
+    create_claimed(node, request, guard)
+}
+
+/// Checks what a snapshot can check before it starts and claims its repository (blocking).
+pub fn claim_for<'a>(
+    node: &'a NodeState,
+    request: &CreateRequest,
+) -> Result<lease::RepositoryGuard<'a>> {
+    let repository = request.repository.as_str();
+    writable(node, repository, "create a snapshot in")?;
+    validate_snapshot_name(repository, &request.snapshot)?;
+    node.indices.resolve(&request.indices, false)?;
+    lease::acquire(node, repository, format!("snapshot [{}]", request.snapshot))
+}
+
+/// Takes a snapshot whose repository [`claim_for`] claimed (blocking); the claim ends with it.
+pub fn create_claimed(
+    node: &NodeState,
+    request: &CreateRequest,
+    _claim: lease::RepositoryGuard<'_>,
+) -> Result<SnapshotManifest> {
     let repository = request.repository.as_str();
     let meta = writable(node, repository, "create a snapshot in")?;
-    validate_snapshot_name(repository, &request.snapshot)?;
     let indices = node.indices.resolve(&request.indices, false)?;
-    let _guard = lease::acquire(node, repository, format!("snapshot [{}]", request.snapshot))?;
     // Visible as running from here on, even while the repository is slow to answer.
     let start = chrono::Utc::now().timestamp_millis();
     let activity = &node.snapshot_activity;
