@@ -13,6 +13,9 @@ use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin};
 
 const ROOT: &str = "/repo";
 const PART_SUFFIX: &str = ".part";
+/// A temporary file untouched this long belongs to an upload that will never finish (a live
+/// upload writes a chunk every few milliseconds): listings remove it.
+const ABANDONED_AFTER_MS: i64 = 60 * 60 * 1000;
 
 struct Upload {
     name: String,
@@ -171,6 +174,29 @@ fn finish(upload: u64) -> Result<(), RepositoryError> {
     fs::rename(&temp, &path).map_err(|err| io("publishing blob", err))
 }
 
+/// Removes the temporary file of an upload cut short (a crash, a killed node) once it has not
+/// been written for [`ABANDONED_AFTER_MS`]. Best effort: a read-only repository keeps it.
+fn remove_if_abandoned(path: &Path, metadata: &fs::Metadata) {
+    let Some(modified_ms) = metadata
+        .modified()
+        .ok()
+        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|since| since.as_millis() as i64)
+    else {
+        return;
+    };
+    if host::wall_clock_now() - modified_ms < ABANDONED_AFTER_MS {
+        return;
+    }
+    if fs::remove_file(path).is_ok() {
+        host::counter_add("abandoned_uploads_removed", 1);
+        shoal_plugin_sdk::log::info(&format!(
+            "removed the temporary file of an abandoned upload: {}",
+            path.display()
+        ));
+    }
+}
+
 fn list(prefix: &str) -> Result<Vec<BlobMeta>, RepositoryError> {
     fn walk(
         dir: &Path,
@@ -206,7 +232,9 @@ fn list(prefix: &str) -> Result<Vec<BlobMeta>, RepositoryError> {
                 if prefix.starts_with(&name) || name.starts_with(prefix) {
                     walk(&path, root, prefix, out)?;
                 }
-            } else if name.starts_with(prefix) && !name.ends_with(PART_SUFFIX) {
+            } else if name.ends_with(PART_SUFFIX) {
+                remove_if_abandoned(&path, &metadata);
+            } else if name.starts_with(prefix) {
                 out.push(BlobMeta {
                     name,
                     size: metadata.len(),

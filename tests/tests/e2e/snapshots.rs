@@ -3,6 +3,7 @@
 //! rename and partial restores, registration checks, readonly repositories and corrupted blobs.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use shoal_tests::Node;
@@ -205,10 +206,37 @@ fn snapshots_are_incremental_and_restore_identical_data() {
     assert_eq!(names, vec!["snap-2", "snap-3"]);
     let cat = node.get("/_cat/snapshots/backups?format=json");
     assert_eq!(cat.body.as_array().map(Vec::len), Some(2), "{:?}", cat.body);
+    // Uploads cut short by a crash leave temporary files: `_cleanup` removes those nobody
+    // has written for an hour, and leaves a fresh one (an upload may be running) alone.
+    let blobs = dir.path().join("repos/backups/blobs");
+    let abandoned = blobs.join("ab/cd.1700000000000-1-1.part");
+    let fresh = blobs.join("ab/ef.1700000000000-1-2.part");
+    std::fs::create_dir_all(blobs.join("ab")).expect("blob dir");
+    for temp in [&abandoned, &fresh] {
+        std::fs::write(temp, b"half an upload").expect("temp file");
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&abandoned)
+        .and_then(|file| file.set_modified(two_hours_ago))
+        .expect("age the temp file");
     let cleanup = node.post("/_snapshot/backups/_cleanup", &json!({}));
     assert_eq!(
         cleanup.body["results"]["deleted_blobs"], 0,
         "delete already removed unreferenced blobs"
+    );
+    assert!(
+        !abandoned.exists(),
+        "the abandoned upload's file is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a recent temporary file may be a running upload"
+    );
+    assert_eq!(
+        node.get("/_plugins/fs-repository").body["metrics"]["counters"]["abandoned_uploads_removed"],
+        1
     );
 
     // The registration is cluster state: it survives a restart.
