@@ -45,6 +45,8 @@ pub(super) struct ShardSummary {
     pub initializing: u64,
     pub unassigned: u64,
     pub unassigned_primaries: u64,
+    /// Unassigned copies that wait for their departed node to come back.
+    pub delayed_unassigned: u64,
     /// red: a primary is not active; yellow: a replica is not; green: every copy is.
     pub worst: Option<Health>,
 }
@@ -71,7 +73,7 @@ pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<Shar
         let Some(routing) = state.routing.get(index.name()) else {
             continue;
         };
-        for shard in &routing.shards {
+        for (number, shard) in routing.shards.iter().enumerate() {
             let health = shard.health(routing.replicas);
             summary.worst = summary.worst.max(Some(health));
             let started = shard.copies.iter().filter(|copy| copy.started).count() as u64;
@@ -80,6 +82,13 @@ pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<Shar
             summary.active += started;
             summary.initializing += copies - started;
             summary.unassigned += wanted.saturating_sub(copies);
+            if state
+                .delayed_shards
+                .get(index.name())
+                .is_some_and(|numbers| numbers.contains(&(number as u32)))
+            {
+                summary.delayed_unassigned += wanted.saturating_sub(copies);
+            }
             match shard.primary() {
                 Some(primary) if primary.started => summary.active_primaries += 1,
                 Some(_) => {}
@@ -149,7 +158,7 @@ pub(super) async fn health(request: &Request, target: Option<&&str>) -> Result<R
                 "initializing_shards": summary.initializing,
                 "unassigned_shards": summary.unassigned,
                 "unassigned_primary_shards": summary.unassigned_primaries,
-                "delayed_unassigned_shards": 0,
+                "delayed_unassigned_shards": summary.delayed_unassigned,
                 "number_of_pending_tasks": 0,
                 "number_of_in_flight_fetch": 0,
                 "task_max_waiting_in_queue_millis": 0,

@@ -6,7 +6,7 @@
 //! creation), the routing table with each shard's in-sync copies and primary term, snapshot
 //! repositories and lifecycle policies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -88,6 +88,10 @@ pub struct ClusterState {
     pub indices: BTreeMap<String, IndexMetadata>,
     /// Where every copy of every shard lives, which copies are in sync, and primary terms.
     pub routing: BTreeMap<String, IndexRouting>,
+    /// Shards (by index) whose copies lost with a departed node are not rebuilt yet because
+    /// they wait for it (`index.unassigned.node_left.delayed_timeout`), as the master last
+    /// saw them: health reports their missing copies as delayed.
+    pub delayed_shards: BTreeMap<String, BTreeSet<u32>>,
 }
 
 /// A change to the cluster state, proposed to the master and committed by the quorum.
@@ -112,6 +116,10 @@ pub enum StateCommand {
     },
     DeleteRepository {
         name: String,
+    },
+    /// Replaces the set of shards whose lost copies wait for their node.
+    SetDelayedShards {
+        shards: BTreeMap<String, BTreeSet<u32>>,
     },
     /// Claims `repository` for one writing operation; refused while another lease holds it.
     AcquireRepository {
@@ -228,6 +236,9 @@ impl ClusterState {
                     return self.reject(format!("[{name}] missing"));
                 }
             }
+            StateCommand::SetDelayedShards { shards } => {
+                self.delayed_shards.clone_from(shards);
+            }
             StateCommand::AcquireRepository { repository, lease } => {
                 if !self.repositories.contains_key(repository) {
                     return self.reject(format!("[{repository}] missing"));
@@ -295,6 +306,7 @@ impl ClusterState {
                     return self.reject(format!("no such index [{name}]"));
                 }
                 self.routing.remove(name);
+                self.delayed_shards.remove(name);
             }
             StateCommand::PutMapping { name, mappings } => {
                 let Some(meta) = self.indices.get_mut(name) else {

@@ -85,6 +85,7 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let delayed = departures.delayed(&state, &nodes);
+        publish_delayed(&node, &state, &delayed).await;
         let Some(routing) = decide(&state, &nodes, &delayed, |id| {
             in_grace && !seen.contains(id)
         }) else {
@@ -102,6 +103,34 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         {
             tracing::debug!(error = %err, "reroute not committed; recomputing");
         }
+    }
+}
+
+/// Commits the shards waiting for a departed node when they changed, so that every node's
+/// health reports them.
+async fn publish_delayed(
+    node: &NodeState,
+    state: &ClusterState,
+    delayed: &BTreeSet<(String, usize)>,
+) {
+    let mut shards: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for (index, number) in delayed {
+        shards
+            .entry(index.clone())
+            .or_default()
+            .insert(*number as u32);
+    }
+    if shards == state.delayed_shards {
+        return;
+    }
+    let command = StateCommand::SetDelayedShards { shards };
+    if let Err(err) = node
+        .cluster
+        .consensus
+        .propose(command, Duration::from_secs(5))
+        .await
+    {
+        tracing::debug!(error = %err, "delayed shards not published yet");
     }
 }
 

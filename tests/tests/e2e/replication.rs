@@ -100,10 +100,21 @@ fn killing_the_busiest_primary_node_loses_no_acknowledged_write() {
     );
     let degraded = cluster.nodes[observer].get("/_cluster/health");
     assert_ne!(degraded.body["status"], "red", "{:?}", degraded.body);
+    // The lost copies wait for their node (node_left.delayed_timeout, 1m by default), and
+    // health says so from any node.
+    wait_for(Duration::from_secs(20), "delayed copies in health", || {
+        let health = cluster.nodes[observer].get("/_cluster/health").body;
+        let unassigned = health["unassigned_shards"].as_u64().unwrap_or(0);
+        (unassigned > 0 && health["delayed_unassigned_shards"] == unassigned).then_some(())
+    });
 
     cluster.nodes[victim].restart().expect("restart");
     writer.include(&cluster.nodes[victim].base_url);
     wait_for_green(&cluster.nodes[observer]);
+    wait_for(Duration::from_secs(20), "no delayed copies once back", || {
+        let health = cluster.nodes[observer].get("/_cluster/health").body;
+        (health["delayed_unassigned_shards"] == 0).then_some(())
+    });
     std::thread::sleep(Duration::from_secs(1));
     let history = writer.finish();
     assert!(
