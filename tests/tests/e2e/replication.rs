@@ -111,10 +111,14 @@ fn killing_the_busiest_primary_node_loses_no_acknowledged_write() {
     cluster.nodes[victim].restart().expect("restart");
     writer.include(&cluster.nodes[victim].base_url);
     wait_for_green(&cluster.nodes[observer]);
-    wait_for(Duration::from_secs(20), "no delayed copies once back", || {
-        let health = cluster.nodes[observer].get("/_cluster/health").body;
-        (health["delayed_unassigned_shards"] == 0).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "no delayed copies once back",
+        || {
+            let health = cluster.nodes[observer].get("/_cluster/health").body;
+            (health["delayed_unassigned_shards"] == 0).then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_secs(1));
     let history = writer.finish();
     assert!(
