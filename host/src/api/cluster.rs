@@ -73,6 +73,7 @@ pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<Shar
         let Some(routing) = state.routing.get(index.name()) else {
             continue;
         };
+        let delayed = state.delayed_shards.get(index.name());
         for (number, shard) in routing.shards.iter().enumerate() {
             let health = shard.health(routing.replicas);
             summary.worst = summary.worst.max(Some(health));
@@ -82,11 +83,7 @@ pub(super) fn summary(node: &NodeState, expression: Option<&str>) -> Result<Shar
             summary.active += started;
             summary.initializing += copies - started;
             summary.unassigned += wanted.saturating_sub(copies);
-            if state
-                .delayed_shards
-                .get(index.name())
-                .is_some_and(|numbers| numbers.contains(&(number as u32)))
-            {
+            if delayed.is_some_and(|numbers| numbers.contains(&(number as u32))) {
                 summary.delayed_unassigned += wanted.saturating_sub(copies);
             }
             match shard.primary() {

@@ -189,8 +189,6 @@ pub(super) async fn create_snapshot(
         metadata: body.get("metadata").cloned().unwrap_or(Value::Null),
         include_global_state: flag(&body, "include_global_state", true)?,
     };
-    // Refuse what is refusable before answering, even when not waiting.
-    snapshot::writable(&request.node, repository, "create a snapshot in")?;
     let node = request.node.clone();
     let repo = repository.to_string();
     if request.flag("wait_for_completion") {
@@ -198,7 +196,8 @@ pub(super) async fn create_snapshot(
         let info = blocking(work).await?;
         return ok(json!({ "snapshot": info }));
     }
-    // Accepted once the repository is claimed; the snapshot then runs on that worker.
+    // Accepted once everything refusable is checked and the repository claimed
+    // (`claim_for`); the snapshot then runs on that worker.
     let (claimed, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let guard = match snapshot::claim_for(&node, &create) {

@@ -95,14 +95,19 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             based_on: state.version,
             routing,
         };
-        if let Err(err) = node
-            .cluster
-            .consensus
-            .propose(command, Duration::from_secs(5))
-            .await
-        {
-            tracing::debug!(error = %err, "reroute not committed; recomputing");
-        }
+        propose_decision(&node, command, "reroute").await;
+    }
+}
+
+/// Commits a master decision; one that does not commit is recomputed on the next round.
+async fn propose_decision(node: &NodeState, command: StateCommand, what: &'static str) {
+    if let Err(err) = node
+        .cluster
+        .consensus
+        .propose(command, Duration::from_secs(5))
+        .await
+    {
+        tracing::debug!(decision = what, error = %err, "not committed; recomputing");
     }
 }
 
@@ -123,15 +128,12 @@ async fn publish_delayed(
     if shards == state.delayed_shards {
         return;
     }
-    let command = StateCommand::SetDelayedShards { shards };
-    if let Err(err) = node
-        .cluster
-        .consensus
-        .propose(command, Duration::from_secs(5))
-        .await
-    {
-        tracing::debug!(error = %err, "delayed shards not published yet");
-    }
+    propose_decision(
+        node,
+        StateCommand::SetDelayedShards { shards },
+        "delayed shards",
+    )
+    .await;
 }
 
 /// When the master saw each shard lose a copy with its node, to delay rebuilding it
