@@ -98,9 +98,9 @@ pub(super) fn remove(request: &Request, name: &str) -> Result<Reply> {
     ok(json!({ "acknowledged": true }))
 }
 
-/// `max_memory` (`16mb`), `deadline` (`50ms`) and `on_failure` (`open`/`closed`) upload
-/// parameters; unset ones keep the
-/// plugin's current (or default) limits.
+/// `max_memory` (`16mb`), `deadline` (`50ms`), `fuel` (units per call, or `unlimited`) and
+/// `on_failure` (`open`/`closed`) upload parameters; unset ones keep the plugin's current (or
+/// default) limits.
 fn parse_limits(request: &Request) -> Result<LimitsOverride> {
     let memory_bytes = request
         .param("max_memory")
@@ -117,6 +117,20 @@ fn parse_limits(request: &Request) -> Result<LimitsOverride> {
                 })?,
         ),
     };
+    let fuel = match request.param("fuel") {
+        None => None,
+        Some("unlimited") => Some(None),
+        Some(text) => Some(Some(
+            text.parse::<u64>()
+                .ok()
+                .filter(|fuel| *fuel > 0)
+                .ok_or_else(|| {
+                    Error::IllegalArgument(format!(
+                        "[fuel] must be a positive number of units or [unlimited], got [{text}]"
+                    ))
+                })?,
+        )),
+    };
     let fail_closed = match request.param("on_failure") {
         None => None,
         Some("open") => Some(false),
@@ -130,6 +144,7 @@ fn parse_limits(request: &Request) -> Result<LimitsOverride> {
     Ok(LimitsOverride {
         memory_bytes,
         deadline,
+        fuel,
         fail_closed,
     })
 }

@@ -28,6 +28,9 @@ pub(super) enum PluginCommand {
         /// Per-call deadline, e.g. `20ms`.
         #[arg(long)]
         deadline: Option<String>,
+        /// Wasm work allowed per call in fuel units (about one per instruction), or `unlimited`.
+        #[arg(long)]
+        fuel: Option<String>,
         /// `open` (fall back to built-in behaviour) or `closed` (fail the request).
         #[arg(long)]
         on_failure: Option<String>,
@@ -91,6 +94,7 @@ pub(super) fn run(command: PluginCommand, url: &str) -> anyhow::Result<bool> {
             kind,
             max_memory,
             deadline,
+            fuel,
             on_failure,
         } => {
             let bytes =
@@ -99,6 +103,7 @@ pub(super) fn run(command: PluginCommand, url: &str) -> anyhow::Result<bool> {
             query.extend(kind.map(|k| ("kind", k)));
             query.extend(max_memory.map(|m| ("max_memory", m)));
             query.extend(deadline.map(|d| ("deadline", d)));
+            query.extend(fuel.map(|f| ("fuel", f)));
             query.extend(on_failure.map(|f| ("on_failure", f)));
             let body = send(
                 client

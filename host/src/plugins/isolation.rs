@@ -19,6 +19,7 @@ fn exports(
         Instance {
             store,
             exports: InstanceExports::QueryIsolation(exports),
+            ..
         } => Ok((store, exports)),
         _ => Err(wasmtime::Error::msg(
             "instance is not a query-isolation plugin",

@@ -21,7 +21,7 @@ pub mod switchover;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -99,6 +99,8 @@ impl PluginKind {
 pub enum PluginError {
     #[error("plugin [{plugin}] exceeded its {deadline_ms} ms deadline")]
     Deadline { plugin: String, deadline_ms: u128 },
+    #[error("plugin [{plugin}] ran out of fuel ({fuel} units per call)")]
+    OutOfFuel { plugin: String, fuel: u64 },
     #[error("plugin [{plugin}] trapped: {reason}")]
     Trap { plugin: String, reason: String },
     #[error("plugin [{plugin}] returned an error: {reason}")]
@@ -123,6 +125,10 @@ pub enum PluginError {
 pub struct PluginLimits {
     pub memory_bytes: usize,
     pub deadline: Duration,
+    /// Wasm work allowed per call, counted in fuel units (about one per instruction): a bound
+    /// that, unlike the deadline, does not depend on how busy the machine is. `None`: unmetered.
+    #[serde(default)]
+    pub fuel: Option<u64>,
     /// Fail-closed: a failed call fails the request instead of falling back to the built-in
     /// behaviour (fail-open, the default for policies).
     #[serde(default)]
@@ -135,6 +141,7 @@ impl PluginLimits {
         PluginLimits {
             memory_bytes: 64 << 20,
             deadline: kind.default_deadline(),
+            fuel: None,
             fail_closed: kind == PluginKind::Repository,
         }
     }
@@ -157,6 +164,8 @@ pub struct InstallRequest<'a> {
 pub struct LimitsOverride {
     pub memory_bytes: Option<usize>,
     pub deadline: Option<Duration>,
+    /// `Some(None)` removes a fuel limit.
+    pub fuel: Option<Option<u64>>,
     pub fail_closed: Option<bool>,
 }
 
@@ -165,6 +174,7 @@ impl LimitsOverride {
         PluginLimits {
             memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
             deadline: self.deadline.unwrap_or(base.deadline),
+            fuel: self.fuel.unwrap_or(base.fuel),
             fail_closed: self.fail_closed.unwrap_or(base.fail_closed),
         }
     }
@@ -175,6 +185,7 @@ impl From<PluginLimits> for LimitsOverride {
         LimitsOverride {
             memory_bytes: Some(limits.memory_bytes),
             deadline: Some(limits.deadline),
+            fuel: Some(limits.fuel),
             fail_closed: Some(limits.fail_closed),
         }
     }
@@ -197,6 +208,8 @@ enum KindPre {
 pub(crate) struct Instance {
     store: Store<PluginState>,
     exports: InstanceExports,
+    /// Fuel each call starts with, when the plugin is metered.
+    fuel: Option<u64>,
 }
 
 pub(crate) enum InstanceExports {
@@ -213,6 +226,8 @@ pub(crate) enum InstanceExports {
 struct Loaded {
     version: String,
     sha256: String,
+    /// Compiled for the fuel-metered engine with this much fuel per call.
+    fuel: Option<u64>,
     pre: KindPre,
     idle: Mutex<Vec<Instance>>,
 }
@@ -224,6 +239,7 @@ struct Stats {
     errors: AtomicU64,
     traps: AtomicU64,
     deadlines: AtomicU64,
+    out_of_fuel: AtomicU64,
     latency: latency::LatencyWindow,
 }
 
@@ -240,10 +256,19 @@ pub struct Plugin {
     metrics: Arc<metrics::PluginMetrics>,
 }
 
-/// The node's plugin runtime.
-pub struct PluginHost {
+/// An engine and the imports every plugin may link against.
+struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
+}
+
+/// The node's plugin runtime.
+pub struct PluginHost {
+    /// Where plugins without a fuel limit run.
+    unmetered: Runtime,
+    /// Fuel metering is an engine-wide switch that slows every call, so only plugins given a
+    /// fuel limit run here; built on first use and ticked by the same epoch thread.
+    metered: Arc<OnceLock<Runtime>>,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     /// Where uploaded plugins and every plugin's state (enabled, config) are kept.
     store_dir: Option<PathBuf>,
@@ -266,9 +291,10 @@ impl Drop for PluginHost {
     }
 }
 
-fn engine() -> wasmtime::Result<Engine> {
+fn engine(metered: bool) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.consume_fuel(metered);
     // Shoal does not use component-model async; without it a call costs ~0.2 µs instead of ~1 µs.
     config.concurrency_support(false);
     let mut pool = PoolingAllocationConfig::default();
@@ -281,12 +307,10 @@ fn engine() -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-impl PluginHost {
-    /// Starts the engine and its epoch ticker, loads the shipped plugins, then the uploaded
-    /// ones and every plugin's saved state from `store_dir` (none: nothing persists).
-    pub fn new(store_dir: Option<PathBuf>) -> Result<PluginHost, PluginError> {
+impl Runtime {
+    fn new(metered: bool) -> Result<Runtime, PluginError> {
         let runtime = |err: wasmtime::Error| PluginError::Runtime(format!("{err:#}"));
-        let engine = engine().map_err(runtime)?;
+        let engine = engine(metered).map_err(runtime)?;
         let mut linker: Linker<PluginState> = Linker::new(&engine);
         // Rust std guests import WASI even when they use none of it; the context a plugin gets
         // grants nothing (no files, sockets or environment).
@@ -296,8 +320,19 @@ impl PluginHost {
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(runtime)?;
         PruningPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(runtime)?;
+        Ok(Runtime { engine, linker })
+    }
+}
+
+impl PluginHost {
+    /// Starts the engine and its epoch ticker, loads the shipped plugins, then the uploaded
+    /// ones and every plugin's saved state from `store_dir` (none: nothing persists).
+    pub fn new(store_dir: Option<PathBuf>) -> Result<PluginHost, PluginError> {
+        let unmetered = Runtime::new(false)?;
+        let metered: Arc<OnceLock<Runtime>> = Arc::default();
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        let ticking_engine = engine.clone();
+        let ticking_engine = unmetered.engine.clone();
+        let ticking_metered = metered.clone();
         let stop = ticker_stop.clone();
         std::thread::Builder::new()
             .name("plugin-epoch".into())
@@ -305,12 +340,15 @@ impl PluginHost {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticking_engine.increment_epoch();
+                    if let Some(metered) = ticking_metered.get() {
+                        metered.engine.increment_epoch();
+                    }
                 }
             })
             .map_err(|err| PluginError::Runtime(format!("starting the epoch ticker: {err}")))?;
         let host = PluginHost {
-            engine,
-            linker,
+            unmetered,
+            metered,
             plugins: RwLock::new(BTreeMap::new()),
             store_dir,
             ticker_stop,
@@ -493,10 +531,13 @@ impl PluginHost {
         };
         let started = Instant::now();
         let sha256 = hex(&Sha256::digest(bytes));
+        let existing_fuel = self.get(name).and_then(|existing| existing.limits().fuel);
+        let fuel = limits.fuel.unwrap_or(existing_fuel);
+        let runtime = self.runtime(fuel.is_some())?;
         let (component, cached) = self
-            .compile(&sha256, bytes)
+            .compile(runtime, &sha256, bytes)
             .map_err(|err| load_error(format!("{err:#}")))?;
-        let (kind, pre) = self.classify(&component).map_err(load_error)?;
+        let (kind, pre) = classify(runtime, &component).map_err(load_error)?;
         if expected.is_some_and(|expected| expected != kind) {
             return Err(PluginError::WrongKind {
                 plugin: name.to_string(),
@@ -512,6 +553,7 @@ impl PluginHost {
         let loaded = Arc::new(Loaded {
             version: version.to_string(),
             sha256,
+            fuel,
             pre,
             idle: Mutex::new(Vec::new()),
         });
@@ -547,25 +589,32 @@ impl PluginHost {
     /// Compiles a component, or loads the machine code compiled for it earlier: the cache is
     /// keyed by the source's sha256 and the engine's compatibility hash, so a restart (or the
     /// same plugin under another name) does not recompile.
-    fn compile(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    fn compile(
+        &self,
+        runtime: &Runtime,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, bool)> {
+        let engine = &runtime.engine;
         let Some(cache_dir) = self.store_dir.as_ref().map(|dir| dir.join(".cache")) else {
-            return Ok((Component::new(&self.engine, bytes)?, false));
+            return Ok((Component::new(engine, bytes)?, false));
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
+        // Fuel metering changes the machine code, and with it this hash.
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let path = cache_dir.join(format!(
             "{sha256}-{:016x}.cwasm",
             std::hash::Hasher::finish(&hasher)
         ));
         if path.exists() {
-            match load_precompiled(&self.engine, &path) {
+            match load_precompiled(engine, &path) {
                 Ok(component) => return Ok((component, true)),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "ignoring unusable compiled plugin")
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)?;
+        let component = Component::new(engine, bytes)?;
         let saved = std::fs::create_dir_all(&cache_dir)
             .map_err(|err| err.to_string())
             .and_then(|()| component.serialize().map_err(|err| err.to_string()))
@@ -578,28 +627,16 @@ impl PluginHost {
         Ok((component, false))
     }
 
-    fn classify(&self, component: &Component) -> Result<(PluginKind, KindPre), String> {
-        let instance_pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|err| format!("imports cannot be satisfied: {err:#}"))?;
-        if let Ok(pre) = PruningPluginPre::new(instance_pre.clone()) {
-            let reads_context = component
-                .component_type()
-                .imports(self.linker.engine())
-                .any(|(name, _)| name.starts_with("shoal:plugin/pruning-context@"));
-            return Ok((PluginKind::Pruning, KindPre::Pruning { pre, reads_context }));
+    /// The engine a plugin runs on: the metered one (built now if needed) when it has fuel.
+    fn runtime(&self, metered: bool) -> Result<&Runtime, PluginError> {
+        if !metered {
+            return Ok(&self.unmetered);
         }
-        if let Ok(pre) = QueryIsolationPluginPre::new(instance_pre.clone()) {
-            return Ok((PluginKind::QueryIsolation, KindPre::QueryIsolation(pre)));
+        if let Some(runtime) = self.metered.get() {
+            return Ok(runtime);
         }
-        if let Ok(pre) = SwitchoverPluginPre::new(instance_pre.clone()) {
-            return Ok((PluginKind::Switchover, KindPre::Switchover(pre)));
-        }
-        if let Ok(pre) = RepositoryPluginPre::new(instance_pre) {
-            return Ok((PluginKind::Repository, KindPre::Repository(pre)));
-        }
-        Err("the component exports none of the shoal:plugin@1 worlds (pruning, query-isolation, switchover, repository)".into())
+        let runtime = Runtime::new(true)?;
+        Ok(self.metered.get_or_init(|| runtime))
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
@@ -618,6 +655,31 @@ impl PluginHost {
             .cloned()
             .collect()
     }
+}
+
+/// Reads a component's kind from its exports and pre-links it for that world.
+fn classify(runtime: &Runtime, component: &Component) -> Result<(PluginKind, KindPre), String> {
+    let instance_pre = runtime
+        .linker
+        .instantiate_pre(component)
+        .map_err(|err| format!("imports cannot be satisfied: {err:#}"))?;
+    if let Ok(pre) = PruningPluginPre::new(instance_pre.clone()) {
+        let reads_context = component
+            .component_type()
+            .imports(&runtime.engine)
+            .any(|(name, _)| name.starts_with("shoal:plugin/pruning-context@"));
+        return Ok((PluginKind::Pruning, KindPre::Pruning { pre, reads_context }));
+    }
+    if let Ok(pre) = QueryIsolationPluginPre::new(instance_pre.clone()) {
+        return Ok((PluginKind::QueryIsolation, KindPre::QueryIsolation(pre)));
+    }
+    if let Ok(pre) = SwitchoverPluginPre::new(instance_pre.clone()) {
+        return Ok((PluginKind::Switchover, KindPre::Switchover(pre)));
+    }
+    if let Ok(pre) = RepositoryPluginPre::new(instance_pre) {
+        return Ok((PluginKind::Repository, KindPre::Repository(pre)));
+    }
+    Err("the component exports none of the shoal:plugin@1 worlds (pruning, query-isolation, switchover, repository)".into())
 }
 
 /// Loads machine code this host compiled and wrote into its own data directory.
@@ -707,6 +769,11 @@ impl Plugin {
         store.epoch_deadline_trap();
         // Instantiation runs guest start code too: bound it like a call.
         store.set_epoch_deadline(self.deadline_ticks());
+        if let Some(fuel) = loaded.fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|err| PluginError::Runtime(format!("{err:#}")))?;
+        }
         let load_error = |err: wasmtime::Error| PluginError::Load {
             plugin: self.name.clone(),
             reason: format!("{err:#}"),
@@ -726,7 +793,11 @@ impl Plugin {
                 InstanceExports::Repository(pre.instantiate(&mut store).map_err(load_error)?)
             }
         };
-        Ok(Instance { store, exports })
+        Ok(Instance {
+            store,
+            exports,
+            fuel: loaded.fuel,
+        })
     }
 
     /// Instantiates one instance ahead of the first call (kept if the pool has room).
@@ -801,6 +872,13 @@ impl Plugin {
         let started = Instant::now();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         instance.store.set_epoch_deadline(self.deadline_ticks());
+        if let Some(fuel) = instance.fuel {
+            // Refilled per call: the limit bounds one call's work, not the instance's lifetime.
+            instance
+                .store
+                .set_fuel(fuel)
+                .map_err(|err| PluginError::Runtime(format!("{err:#}")))?;
+        }
         let outcome = call(instance);
         self.stats.latency.record(started.elapsed());
         match outcome {
@@ -813,6 +891,13 @@ impl Plugin {
                         PluginError::Deadline {
                             plugin: self.name.clone(),
                             deadline_ms: self.limits().deadline.as_millis(),
+                        }
+                    }
+                    Some(Trap::OutOfFuel) => {
+                        self.stats.out_of_fuel.fetch_add(1, Ordering::Relaxed);
+                        PluginError::OutOfFuel {
+                            plugin: self.name.clone(),
+                            fuel: instance.fuel.unwrap_or_default(),
                         }
                     }
                     trap => {
@@ -889,6 +974,7 @@ impl Plugin {
             "limits": {
                 "memory_bytes": self.limits().memory_bytes,
                 "deadline_ms": self.limits().deadline.as_millis() as u64,
+                "fuel": self.limits().fuel,
                 "on_failure": if self.limits().fail_closed { "closed" } else { "open" },
             },
             "config": serde_json::from_str::<serde_json::Value>(&self.config()).unwrap_or_default(),
@@ -898,6 +984,7 @@ impl Plugin {
                 "errors": self.stats.errors.load(Ordering::Relaxed),
                 "traps": self.stats.traps.load(Ordering::Relaxed),
                 "deadlines": self.stats.deadlines.load(Ordering::Relaxed),
+                "out_of_fuel": self.stats.out_of_fuel.load(Ordering::Relaxed),
                 "time_p50_micros": p50,
                 "time_p99_micros": p99,
             },

@@ -120,7 +120,7 @@ pub fn select_shards(
 ) -> Result<Vec<u32>, PluginError> {
     plugin.expect_kind(PluginKind::Pruning)?;
     let answer = plugin.call(|instance| {
-        let Instance { store, exports } = instance;
+        let Instance { store, exports, .. } = instance;
         let InstanceExports::Pruning {
             exports,
             reads_context,

@@ -16,6 +16,7 @@ fn exports(
         Instance {
             store,
             exports: InstanceExports::Switchover(exports),
+            ..
         } => Ok((store, exports)),
         _ => Err(wasmtime::Error::msg("instance is not a switchover plugin")),
     }

@@ -39,6 +39,13 @@ fn hostile_plugins_fail_only_their_call() {
     assert_eq!(expected.len(), 40);
     for (name, plugin, counter, limits) in [
         ("looper", "test-loop-forever", "deadlines", "&deadline=20ms"),
+        // A generous deadline so that fuel, a bound independent of machine load, stops it.
+        (
+            "burner",
+            "test-loop-forever",
+            "out_of_fuel",
+            "&fuel=2000000&deadline=5s",
+        ),
         // A generous deadline so that the 8 MiB memory cap, not time, stops it.
         (
             "hog",
@@ -87,6 +94,49 @@ fn hostile_plugins_fail_only_their_call() {
     assert!(
         node.logs_soon("memory"),
         "the memory cap is what stopped the hog"
+    );
+    let burner = node.get("/_plugins/burner").body;
+    assert_eq!(burner["limits"]["fuel"], 2_000_000, "{burner}");
+    assert_eq!(
+        burner["stats"]["deadlines"], 0,
+        "fuel, not the deadline, stopped the loop: {burner}"
+    );
+    assert!(node.logs_soon("plugin [burner] ran out of fuel (2000000 units per call)"));
+    for bad in ["0", "lots", "-5"] {
+        let refused = upload(
+            &node,
+            "burner",
+            "test-loop-forever",
+            &format!("?kind=pruning&fuel={bad}"),
+        );
+        assert_eq!(refused.status, 400, "fuel={bad}: {:?}", refused.body);
+        assert!(
+            refused.body["error"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("[fuel]")),
+            "{:?}",
+            refused.body
+        );
+    }
+    let unmetered = upload(
+        &node,
+        "burner",
+        "test-keep-all",
+        "?version=0.2.0&kind=pruning&fuel=unlimited",
+    );
+    assert_eq!(unmetered.status, 200, "{:?}", unmetered.body);
+    assert_eq!(unmetered.body["plugin"]["limits"]["fuel"], Value::Null);
+    use_plugin(&node, "burner");
+    let answer = search(&node, one_day());
+    assert_eq!(sorted_ids(&answer), expected);
+    let replaced = node.get("/_plugins/burner").body;
+    assert!(
+        replaced["stats"]["calls"].as_u64() > burner["stats"]["calls"].as_u64(),
+        "{replaced}"
+    );
+    assert_eq!(
+        replaced["stats"]["out_of_fuel"], burner["stats"]["out_of_fuel"],
+        "the replacement runs unmetered and fails no call: {replaced}"
     );
     let snoop = node.get("/_plugins/snoop").body;
     assert_eq!(
