@@ -156,6 +156,17 @@ impl Indices {
         ignore_unavailable: bool,
     ) -> Result<Vec<Arc<IndexService>>> {
         let indices = self.read();
+        let single = expression.trim();
+        if !single.contains(',') && (single == "_all" || single.contains('*')) {
+            // One pattern (`logs-*`, the usual time-series search): names come out in order
+            // already, with nothing to merge or exclude.
+            let pattern = if single == "_all" { "*" } else { single };
+            return Ok(indices
+                .iter()
+                .filter(|(name, _)| wildcard_match(pattern, name))
+                .map(|(_, index)| index.clone())
+                .collect());
+        }
         let mut selected: BTreeMap<&str, Arc<IndexService>> = BTreeMap::new();
         for part in expression
             .split(',')

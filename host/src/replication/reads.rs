@@ -57,9 +57,14 @@ pub async fn get_many(
             }
             let state = node.cluster.consensus.state();
             let routing = shard_routing(&state, index.name(), number)?;
-            let copy = pick_copy(routing, &node.identity.node_id, None, &[]).ok_or_else(|| {
-                Error::ShardNotAvailable(format!("[{}][{number}] has no active copy", index.name()))
-            })?;
+            let copy = pick_copy(routing, &node.identity.node_id, None, &[])
+                .ok_or_else(|| {
+                    Error::ShardNotAvailable(format!(
+                        "[{}][{number}] has no active copy",
+                        index.name()
+                    ))
+                })?
+                .to_string();
             let request = DataRequest::Get {
                 index: index.name().to_string(),
                 shard: number,
@@ -79,35 +84,42 @@ pub async fn get_many(
 
 /// The node whose copy of a shard should answer: honours `preference` (`_primary`, `_local`),
 /// otherwise rotates over the started copies. `avoid` lists nodes that already failed.
-fn pick_copy(
-    routing: &ShardRouting,
+fn pick_copy<'a>(
+    routing: &'a ShardRouting,
     local: &str,
     preference: Option<&str>,
-    avoid: &[String],
-) -> Option<String> {
-    let started: Vec<_> = routing
-        .copies
-        .iter()
-        .filter(|copy| copy.started && !avoid.contains(&copy.node_id))
-        .collect();
-    match preference {
-        Some("_primary") => started
+    avoid: &[&str],
+) -> Option<&'a str> {
+    // Searches over many shards call this per shard: count and pick without collecting.
+    let started = || {
+        routing
+            .copies
             .iter()
+            .filter(|copy| copy.started && !avoid.contains(&copy.node_id.as_str()))
+    };
+    if preference == Some("_primary") {
+        return started()
             .find(|copy| copy.primary)
-            .map(|copy| copy.node_id.clone()),
-        Some("_local") if started.iter().any(|copy| copy.node_id == local) => {
-            Some(local.to_string())
-        }
-        _ if started.is_empty() => None,
-        _ => {
-            let turn = NEXT_COPY.fetch_add(1, Ordering::Relaxed);
-            Some(started[turn % started.len()].node_id.clone())
-        }
+            .map(|copy| copy.node_id.as_str());
     }
+    if preference == Some("_local")
+        && let Some(copy) = started().find(|copy| copy.node_id == local)
+    {
+        return Some(copy.node_id.as_str());
+    }
+    let count = started().count();
+    if count == 0 {
+        return None;
+    }
+    let turn = NEXT_COPY.fetch_add(1, Ordering::Relaxed);
+    started()
+        .nth(turn % count)
+        .map(|copy| copy.node_id.as_str())
 }
 
-/// `(index, shard numbers)` one node is asked to search.
-type ShardGroup = HashMap<String, Vec<u32>>;
+/// Shard numbers to search per index, parallel to the search's resolved indices (an index a
+/// node has nothing to search for gets an empty, unallocated list).
+pub type ShardsPerIndex = Vec<Vec<u32>>;
 
 /// A search body as the coordinator received it, for nodes that run a phase.
 pub struct SearchInput<'a> {
@@ -125,24 +137,21 @@ pub async fn search(
 ) -> Result<SearchResponse> {
     let started = Instant::now();
     let state = node.cluster.consensus.state();
-    let local = node.identity.node_id.clone();
+    let local = node.identity.node_id.as_str();
     let preference = input.params.get("preference").map(String::as_str);
-    let mut plan: BTreeMap<String, ShardGroup> = BTreeMap::new();
+    let mut plan: BTreeMap<&str, ShardsPerIndex> = BTreeMap::new();
     let mut failures = Vec::new();
-    for index in indices {
+    for (position, index) in indices.iter().enumerate() {
         let Some(routing) = state.routing.get(index.name()) else {
             continue;
         };
         for (number, shard) in routing.shards.iter().enumerate() {
-            match pick_copy(shard, &local, preference, &[]) {
+            match pick_copy(shard, local, preference, &[]) {
                 Some(node_id) => {
-                    let group = plan.entry(node_id).or_default();
-                    match group.get_mut(index.name()) {
-                        Some(numbers) => numbers.push(number as u32),
-                        None => {
-                            group.insert(index.name().to_string(), vec![number as u32]);
-                        }
-                    }
+                    let group = plan
+                        .entry(node_id)
+                        .or_insert_with(|| vec![Vec::new(); indices.len()]);
+                    group[position].push(number as u32);
                 }
                 None => failures.push(shard_failure(
                     index.name(),
@@ -152,23 +161,27 @@ pub async fn search(
             }
         }
     }
-    let body_text = input.body.to_string();
-    let params: Vec<(String, String)> = input
-        .params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let local_group = plan.remove(local);
     let mut remote = JoinSet::new();
-    let local_group = plan.remove(&local);
-    for (node_id, group) in plan {
-        let node = node.clone();
-        let request = search_request(&group, &body_text, &params, input.expression);
-        remote.spawn(async move {
-            let answer = ask(&node, &node_id, request)
-                .await
-                .and_then(DataResponse::into_search_phase);
-            (node_id, group, answer)
-        });
+    // Only phases on other nodes need the request as text.
+    let wire_input = || -> (String, Vec<(String, String)>) {
+        let params = input.params.iter();
+        let params = params.map(|(k, v)| (k.clone(), v.clone())).collect();
+        (input.body.to_string(), params)
+    };
+    if !plan.is_empty() {
+        let (body_text, params) = wire_input();
+        for (node_id, group) in plan {
+            let node = node.clone();
+            let node_id = node_id.to_string();
+            let request = search_request(indices, &group, &body_text, &params, input.expression);
+            remote.spawn(async move {
+                let answer = ask(&node, &node_id, request)
+                    .await
+                    .and_then(DataResponse::into_search_phase);
+                (node_id, group, answer)
+            });
+        }
     }
     let mut phases = Vec::new();
     if let Some(group) = local_group {
@@ -180,7 +193,7 @@ pub async fn search(
             &group,
         )?);
     }
-    let mut retry: Vec<(String, ShardGroup)> = Vec::new();
+    let mut retry: Vec<(String, ShardsPerIndex)> = Vec::new();
     while let Some(joined) = remote.join_next().await {
         let (node_id, group, answer) =
             joined.map_err(|err| Error::Internal(format!("search task failed: {err}")))?;
@@ -195,33 +208,35 @@ pub async fn search(
         }
     }
     for (failed_node, group) in retry {
-        for (index, numbers) in group {
+        for (position, numbers) in group.into_iter().enumerate() {
+            let index = indices[position].name();
             for number in numbers {
                 let Some(routing) = state
                     .routing
-                    .get(&index)
+                    .get(index)
                     .and_then(|r| r.shards.get(number as usize))
                 else {
                     continue;
                 };
-                let single: ShardGroup = HashMap::from([(index.clone(), vec![number])]);
-                let answer =
-                    match pick_copy(routing, &local, None, std::slice::from_ref(&failed_node)) {
-                        None => Err(Error::ShardNotAvailable("no other active copy".into())),
-                        Some(other) if other == local => {
-                            search_here(node, indices, input.expression, request, &single)
-                        }
-                        Some(other) => {
-                            let request =
-                                search_request(&single, &body_text, &params, input.expression);
-                            ask(node, &other, request)
-                                .await
-                                .and_then(DataResponse::into_search_phase)
-                        }
-                    };
+                let mut single = vec![Vec::new(); indices.len()];
+                single[position].push(number);
+                let answer = match pick_copy(routing, local, None, &[failed_node.as_str()]) {
+                    None => Err(Error::ShardNotAvailable("no other active copy".into())),
+                    Some(other) if other == local => {
+                        search_here(node, indices, input.expression, request, &single)
+                    }
+                    Some(other) => {
+                        let (body_text, params) = wire_input();
+                        let request =
+                            search_request(indices, &single, &body_text, &params, input.expression);
+                        ask(node, other, request)
+                            .await
+                            .and_then(DataResponse::into_search_phase)
+                    }
+                };
                 match answer {
                     Ok(phase) => phases.push(phase),
-                    Err(err) => failures.push(shard_failure(&index, number, &err.to_string())),
+                    Err(err) => failures.push(shard_failure(index, number, &err.to_string())),
                 }
             }
         }
@@ -230,13 +245,19 @@ pub async fn search(
 }
 
 fn search_request(
-    group: &ShardGroup,
+    indices: &[Arc<IndexService>],
+    group: &[Vec<u32>],
     body: &str,
     params: &[(String, String)],
     expression: &str,
 ) -> DataRequest {
     DataRequest::Search {
-        targets: group.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        targets: indices
+            .iter()
+            .zip(group)
+            .filter(|(_, numbers)| !numbers.is_empty())
+            .map(|(index, numbers)| (index.name().to_string(), numbers.clone()))
+            .collect(),
         body: body.to_string(),
         params: params.to_vec(),
         expression: expression.to_string(),
@@ -249,7 +270,7 @@ pub fn search_here(
     indices: &[Arc<IndexService>],
     expression: &str,
     request: &SearchRequest,
-    group: &ShardGroup,
+    group: &[Vec<u32>],
 ) -> Result<ShardPhase> {
     let state = node.cluster.consensus.state();
     let cluster_pruning = state
@@ -324,4 +345,53 @@ pub async fn refresh(
         }
     }
     Ok((total, successful.min(total)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::allocation::ShardCopy;
+
+    fn copy(node_id: &str, primary: bool, started: bool) -> ShardCopy {
+        ShardCopy {
+            node_id: node_id.into(),
+            primary,
+            started,
+            allocation_id: format!("{node_id}-copy"),
+            replaces: None,
+        }
+    }
+
+    fn routing(copies: Vec<ShardCopy>) -> ShardRouting {
+        ShardRouting {
+            copies,
+            in_sync: Default::default(),
+            primary_term: 1,
+        }
+    }
+
+    #[test]
+    fn searches_spread_over_started_copies_and_honour_preferences() {
+        let shard = routing(vec![
+            copy("a", true, true),
+            copy("b", false, true),
+            copy("c", false, false),
+        ]);
+        let picked: std::collections::BTreeSet<_> = (0..10)
+            .filter_map(|_| pick_copy(&shard, "b", None, &[]))
+            .collect();
+        assert_eq!(
+            picked,
+            ["a", "b"].into(),
+            "both started copies serve, the recovering one never"
+        );
+        assert_eq!(pick_copy(&shard, "b", Some("_primary"), &[]), Some("a"));
+        assert_eq!(pick_copy(&shard, "b", Some("_local"), &[]), Some("b"));
+        for _ in 0..4 {
+            assert_eq!(pick_copy(&shard, "b", None, &["a"]), Some("b"));
+        }
+        assert_eq!(pick_copy(&shard, "b", None, &["a", "b"]), None);
+        let recovering = routing(vec![copy("c", true, false)]);
+        assert_eq!(pick_copy(&recovering, "c", Some("_local"), &[]), None);
+    }
 }

@@ -135,11 +135,12 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
                 .map_err(|err| Error::Parsing(format!("forwarded search body: {err}")))?;
             let params: HashMap<String, String> = params.into_iter().collect();
             let request = SearchRequest::parse(&body, &params)?;
-            let group: HashMap<String, Vec<u32>> = targets.into_iter().collect();
-            let indices = group
-                .keys()
-                .map(|name| node.indices.get(name))
-                .collect::<Result<Vec<_>>>()?;
+            let mut indices = Vec::with_capacity(targets.len());
+            let mut group = Vec::with_capacity(targets.len());
+            for (name, numbers) in targets {
+                indices.push(node.indices.get(&name)?);
+                group.push(numbers);
+            }
             let phase = reads::search_here(node, &indices, &expression, &request, &group)?;
             DataResponse::searched(phase)
         }

@@ -527,7 +527,8 @@ pub struct SearchScope<'a> {
     pub plugins: Option<&'a PluginHost>,
     /// The cluster's `plugins.pruning`, for indices that name no pruning plugin themselves.
     pub cluster_pruning: Option<&'a str>,
-    pub shards: Option<&'a HashMap<String, Vec<u32>>>,
+    /// Shard numbers per index, parallel to `indices`.
+    pub shards: Option<&'a [Vec<u32>]>,
 }
 
 /// What one node's shards found: the top `from + size` hits of each, already fetched, and the
@@ -573,16 +574,17 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
     }
     let now_millis = chrono::Utc::now().timestamp_millis();
     // Pin one point-in-time view per shard: pruning decides on the same view the query reads.
-    let selected = |index: &IndexService| -> Vec<Arc<Shard>> {
-        match scope.shards {
+    let per_index: Vec<Vec<Arc<Shard>>> = indices
+        .iter()
+        .enumerate()
+        .map(|(position, index)| match scope.shards {
             None => index.local_shards(),
-            Some(wanted) => {
-                let numbers = wanted.get(index.name()).map(Vec::as_slice).unwrap_or(&[]);
-                index.local_shards_among(numbers)
-            }
-        }
-    };
-    let per_index: Vec<Vec<Arc<Shard>>> = indices.iter().map(|index| selected(index)).collect();
+            Some(wanted) => wanted
+                .get(position)
+                .map(|numbers| index.local_shards_among(numbers))
+                .unwrap_or_default(),
+        })
+        .collect();
     let targets: Vec<ShardTarget> = indices
         .iter()
         .zip(&per_index)
