@@ -520,21 +520,6 @@ impl IndexService {
     }
 
     /// Every shard copy open on this node.
-    /// The copies of shards `numbers` this node holds, in shard order.
-    pub fn local_shards_among(&self, numbers: &[u32]) -> Vec<Arc<Shard>> {
-        if numbers.is_empty() {
-            return Vec::new();
-        }
-        let shards = self.shards.read().unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<Arc<Shard>> = numbers
-            .iter()
-            .filter_map(|number| shards.get(number).cloned())
-            .collect();
-        found.sort_by_key(|shard| shard.id.shard);
-        found.dedup_by_key(|shard| shard.id.shard);
-        found
-    }
-
     pub fn local_shards(&self) -> Vec<Arc<Shard>> {
         self.shards
             .read()

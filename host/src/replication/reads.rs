@@ -117,9 +117,9 @@ fn pick_copy<'a>(
         .map(|copy| copy.node_id.as_str())
 }
 
-/// Shard numbers to search per index, parallel to the search's resolved indices (an index a
-/// node has nothing to search for gets an empty, unallocated list).
-pub type ShardsPerIndex = Vec<Vec<u32>>;
+/// The shards one node is asked to search: `(position in the search's indices, shard number)`,
+/// ordered by position.
+pub type ShardsPerIndex = Vec<(usize, u32)>;
 
 /// A search body as the coordinator received it, for nodes that run a phase.
 pub struct SearchInput<'a> {
@@ -148,10 +148,9 @@ pub async fn search(
         for (number, shard) in routing.shards.iter().enumerate() {
             match pick_copy(shard, local, preference, &[]) {
                 Some(node_id) => {
-                    let group = plan
-                        .entry(node_id)
-                        .or_insert_with(|| vec![Vec::new(); indices.len()]);
-                    group[position].push(number as u32);
+                    plan.entry(node_id)
+                        .or_default()
+                        .push((position, number as u32));
                 }
                 None => failures.push(shard_failure(
                     index.name(),
@@ -208,36 +207,33 @@ pub async fn search(
         }
     }
     for (failed_node, group) in retry {
-        for (position, numbers) in group.into_iter().enumerate() {
+        for (position, number) in group {
             let index = indices[position].name();
-            for number in numbers {
-                let Some(routing) = state
-                    .routing
-                    .get(index)
-                    .and_then(|r| r.shards.get(number as usize))
-                else {
-                    continue;
-                };
-                let mut single = vec![Vec::new(); indices.len()];
-                single[position].push(number);
-                let answer = match pick_copy(routing, local, None, &[failed_node.as_str()]) {
-                    None => Err(Error::ShardNotAvailable("no other active copy".into())),
-                    Some(other) if other == local => {
-                        search_here(node, indices, input.expression, request, &single)
-                    }
-                    Some(other) => {
-                        let (body_text, params) = wire_input();
-                        let request =
-                            search_request(indices, &single, &body_text, &params, input.expression);
-                        ask(node, other, request)
-                            .await
-                            .and_then(DataResponse::into_search_phase)
-                    }
-                };
-                match answer {
-                    Ok(phase) => phases.push(phase),
-                    Err(err) => failures.push(shard_failure(index, number, &err.to_string())),
+            let Some(routing) = state
+                .routing
+                .get(index)
+                .and_then(|r| r.shards.get(number as usize))
+            else {
+                continue;
+            };
+            let single = [(position, number)];
+            let answer = match pick_copy(routing, local, None, &[failed_node.as_str()]) {
+                None => Err(Error::ShardNotAvailable("no other active copy".into())),
+                Some(other) if other == local => {
+                    search_here(node, indices, input.expression, request, &single)
                 }
+                Some(other) => {
+                    let (body_text, params) = wire_input();
+                    let request =
+                        search_request(indices, &single, &body_text, &params, input.expression);
+                    ask(node, other, request)
+                        .await
+                        .and_then(DataResponse::into_search_phase)
+                }
+            };
+            match answer {
+                Ok(phase) => phases.push(phase),
+                Err(err) => failures.push(shard_failure(index, number, &err.to_string())),
             }
         }
     }
@@ -246,18 +242,21 @@ pub async fn search(
 
 fn search_request(
     indices: &[Arc<IndexService>],
-    group: &[Vec<u32>],
+    group: &[(usize, u32)],
     body: &str,
     params: &[(String, String)],
     expression: &str,
 ) -> DataRequest {
+    let mut targets: Vec<(String, Vec<u32>)> = Vec::new();
+    for &(position, number) in group {
+        let name = indices[position].name();
+        match targets.last_mut() {
+            Some((last, numbers)) if last == name => numbers.push(number),
+            _ => targets.push((name.to_string(), vec![number])),
+        }
+    }
     DataRequest::Search {
-        targets: indices
-            .iter()
-            .zip(group)
-            .filter(|(_, numbers)| !numbers.is_empty())
-            .map(|(index, numbers)| (index.name().to_string(), numbers.clone()))
-            .collect(),
+        targets,
         body: body.to_string(),
         params: params.to_vec(),
         expression: expression.to_string(),
@@ -270,7 +269,7 @@ pub fn search_here(
     indices: &[Arc<IndexService>],
     expression: &str,
     request: &SearchRequest,
-    group: &[Vec<u32>],
+    group: &[(usize, u32)],
 ) -> Result<ShardPhase> {
     let state = node.cluster.consensus.state();
     let cluster_pruning = state

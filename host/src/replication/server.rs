@@ -136,10 +136,12 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             let params: HashMap<String, String> = params.into_iter().collect();
             let request = SearchRequest::parse(&body, &params)?;
             let mut indices = Vec::with_capacity(targets.len());
-            let mut group = Vec::with_capacity(targets.len());
-            for (name, numbers) in targets {
+            let mut group = Vec::new();
+            for (position, (name, mut numbers)) in targets.into_iter().enumerate() {
                 indices.push(node.indices.get(&name)?);
-                group.push(numbers);
+                numbers.sort_unstable();
+                numbers.dedup();
+                group.extend(numbers.into_iter().map(|number| (position, number)));
             }
             let phase = reads::search_here(node, &indices, &expression, &request, &group)?;
             DataResponse::searched(phase)

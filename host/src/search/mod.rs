@@ -242,67 +242,46 @@ struct ShardTarget {
     searcher: Searcher,
 }
 
+/// The targets of one index: `targets[start..end]`, with the index's settings.
+struct IndexRun<'a> {
+    index: &'a IndexService,
+    start: usize,
+    end: usize,
+    settings: Arc<crate::index::IndexSettings>,
+}
+
 /// Time-series pruning: asks each index's pruning plugin (`plugins::roles`) which shards can
 /// match the query's required time range. A failure keeps every shard, unless the plugin fails
 /// closed: then the search is refused.
 fn prune_targets(
     targets: &[ShardTarget],
+    runs: &[IndexRun<'_>],
     query: &Value,
     plugins: &PluginHost,
     scope: &SearchScope<'_>,
     now_millis: i64,
 ) -> Result<Vec<bool>> {
     let mut keep = vec![true; targets.len()];
-    // Targets come index by index: settings and mapping are read once per index.
-    let mut runs: Vec<(usize, Arc<crate::index::IndexSettings>, bool)> = Vec::new();
-    for (position, target) in targets.iter().enumerate() {
-        let same_index = position > 0 && Arc::ptr_eq(&targets[position - 1].index, &target.index);
-        if same_index {
-            continue;
-        }
-        let settings = target.index.meta.settings();
-        // Bounds are only meaningful for a date or numeric timestamp; otherwise never skip.
-        let mapping = target.index.meta.mapping();
-        let prunable = matches!(
-            mapping
-                .field(&settings.timestamp_field)
-                .map(|field| &field.field_type),
-            Some(
-                FieldType::Date { .. }
-                    | FieldType::Long
-                    | FieldType::Integer
-                    | FieldType::Short
-                    | FieldType::Byte,
-            ) | None
-        );
-        runs.push((position, settings, prunable));
-    }
-    // Positions per (plugin, timestamp field); a search spans few of them.
-    let mut groups: Vec<(&str, &str, Vec<usize>)> = Vec::new();
-    for (run, (start, settings, prunable)) in runs.iter().enumerate() {
+    // Runs per (plugin, timestamp field); a search spans few of them.
+    let mut groups: Vec<(&str, &str, Vec<&IndexRun<'_>>)> = Vec::new();
+    for run in runs.iter().filter(|run| run.start < run.end) {
         let Some(plugin) = roles::choose(
-            settings.pruning_plugin.as_deref(),
+            run.settings.pruning_plugin.as_deref(),
             scope.cluster_pruning,
             roles::SHIPPED_PRUNING,
-        )
-        .filter(|_| *prunable) else {
+        ) else {
             continue;
         };
-        let field = settings.timestamp_field.as_str();
-        let end = runs.get(run + 1).map_or(targets.len(), |next| next.0);
-        let group = match groups
-            .iter()
-            .position(|(p, f, _)| *p == plugin && *f == field)
+        let field = run.settings.timestamp_field.as_str();
+        match groups
+            .iter_mut()
+            .find(|(p, f, _)| *p == plugin && *f == field)
         {
-            Some(at) => at,
-            None => {
-                groups.push((plugin, field, Vec::new()));
-                groups.len() - 1
-            }
-        };
-        groups[group].2.extend(*start..end);
+            Some((_, _, members)) => members.push(run),
+            None => groups.push((plugin, field, vec![run])),
+        }
     }
-    for (plugin_name, field, positions) in groups {
+    for (plugin_name, field, members) in groups {
         let Some(range) = prune::required_time_range(query, field, now_millis) else {
             continue;
         };
@@ -310,19 +289,21 @@ fn prune_targets(
             continue;
         };
         let column = aggs::column_name(field);
-        // Targets come index by index, so an index's name is listed once.
-        let mut index_names: Vec<&str> = Vec::new();
-        let mut candidates: Vec<PruneCandidate> = Vec::with_capacity(positions.len());
-        for &position in &positions {
-            let target = &targets[position];
-            if index_names.last() != Some(&target.index.name()) {
-                index_names.push(target.index.name());
+        let mut index_names: Vec<&str> = Vec::with_capacity(members.len());
+        let mut positions: Vec<usize> = Vec::new();
+        let mut candidates: Vec<PruneCandidate> = Vec::new();
+        for run in members.into_iter().filter(|run| timestamp_prunable(run)) {
+            let index = index_names.len() as u32;
+            index_names.push(run.index.name());
+            for position in run.start..run.end {
+                let target = &targets[position];
+                positions.push(position);
+                candidates.push(PruneCandidate {
+                    index,
+                    shard: target.shard.id.shard,
+                    stats: target.shard.time_stats.get(&target.searcher, &column),
+                });
             }
-            candidates.push(PruneCandidate {
-                index: index_names.len() as u32 - 1,
-                shard: target.shard.id.shard,
-                stats: target.shard.time_stats.get(&target.searcher, &column),
-            });
         }
         let prune_query = PruneQuery {
             index_pattern: scope.expression,
@@ -349,6 +330,24 @@ fn prune_targets(
         }
     }
     Ok(keep)
+}
+
+/// Bounds are only meaningful for a date or numeric timestamp (or one not mapped yet, whose
+/// shards are empty); an index mapping it otherwise is never skipped.
+fn timestamp_prunable(run: &IndexRun<'_>) -> bool {
+    let mapping = run.index.meta.mapping();
+    matches!(
+        mapping
+            .field(&run.settings.timestamp_field)
+            .map(|field| &field.field_type),
+        Some(
+            FieldType::Date { .. }
+                | FieldType::Long
+                | FieldType::Integer
+                | FieldType::Short
+                | FieldType::Byte,
+        ) | None
+    )
 }
 
 /// One shard's query-phase result.
@@ -527,8 +526,8 @@ pub struct SearchScope<'a> {
     pub plugins: Option<&'a PluginHost>,
     /// The cluster's `plugins.pruning`, for indices that name no pruning plugin themselves.
     pub cluster_pruning: Option<&'a str>,
-    /// Shard numbers per index, parallel to `indices`.
-    pub shards: Option<&'a [Vec<u32>]>,
+    /// `(position in indices, shard number)` pairs, ordered by position.
+    pub shards: Option<&'a [(usize, u32)]>,
 }
 
 /// What one node's shards found: the top `from + size` hits of each, already fetched, and the
@@ -561,43 +560,47 @@ pub struct PhaseHit {
 pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result<ShardPhase> {
     let indices = scope.indices;
     let window = request.from + request.size;
-    for index in indices {
-        let max_window = index.meta.settings().max_result_window;
-        if window > max_window {
-            return Err(illegal(format!(
-                "Result window is too large, from + size must be less than or equal to: [{max_window}] but was [{window}]. See the scroll api for a more efficient way to request large data sets."
-            )));
-        }
-    }
     if request.search_after.is_some() && request.sort.is_empty() {
         return Err(illegal("search_after requires a sort"));
     }
     let now_millis = chrono::Utc::now().timestamp_millis();
     // Pin one point-in-time view per shard: pruning decides on the same view the query reads.
-    let per_index: Vec<Vec<Arc<Shard>>> = indices
-        .iter()
-        .enumerate()
-        .map(|(position, index)| match scope.shards {
-            None => index.local_shards(),
-            Some(wanted) => wanted
-                .get(position)
-                .map(|numbers| index.local_shards_among(numbers))
-                .unwrap_or_default(),
-        })
-        .collect();
-    let targets: Vec<ShardTarget> = indices
-        .iter()
-        .zip(&per_index)
-        .flat_map(|(index, shards)| {
-            shards.iter().map(|shard| ShardTarget {
-                index: index.clone(),
-                shard: shard.clone(),
-                searcher: shard.searcher(),
-            })
-        })
-        .collect();
+    let mut targets: Vec<ShardTarget> = Vec::new();
+    let mut runs: Vec<IndexRun> = Vec::with_capacity(indices.len());
+    let mut wanted = scope.shards.map(|wanted| wanted.iter().peekable());
+    for (position, index) in indices.iter().enumerate() {
+        let settings = index.meta.settings();
+        let max_window = settings.max_result_window;
+        if window > max_window {
+            return Err(illegal(format!(
+                "Result window is too large, from + size must be less than or equal to: [{max_window}] but was [{window}]. See the scroll api for a more efficient way to request large data sets."
+            )));
+        }
+        let start = targets.len();
+        let target = |shard: Arc<Shard>| ShardTarget {
+            index: index.clone(),
+            searcher: shard.searcher(),
+            shard,
+        };
+        match &mut wanted {
+            None => targets.extend(index.local_shards().into_iter().map(target)),
+            Some(wanted) => {
+                while let Some((_, number)) = wanted.next_if(|(at, _)| *at == position) {
+                    targets.extend(index.shard(*number).map(target));
+                }
+            }
+        }
+        runs.push(IndexRun {
+            index,
+            start,
+            end: targets.len(),
+            settings,
+        });
+    }
     let keep = match scope.plugins {
-        Some(plugins) => prune_targets(&targets, &request.query, plugins, scope, now_millis)?,
+        Some(plugins) => {
+            prune_targets(&targets, &runs, &request.query, plugins, scope, now_millis)?
+        }
         None => vec![true; targets.len()],
     };
     let total_shards = targets.len();
@@ -607,11 +610,9 @@ pub fn execute_local(scope: &SearchScope<'_>, request: &SearchRequest) -> Result
     let mut agg_request: Option<(Value, Aggregations)> = None;
     let mut specs_for_merge: Option<Vec<SortSpec>> = None;
     let mut translated_any = false;
-    let mut first_target = 0;
-    for (index, shards) in indices.iter().zip(&per_index) {
-        let positions = first_target..first_target + shards.len();
-        first_target = positions.end;
-        let index_targets = targets.by_ref().take(shards.len());
+    for (index, run) in indices.iter().zip(&runs) {
+        let positions = run.start..run.end;
+        let index_targets = targets.by_ref().take(positions.len());
         // An index whose every shard was pruned needs no translation.
         if keep[positions].iter().all(|kept| !kept) {
             index_targets.for_each(drop);
