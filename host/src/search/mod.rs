@@ -295,8 +295,7 @@ fn prune_targets(
         for run in members.into_iter().filter(|run| timestamp_prunable(run)) {
             let index = index_names.len() as u32;
             index_names.push(run.index.name());
-            for position in run.start..run.end {
-                let target = &targets[position];
+            for (position, target) in targets.iter().enumerate().take(run.end).skip(run.start) {
                 positions.push(position);
                 candidates.push(PruneCandidate {
                     index,

@@ -191,7 +191,8 @@ pub fn open(node: &NodeState, name: &str, meta: &RepositoryMeta) -> Result<Repos
         }
         None => {}
     }
-    // A network repository reaches exactly the host of its endpoint.
+    // A network repository reaches exactly the host of its endpoint, and its bucket's virtual
+    // host there (`bucket.endpoint`, as AWS S3 addresses newer buckets).
     if let Some(endpoint) = meta.settings.get("endpoint") {
         let authority = endpoint
             .as_str()
@@ -202,6 +203,17 @@ pub fn open(node: &NodeState, name: &str, meta: &RepositoryMeta) -> Result<Repos
                 Error::IllegalArgument(format!("[{name}] endpoint must be a URL, got {endpoint}"))
             })?;
         grants.http_hosts.push(authority.to_string());
+        if let Some(bucket) = meta
+            .settings
+            .get("bucket")
+            .and_then(Value::as_str)
+            .filter(|b| {
+                b.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            })
+        {
+            grants.http_hosts.push(format!("{bucket}.{authority}"));
+        }
     }
     let settings = plugin_settings(node, name, meta, &plugin.config())?;
     Ok(RepositorySession::new(plugin, grants).with_settings(settings))

@@ -154,19 +154,14 @@ fn transport_error(code: ErrorCode) -> Attempt {
     }
 }
 
-fn path_of(settings: &Settings, key: Option<&str>) -> String {
-    match key {
-        Some(key) => format!("/{}/{}", settings.bucket, sigv4::uri_encode(key, true)),
-        None => format!("/{}", settings.bucket),
-    }
-}
-
 fn try_once(settings: &Settings, request: &Request<'_>, payload_sha256: &str) -> Attempt {
-    let path = path_of(settings, request.key);
+    let path = settings.request_path(request.key);
+    let authority = settings.request_authority();
     let query = sigv4::canonical_query(&request.query);
     let signed = sigv4::sign(
         settings,
         &Unsigned {
+            authority: &authority,
             method: method_name(&request.method),
             path: &path,
             query: &request.query,
@@ -207,12 +202,11 @@ fn try_once(settings: &Settings, request: &Request<'_>, payload_sha256: &str) ->
     let built = outgoing
         .set_method(&request.method)
         .and_then(|()| outgoing.set_scheme(Some(&scheme)))
-        .and_then(|()| outgoing.set_authority(Some(&settings.authority)))
+        .and_then(|()| outgoing.set_authority(Some(&authority)))
         .and_then(|()| outgoing.set_path_with_query(Some(&path_with_query)));
     if built.is_err() {
         return Attempt::Refused(RepositoryError::Invalid(format!(
-            "cannot build a request for [{}{path_with_query}]",
-            settings.authority
+            "cannot build a request for [{authority}{path_with_query}]"
         )));
     }
     let Ok(body) = outgoing.body() else {

@@ -1,7 +1,11 @@
 //! The repository's settings, read once per instance from `host.config()`.
 //!
-//! - `endpoint` (required): `http://host:port` or `https://host`; requests use path-style
-//!   addressing (`endpoint/bucket/key`), which every S3-compatible service accepts.
+//! - `endpoint` (required): `http://host:port` or `https://host`.
+//! - `path_style_access`: `true` puts the bucket in the path (`endpoint/bucket/key`), which
+//!   S3-compatible services expect; `false` puts it in the host name (`bucket.endpoint/key`),
+//!   which AWS S3 requires of newer buckets. Default: virtual-hosted for `*.amazonaws.com`
+//!   endpoints (unless the bucket name has a dot, which their TLS certificates do not cover),
+//!   path-style for every other service.
 //! - `bucket` (required), `base_path` (prefix of every blob, default none),
 //!   `region` (default `us-east-1`).
 //! - `buffer_size`: blobs above it are sent as multipart uploads with parts of this size
@@ -41,6 +45,8 @@ pub struct Settings {
     /// `host[:port]` of the endpoint.
     pub authority: String,
     pub bucket: String,
+    /// Path-style (`/bucket/key`) rather than virtual-hosted (`bucket.host/key`) requests.
+    pub path_style: bool,
     /// Prefix of every object key, without leading or trailing `/`.
     pub base_path: String,
     pub region: String,
@@ -50,6 +56,26 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `host[:port]` requests go to: the endpoint, or the bucket's virtual host on it.
+    pub fn request_authority(&self) -> String {
+        if self.path_style {
+            self.authority.clone()
+        } else {
+            format!("{}.{}", self.bucket, self.authority)
+        }
+    }
+
+    /// The request path of object `key`, or of the bucket itself.
+    pub fn request_path(&self, key: Option<&str>) -> String {
+        let key = key.map(|key| crate::sigv4::uri_encode(key, true));
+        match (self.path_style, key) {
+            (true, Some(key)) => format!("/{}/{key}", self.bucket),
+            (true, None) => format!("/{}", self.bucket),
+            (false, Some(key)) => format!("/{key}"),
+            (false, None) => "/".to_string(),
+        }
+    }
+
     /// The object key of blob `name`.
     pub fn key(&self, name: &str) -> String {
         if self.base_path.is_empty() {
@@ -148,6 +174,19 @@ pub fn parse(config: &str) -> Result<Settings, String> {
             "[bucket] must be 3 to 63 lowercase letters, digits, '-' or '.', got [{bucket}]"
         ));
     }
+    let path_style = match config.get("path_style_access") {
+        None | Some(Value::Null) => {
+            let host = authority.split(':').next().unwrap_or_default();
+            !host.ends_with(".amazonaws.com") || bucket.contains('.')
+        }
+        Some(Value::Bool(path_style)) => *path_style,
+        Some(Value::String(text)) if text == "true" || text == "false" => text == "true",
+        Some(other) => {
+            return Err(format!(
+                "[path_style_access] must be true or false, got {other}"
+            ));
+        }
+    };
     let base_path = text(&config, "base_path")?
         .unwrap_or_default()
         .trim_matches('/')
@@ -187,10 +226,85 @@ pub fn parse(config: &str) -> Result<Settings, String> {
         scheme,
         authority: authority.to_string(),
         bucket,
+        path_style,
         base_path,
         region,
         credentials,
         part_bytes,
         max_retries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &str) -> Result<Settings, String> {
+        parse(&format!(r#"{{"bucket": "snapshots", {extra}}}"#))
+    }
+
+    #[test]
+    fn addressing_follows_the_endpoint_unless_set() {
+        let local = settings(r#""endpoint": "http://127.0.0.1:9000""#).expect("valid");
+        assert!(
+            local.path_style,
+            "S3-compatible services get path-style requests"
+        );
+        assert_eq!(local.request_authority(), "127.0.0.1:9000");
+        assert_eq!(local.request_path(Some("a b/c")), "/snapshots/a%20b/c");
+        assert_eq!(local.request_path(None), "/snapshots");
+
+        let aws = settings(r#""endpoint": "https://s3.eu-west-1.amazonaws.com/""#).expect("valid");
+        assert!(!aws.path_style, "AWS gets virtual-hosted requests");
+        assert_eq!(
+            aws.request_authority(),
+            "snapshots.s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(aws.request_path(Some("index/0")), "/index/0");
+        assert_eq!(aws.request_path(None), "/");
+
+        let dotted = parse(r#"{"bucket": "my.backups", "endpoint": "https://s3.amazonaws.com"}"#)
+            .expect("valid");
+        assert!(
+            dotted.path_style,
+            "a dotted bucket is not covered by AWS's certificate"
+        );
+
+        let forced = settings(r#""endpoint": "http://minio:9000", "path_style_access": false"#)
+            .expect("valid");
+        assert_eq!(forced.request_authority(), "snapshots.minio:9000");
+        let forced =
+            settings(r#""endpoint": "https://s3.amazonaws.com", "path_style_access": "true""#)
+                .expect("valid");
+        assert!(forced.path_style);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_setting_named() {
+        for (extra, named) in [
+            (r#""endpoint": "ftp://host""#, "[endpoint]"),
+            (r#""endpoint": "http://host/path""#, "[endpoint]"),
+            (
+                r#""endpoint": "http://host", "path_style_access": "yes""#,
+                "[path_style_access]",
+            ),
+            (
+                r#""endpoint": "http://host", "buffer_size": "1mb""#,
+                "[buffer_size]",
+            ),
+            (
+                r#""endpoint": "http://host", "max_retries": 99"#,
+                "[max_retries]",
+            ),
+            (
+                r#""endpoint": "http://host", "access_key": "a""#,
+                "access_key",
+            ),
+        ] {
+            let err = settings(extra).expect_err(extra);
+            assert!(err.contains(named), "{extra}: {err}");
+        }
+        let err = parse(r#"{"endpoint": "http://host", "bucket": "No_Caps"}"#).expect_err("bucket");
+        assert!(err.contains("[bucket]"), "{err}");
+    }
 }

@@ -8,6 +8,7 @@ mod documents;
 mod durability;
 mod indices;
 mod membership;
+mod plugin_crates;
 mod plugins;
 mod pruning;
 mod replication;
