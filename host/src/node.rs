@@ -37,7 +37,7 @@ pub struct NodeState {
     pub snapshot_activity: crate::snapshot::SnapshotActivity,
     /// What this node does with each of its shard copies.
     pub copies: crate::replication::LocalCopies,
-    /// Peer recoveries this node completed.
+    /// Recoveries (peer and restore) this node runs or ran as the target.
     pub recoveries: crate::replication::Recoveries,
     pub started: Instant,
     /// Held for the node's lifetime: a second node on the same data directory is refused.
@@ -102,6 +102,7 @@ impl NodeState {
             identity,
         } = data_dir;
         let indices = Indices::load(&config.data_dir)?;
+        let recoveries = crate::replication::Recoveries::new(&identity.node_id);
         let plugins = PluginHost::new(Some(config.data_dir.join("_plugins")))
             .map_err(|err| Error::Internal(format!("starting the plugin host: {err}")))?;
         Ok(NodeState {
@@ -112,7 +113,7 @@ impl NodeState {
             cluster,
             snapshot_activity: crate::snapshot::SnapshotActivity::default(),
             copies: crate::replication::LocalCopies::default(),
-            recoveries: crate::replication::Recoveries::default(),
+            recoveries,
             started: Instant::now(),
             _data_lock: data_lock,
         })

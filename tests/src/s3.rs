@@ -105,6 +105,16 @@ impl S3Server {
         self.signal("-CONT");
     }
 
+    /// SIGUSR1: every ranged read waits a moment before it is answered.
+    pub fn slow_reads(&self) {
+        self.signal("-USR1");
+    }
+
+    /// SIGUSR2: reads are answered at once again.
+    pub fn fast_reads(&self) {
+        self.signal("-USR2");
+    }
+
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")

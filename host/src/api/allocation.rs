@@ -1,5 +1,5 @@
 //! Allocation routes: `POST /_cluster/reroute` (move and cancel), `GET
-//! /_cluster/allocation/explain`, and the rows of `_cat/allocation` and `_cat/recovery`.
+//! /_cluster/allocation/explain`, and the rows of `_cat/allocation`.
 
 use std::collections::BTreeMap;
 
@@ -273,45 +273,4 @@ pub(super) fn cat_rows(node: &NodeState) -> (Vec<&'static str>, Vec<Vec<String>>
         ]);
     }
     (vec!["shards", "host", "ip", "node", "zone"], rows)
-}
-
-/// `_cat/recovery`: the peer recoveries and snapshot restores this node completed as the target.
-pub(super) fn recovery_rows(node: &NodeState) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let names: BTreeMap<String, String> = node
-        .cluster
-        .membership
-        .live_nodes()
-        .into_iter()
-        .map(|meta| (meta.node_id, meta.name))
-        .collect();
-    let rows = node
-        .recoveries
-        .list()
-        .into_iter()
-        .map(|done| {
-            vec![
-                done.index,
-                done.shard.to_string(),
-                format!("{}ms", done.took.as_millis()),
-                done.kind.as_str().into(),
-                "done".into(),
-                names.get(&done.source).cloned().unwrap_or(done.source),
-                node.config.node_name.clone(),
-                done.bytes.to_string(),
-            ]
-        })
-        .collect();
-    (
-        vec![
-            "index",
-            "shard",
-            "time",
-            "type",
-            "stage",
-            "source_node",
-            "target_node",
-            "bytes_recovered",
-        ],
-        rows,
-    )
 }

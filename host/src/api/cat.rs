@@ -24,6 +24,10 @@ pub(super) async fn cat(request: &Request, what: &str, target: Option<&str>) -> 
         "count" => Some(count_all(request, target.as_deref()).await?),
         _ => None,
     };
+    let recoveries = match what {
+        "recovery" => Some(super::recovery::cat_rows(request, target.as_deref()).await),
+        _ => None,
+    };
     let mut index_counts = std::collections::HashMap::new();
     if what == "indices" {
         for index in request
@@ -42,7 +46,7 @@ pub(super) async fn cat(request: &Request, what: &str, target: Option<&str>) -> 
         "nodes" => Ok(nodes_table(&node)),
         "master" => Ok(master_table(&node)),
         "allocation" => Ok(super::allocation::cat_rows(&node)),
-        "recovery" => Ok(super::allocation::recovery_rows(&node)),
+        "recovery" => Ok(recoveries.unwrap_or_default()),
         "count" => Ok(count_table(cluster_count.unwrap_or_default())),
         "snapshots" => {
             let repository = target.as_deref().ok_or_else(|| {

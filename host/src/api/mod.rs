@@ -10,6 +10,7 @@ mod documents;
 mod faults;
 mod indices;
 mod plugins;
+mod recovery;
 mod search;
 mod slm;
 mod snapshot;
@@ -286,6 +287,8 @@ async fn route(request: Request, segments: &[String], uri: &Uri) -> Result<Reply
         (&M::GET | &M::POST, [index, "_search"]) => search::search(request, index).await,
         (&M::GET | &M::POST, ["_count"]) => search::count(request, "_all").await,
         (&M::GET | &M::POST, [index, "_count"]) => search::count(request, index).await,
+        (&M::GET, ["_recovery"]) => recovery::recovery(request, None).await,
+        (&M::GET, [index, "_recovery"]) => recovery::recovery(request, Some(index)).await,
         (&M::POST | &M::GET, ["_refresh"]) => indices::refresh(request, "_all").await,
         (&M::POST | &M::GET, [index, "_refresh"]) => indices::refresh(request, index).await,
         (&M::POST | &M::GET, ["_flush"]) => indices::flush(request, "_all").await,

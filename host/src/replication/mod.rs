@@ -6,12 +6,14 @@
 //! - [`writes`]: forwards writes to the primary, which replicates each batch to its in-sync
 //!   copies before acknowledging (or has the master fail a copy that cannot take it);
 //! - [`recovery`]: a new copy copies the primary's files, then receives every later operation;
+//! - [`progress`]: the recoveries (and restores) a node runs, in flight and done;
 //! - [`reads`]: GET, refresh and search over whichever node holds each shard;
 //! - [`wire`] and [`server`]: the messages and how a node answers them.
 
 pub mod admin;
 pub mod applier;
 pub mod master;
+pub mod progress;
 pub mod reads;
 pub mod recovery;
 pub mod server;
@@ -29,6 +31,8 @@ use crate::error::{Error, Result};
 use crate::node::NodeState;
 use crate::shard::translog::TranslogOp;
 use wire::{DataRequest, DataResponse};
+
+pub use progress::{Recoveries, RecoveryKind};
 
 /// How long a coordinator keeps retrying a request whose shard has no usable copy (a primary
 /// failing over, a copy starting): Elasticsearch's default `timeout` of one minute.
@@ -273,75 +277,5 @@ pub fn unreachable(node_id: &str, reason: impl std::fmt::Display) -> Error {
             "type": "node_not_connected_exception",
             "reason": format!("node [{node_id}] is not reachable: {reason}"),
         }),
-    }
-}
-
-/// A finished peer recovery, for `_cat/recovery`.
-#[derive(Debug, Clone)]
-pub struct RecoveryRecord {
-    pub index: String,
-    pub shard: u32,
-    pub kind: RecoveryKind,
-    /// The node copied from (a peer recovery), or `repository/snapshot` (a restore).
-    pub source: String,
-    pub bytes: u64,
-    pub took: Duration,
-}
-
-/// Where a recovered copy's files came from, as `_cat/recovery` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryKind {
-    Peer,
-    Snapshot,
-}
-
-impl RecoveryKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecoveryKind::Peer => "peer",
-            RecoveryKind::Snapshot => "snapshot",
-        }
-    }
-}
-
-/// The most recent recoveries this node completed as the target.
-#[derive(Debug, Default)]
-pub struct Recoveries {
-    done: Mutex<std::collections::VecDeque<RecoveryRecord>>,
-}
-
-impl Recoveries {
-    const KEPT: usize = 256;
-
-    pub fn record(
-        &self,
-        copy: (&str, u32),
-        kind: RecoveryKind,
-        source: &str,
-        bytes: u64,
-        took: Duration,
-    ) {
-        let (index, shard) = copy;
-        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        if done.len() == Self::KEPT {
-            done.pop_front();
-        }
-        done.push_back(RecoveryRecord {
-            index: index.to_string(),
-            shard,
-            kind,
-            source: source.to_string(),
-            bytes,
-            took,
-        });
-    }
-
-    pub fn list(&self) -> Vec<RecoveryRecord> {
-        self.done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use super::SHARD_REQUEST_TIMEOUT;
+use super::progress::{RecoveryKind, RecoveryPlan};
 use super::wire::{DataRequest, DataResponse};
 use crate::api::blocking;
 use crate::cluster::state::StateCommand;
@@ -158,13 +159,6 @@ pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()
     match &result {
         Ok(bytes) => {
             tracing::info!(index, shard = number, copy = %allocation_id, bytes, took_ms = started.elapsed().as_millis() as u64, "recovered shard copy from its primary");
-            node.recoveries.record(
-                (index, number),
-                super::RecoveryKind::Peer,
-                &target.primary_node,
-                *bytes,
-                started.elapsed(),
-            );
             let command = StateCommand::ShardStarted {
                 index: index.clone(),
                 shard: number as usize,
@@ -217,6 +211,14 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
     };
     let index_dir = service.copy_dir(number).join("index");
     tokio::fs::create_dir_all(&index_dir).await?;
+    let progress = node.recoveries.begin(RecoveryPlan {
+        index,
+        shard: number,
+        kind: RecoveryKind::Peer,
+        source: &target.primary_node,
+        files: files.len() as u64,
+        bytes: files.iter().map(|(_, size)| size).sum(),
+    });
     let mut copied = 0u64;
     for (name, size) in &files {
         if sanitize(name) != *name || name.is_empty() {
@@ -246,8 +248,10 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
             }
             file.write_all(&data).await?;
             offset += data.len() as u64;
+            progress.copied_bytes(data.len() as u64);
         }
         file.sync_all().await?;
+        progress.copied_file();
         copied += offset;
     }
     let mut meta = tokio::fs::File::create(index_dir.join("meta.json")).await?;
@@ -296,5 +300,6 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         allocation_id: allocation_id.to_string(),
     })
     .await;
+    progress.finish();
     Ok(copied)
 }

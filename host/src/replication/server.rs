@@ -167,5 +167,6 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             blocking(move || crate::snapshot::restore_shard_here(&worker, &job)).await?;
             Ok(DataResponse::Done)
         }
+        DataRequest::Recoveries => Ok(DataResponse::Recoveries(node.recoveries.list())),
     }
 }

@@ -80,6 +80,8 @@ pub enum DataRequest {
     /// coordinator of a restore); answered `Done` once every file is verified on disk.
     /// JSON of a [`crate::snapshot::ShardRestore`].
     RestoreShard(String),
+    /// The recoveries this node runs or ran as the target.
+    Recoveries,
 }
 
 /// The answer to a [`DataRequest`].
@@ -112,6 +114,7 @@ pub enum DataResponse {
     },
     /// JSON of the shard's snapshot and what uploading it took ([`crate::snapshot::ShardUpload`]).
     ShardSnapshotted(String),
+    Recoveries(Vec<super::progress::RecoveryRecord>),
     Failed(WireError),
 }
 

@@ -32,6 +32,7 @@ use crate::node::NodeState;
 use crate::plugins::PluginKind;
 use crate::plugins::grants::{Grants, grant_repository_dir};
 use crate::plugins::repository::{CHUNK_BYTES, RepositoryError, RepositorySession};
+use crate::replication::progress::{RecoveryKind, RecoveryPlan, RecoveryProgress};
 use format::{
     BLOB_PREFIX, FORMAT_VERSION, FileRef, IndexSnapshot, MANIFEST_PREFIX, ShardSnapshot,
     SnapshotManifest, SnapshotState, TransferStats, blob_name, manifest_name,
@@ -1109,28 +1110,30 @@ fn restore_shard(
     session: &mut RepositorySession,
     job: &ShardRestore,
 ) -> Result<()> {
-    let started = std::time::Instant::now();
     let dir = node
         .indices
         .index_dir(&job.index_uuid)
         .join(job.shard.to_string());
-    let bytes = lay_out_shard(
+    let progress = node.recoveries.begin(RecoveryPlan {
+        index: &job.index,
+        shard: job.shard,
+        kind: RecoveryKind::Snapshot,
+        source: &format!("{}/{}", job.repository, job.snapshot),
+        files: job.files.files.len() as u64,
+        bytes: job.files.files.iter().map(|file| file.size).sum(),
+    });
+    lay_out_shard(
         session,
         &job.repository,
         &dir,
         &job.files,
         &job.allocation_id,
+        &progress,
     )
     .inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;
-    node.recoveries.record(
-        (&job.index, job.shard),
-        crate::replication::RecoveryKind::Snapshot,
-        &format!("{}/{}", job.repository, job.snapshot),
-        bytes,
-        started.elapsed(),
-    );
+    progress.finish();
     Ok(())
 }
 
@@ -1168,12 +1171,20 @@ fn lay_out_shard(
     shard_dir: &Path,
     shard: &ShardSnapshot,
     allocation_id: &str,
-) -> Result<u64> {
+    progress: &RecoveryProgress<'_>,
+) -> Result<()> {
     let index_dir = shard_dir.join("index");
     std::fs::create_dir_all(&index_dir)?;
     let mut managed = vec!["meta.json".to_string()];
     for file in &shard.files {
-        download_verified(session, repository, file, &index_dir.join(&file.name))?;
+        download_verified(
+            session,
+            repository,
+            file,
+            &index_dir.join(&file.name),
+            progress,
+        )?;
+        progress.copied_file();
         managed.push(file.name.clone());
     }
     std::fs::write(index_dir.join("meta.json"), &shard.commit_meta)?;
@@ -1187,7 +1198,7 @@ fn lay_out_shard(
     };
     let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
     crate::index::write_atomically(&shard_dir.join("_copy.json"), &bytes)?;
-    Ok(shard.files.iter().map(|file| file.size).sum())
+    Ok(())
 }
 
 fn download_verified(
@@ -1195,6 +1206,7 @@ fn download_verified(
     repository: &str,
     file: &FileRef,
     path: &Path,
+    progress: &RecoveryProgress<'_>,
 ) -> Result<()> {
     let blob = blob_name(&file.sha256);
     let mut out = std::fs::File::create(path)?;
@@ -1211,6 +1223,7 @@ fn download_verified(
         hasher.update(&chunk);
         out.write_all(&chunk)?;
         offset += chunk.len() as u64;
+        progress.copied_bytes(chunk.len() as u64);
     }
     out.sync_all()?;
     let actual = hex(&hasher.finalize());

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shoal_tests::Node;
 use shoal_tests::s3::S3Server;
+use shoal_tests::{Node, wait_for};
 
 use crate::BIN;
 use crate::snapshots::{count, index_docs, search_fingerprint, snapshot, uploaded_bytes};
@@ -146,13 +146,64 @@ fn s3_snapshots_round_trip_incrementally_with_multipart_uploads() {
     assert_eq!(search_fingerprint(&node, "bulky"), bulky_before);
     assert_eq!(search_fingerprint(&node, "small"), small_before);
 
-    // Deleting the first snapshot keeps the second whole; one index restores under a new name.
+    // Deleting the first snapshot keeps the second whole; one index restores under a new name,
+    // its progress visible while the server answers slowly.
     assert_eq!(node.delete("/_snapshot/s3/snap-1").status, 200);
-    let renamed = node.post(
-        "/_snapshot/s3/snap-2/_restore",
-        &json!({"indices": "bulky", "rename_pattern": "(.+)", "rename_replacement": "copy-$1"}),
+    server.slow_reads();
+    let renamed = std::thread::scope(|scope| {
+        let restoring = scope.spawn(|| {
+            node.post(
+                "/_snapshot/s3/snap-2/_restore",
+                &json!({"indices": "bulky", "rename_pattern": "(.+)", "rename_replacement": "copy-$1"}),
+            )
+        });
+        let in_flight = wait_for(Duration::from_secs(60), "the restore in flight", || {
+            node.get("/_cat/recovery?format=json&active_only=true")
+                .body
+                .as_array()
+                .and_then(|rows| {
+                    rows.iter()
+                        .find(|row| row["index"] == "copy-bulky")
+                        .cloned()
+                })
+        });
+        let json = node.get("/copy-*/_recovery?active_only=true").body;
+        server.fast_reads();
+        (
+            restoring.join().expect("the restore thread"),
+            in_flight,
+            json,
+        )
+    });
+    let (renamed, in_flight, json) = renamed;
+    assert_eq!(in_flight["type"], "snapshot", "{in_flight}");
+    assert_eq!(in_flight["stage"], "index", "{in_flight}");
+    assert_eq!(in_flight["repository"], "s3", "{in_flight}");
+    assert_eq!(in_flight["snapshot"], "snap-2", "{in_flight}");
+    let number = |row: &Value, key: &str| row[key].as_str().and_then(|n| n.parse::<u64>().ok());
+    let total = number(&in_flight, "bytes").unwrap_or_default();
+    assert!(total > 5 << 20, "the whole shard is planned: {in_flight}");
+    assert!(
+        number(&in_flight, "bytes_recovered") < Some(total),
+        "not all copied yet: {in_flight}"
     );
+    let shard = &json["copy-bulky"]["shards"][0];
+    assert_eq!(shard["stage"], "INDEX", "{json}");
+    assert_eq!(shard["type"], "SNAPSHOT", "{json}");
+    assert_eq!(shard["source"]["snapshot"], "snap-2", "{json}");
+    assert_eq!(shard["index"]["size"]["total_in_bytes"], total, "{json}");
     assert_eq!(renamed.status, 200, "{:?}", renamed.body);
+    let done = node.get("/_cat/recovery/copy-bulky?format=json").body;
+    let done = &done[0];
+    assert_eq!(done["stage"], "done", "{done}");
+    assert_eq!(number(done, "bytes_recovered"), Some(total), "{done}");
+    assert_eq!(done["files_recovered"], done["files"], "{done}");
+    assert_eq!(done["bytes_percent"], "100.0%", "{done}");
+    assert_eq!(
+        node.get("/_cat/recovery?format=json&active_only=true").body,
+        json!([]),
+        "nothing left in flight"
+    );
     assert_eq!(count(&node, "copy-bulky"), 9000);
     assert_eq!(search_fingerprint(&node, "copy-bulky"), bulky_before);
     let listed = node.get("/_cat/snapshots/s3?format=json");
