@@ -165,9 +165,9 @@ pub(super) async fn cleanup_repository(request: Request, name: &str) -> Result<R
     let repository = name.to_string();
     blocking(move || {
         let meta = snapshot::writable(&node, &repository, "clean up")?;
-        let _guard = snapshot::lease::acquire(&node, &repository, "cleanup".into())?;
+        let lease = snapshot::lease::acquire(&node, &repository, "cleanup".into())?;
         let mut session = snapshot::open(&node, &repository, &meta)?;
-        let (blobs, bytes) = snapshot::collect_garbage(&mut session, &repository)?;
+        let (blobs, bytes) = snapshot::collect_garbage(&mut session, &repository, &lease)?;
         ok(json!({ "results": { "deleted_bytes": bytes, "deleted_blobs": blobs } }))
     })
     .await

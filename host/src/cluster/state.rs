@@ -126,6 +126,14 @@ pub enum StateCommand {
         repository: String,
         lease: RepositoryLease,
     },
+    /// Changes nothing, and is refused unless that node life still holds the repository: a
+    /// writer commits it before an irreversible write, so that one whose lease the master
+    /// ended (it was paused or cut off) stops instead of writing beside the next holder.
+    ConfirmRepository {
+        repository: String,
+        node_id: String,
+        generation: u64,
+    },
     /// Ends a lease, if the repository is still held by that node life.
     ReleaseRepository {
         repository: String,
@@ -251,6 +259,24 @@ impl ClusterState {
                 }
                 self.repository_leases
                     .insert(repository.clone(), lease.clone());
+            }
+            StateCommand::ConfirmRepository {
+                repository,
+                node_id,
+                generation,
+            } => {
+                let held = self.repository_leases.get(repository);
+                if !held
+                    .is_some_and(|held| held.node_id == *node_id && held.generation == *generation)
+                {
+                    return self.reject(format!(
+                        "this node's lease on [{repository}] has ended ({})",
+                        held.map_or("nobody holds it now".to_string(), |held| format!(
+                            "{} holds it on node [{}]",
+                            held.operation, held.node_id
+                        ))
+                    ));
+                }
             }
             StateCommand::ReleaseRepository {
                 repository,

@@ -1,7 +1,12 @@
 //! One writer per repository: a node takes its own lock, then a lease committed in the
 //! cluster state, before it snapshots into, deletes from or cleans up a repository; a second
 //! writer anywhere in the cluster is refused. The master ends the leases of nodes that left or
-//! restarted, so a crash never keeps a repository locked.
+//! restarted, so a crash never keeps a repository locked. Before each irreversible write (a
+//! manifest, blob deletions) the holder confirms through the quorum that its lease still
+//! stands: a node paused or cut off long enough to lose it stops instead of writing beside
+//! the next holder (what remains is the moment between a confirmation and the write after it).
+
+use std::time::Instant;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,6 +21,9 @@ use crate::node::NodeState;
 const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node keeps trying to end its own lease before leaving it to the master.
 const RELEASE_ATTEMPTS: u32 = 30;
+/// How often a long run of deletions confirms the lease again; well below the time the
+/// master needs to find a node gone and end its lease.
+const CONFIRM_EVERY: Duration = Duration::from_millis(500);
 
 /// The repositories this node writes to now.
 #[derive(Default)]
@@ -27,6 +35,7 @@ pub struct RepositoryGuard<'a> {
     repository: String,
     generation: u64,
     leased: bool,
+    confirmed: Mutex<Option<Instant>>,
 }
 
 /// Claims `repository` for `operation` (blocking: call from a worker thread, not the async
@@ -59,6 +68,7 @@ pub fn acquire<'a>(
         repository: repository.to_string(),
         generation: local.generation,
         leased: false,
+        confirmed: Mutex::new(None),
     };
     let command = StateCommand::AcquireRepository {
         repository: repository.to_string(),
@@ -78,6 +88,46 @@ pub fn acquire<'a>(
         }
         Err(ProposeError::Rejected(reason)) => Err(busy(reason)),
         Err(other) => Err(Error::MasterNotDiscovered(other.to_string())),
+    }
+}
+
+impl RepositoryGuard<'_> {
+    /// Fails unless this node still holds the repository, as the quorum says now (blocking).
+    pub fn confirm(&self) -> Result<()> {
+        let ended = |reason: String| Error::ConcurrentSnapshot {
+            repository: self.repository.clone(),
+            reason: format!("{reason}; stopping before writing to the repository"),
+        };
+        // A node declared dead comes back under a new generation: its lease was ended.
+        if self.node.cluster.membership.local().generation != self.generation {
+            return Err(ended(
+                "this node was out of the cluster and rejoined, so its lease has ended".into(),
+            ));
+        }
+        let command = StateCommand::ConfirmRepository {
+            repository: self.repository.clone(),
+            node_id: self.node.identity.node_id.clone(),
+            generation: self.generation,
+        };
+        let proposed = tokio::runtime::Handle::current()
+            .block_on(self.node.cluster.consensus.propose(command, LEASE_TIMEOUT));
+        match proposed {
+            Ok(_) => {
+                *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Ok(())
+            }
+            Err(ProposeError::Rejected(reason)) => Err(ended(reason)),
+            Err(other) => Err(ended(format!("the lease could not be confirmed ({other})"))),
+        }
+    }
+
+    /// [`confirm`](Self::confirm), unless it was done within [`CONFIRM_EVERY`].
+    pub fn confirm_if_due(&self) -> Result<()> {
+        let last = *self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        match last {
+            Some(at) if at.elapsed() < CONFIRM_EVERY => Ok(()),
+            _ => self.confirm(),
+        }
     }
 }
 

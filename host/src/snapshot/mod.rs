@@ -413,7 +413,7 @@ pub fn claim_for<'a>(
 pub fn create_claimed(
     node: &NodeState,
     request: &CreateRequest,
-    _claim: lease::RepositoryGuard<'_>,
+    claim: lease::RepositoryGuard<'_>,
 ) -> Result<SnapshotManifest> {
     let repository = request.repository.as_str();
     let meta = writable(node, repository, "create a snapshot in")?;
@@ -444,7 +444,7 @@ pub fn create_claimed(
                 reason: "a snapshot with the same name already exists".into(),
             });
         }
-        take_snapshot(node, request, &meta, &mut session, &indices, start)
+        take_snapshot(node, request, &meta, &mut session, &indices, start, &claim)
     });
     let failure = outcome
         .as_ref()
@@ -462,6 +462,7 @@ fn take_snapshot(
     session: &mut RepositorySession,
     indices: &[std::sync::Arc<crate::index::IndexService>],
     start: i64,
+    claim: &lease::RepositoryGuard<'_>,
 ) -> Result<SnapshotManifest> {
     let repository = request.repository.as_str();
     let known = Mutex::new(known_blobs(session, repository)?);
@@ -555,6 +556,8 @@ fn take_snapshot(
         }),
     };
     let bytes = serde_json::to_vec(&manifest).map_err(|err| Error::Internal(err.to_string()))?;
+    // The blobs it names may have been deleted by a later holder if this node lost its lease.
+    claim.confirm()?;
     session
         .put(&manifest_name(&request.snapshot), &bytes)
         .map_err(repo_error(repository))?;
@@ -821,7 +824,7 @@ fn validate_snapshot_name(repository: &str, snapshot: &str) -> Result<()> {
 /// name must exist; nothing is deleted otherwise.
 pub fn delete(node: &NodeState, repository: &str, snapshots: &[String]) -> Result<()> {
     let meta = writable(node, repository, "delete snapshots from")?;
-    let _guard = lease::acquire(
+    let guard = lease::acquire(
         node,
         repository,
         format!("deletion of [{}]", snapshots.join(",")),
@@ -839,17 +842,23 @@ pub fn delete(node: &NodeState, repository: &str, snapshots: &[String]) -> Resul
         }
     }
     // Manifests go first: from then on the snapshots are gone, whatever happens next.
+    guard.confirm()?;
     for snapshot in snapshots {
         session
             .delete(&manifest_name(snapshot))
             .map_err(repo_error(repository))?;
     }
-    collect_garbage(&mut session, repository)?;
+    collect_garbage(&mut session, repository, &guard)?;
     Ok(())
 }
 
-/// Removes blobs no snapshot references; returns how many and their bytes.
-pub fn collect_garbage(session: &mut RepositorySession, repository: &str) -> Result<(u64, u64)> {
+/// Removes blobs no snapshot references; returns how many and their bytes. Stops if the
+/// lease ends: a later holder may be writing a snapshot that needs them.
+pub fn collect_garbage(
+    session: &mut RepositorySession,
+    repository: &str,
+    lease: &lease::RepositoryGuard<'_>,
+) -> Result<(u64, u64)> {
     let referenced: BTreeSet<String> = manifests(session, repository)?
         .values()
         .flat_map(SnapshotManifest::referenced_blobs)
@@ -857,6 +866,7 @@ pub fn collect_garbage(session: &mut RepositorySession, repository: &str) -> Res
     let mut removed = (0, 0);
     for blob in session.list(BLOB_PREFIX).map_err(repo_error(repository))? {
         if !referenced.contains(&blob.name) {
+            lease.confirm_if_due()?;
             session.delete(&blob.name).map_err(repo_error(repository))?;
             removed.0 += 1;
             removed.1 += blob.size;

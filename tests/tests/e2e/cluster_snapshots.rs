@@ -136,7 +136,7 @@ fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
 }
 
 #[test]
-fn one_node_at_a_time_writes_to_a_repository_and_a_dead_writer_frees_it() {
+fn one_node_at_a_time_writes_to_a_repository_and_a_writer_that_lost_it_stops() {
     use shoal_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
     let mut cluster = Cluster::start(BIN, &[]).expect("cluster root");
     let server = S3Server::start(
@@ -211,25 +211,57 @@ fn one_node_at_a_time_writes_to_a_repository_and_a_dead_writer_frees_it() {
     );
     assert_eq!(other.get("/_snapshot/s3").status, 200);
 
-    // The writer dies holding the repository: the master ends its lease, and another node's
-    // snapshot goes through once the server answers again.
-    cluster.nodes[1].kill();
+    // The writer hangs (SIGSTOP) holding the repository: the master finds it gone and ends its
+    // lease, and another node's snapshot goes through once the server answers again.
+    cluster.nodes[1].pause();
     server.resume();
     let other = &cluster.nodes[2];
-    wait_for(Duration::from_secs(120), "another node's snapshot", || {
+    // Until the hung node's primaries fail over, a snapshot may still ask it for its shard and
+    // end PARTIAL; each attempt takes a new name.
+    let mut attempt = 0;
+    let second = wait_for(Duration::from_secs(120), "another node's snapshot", || {
         let health = other.get("/_cluster/health?wait_for_status=yellow&timeout=5s");
         if health.body["status"] == "red" || health.body["initializing_shards"] != 0 {
             return None;
         }
+        attempt += 1;
+        let name = format!("second-{attempt}");
         let taken = other.put(
-            "/_snapshot/s3/second?wait_for_completion=true",
+            &format!("/_snapshot/s3/{name}?wait_for_completion=true"),
             &json!({"indices": "logs"}),
         );
-        (taken.status == 200 && taken.body["snapshot"]["state"] == "SUCCESS").then_some(())
+        (taken.status == 200 && taken.body["snapshot"]["state"] == "SUCCESS").then_some(name)
     });
     assert_eq!(
         count(other, "logs"),
         200,
         "the index lost nothing with the writer"
+    );
+
+    // Woken up, the old writer finds its lease gone and stops before writing its manifest.
+    cluster.nodes[1].resume();
+    let writer = &cluster.nodes[1];
+    let failed = wait_for(
+        Duration::from_secs(120),
+        "the old writer to give up",
+        || {
+            let listed = writer.get("/_snapshot/s3/first").body;
+            let snapshot = listed["snapshots"][0].clone();
+            (snapshot["state"] == "FAILED").then_some(snapshot)
+        },
+    );
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("lease"), "{failed}");
+    let listed = other.get("/_snapshot/s3/_all").body;
+    let names: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|snapshot| snapshot["snapshot"].as_str())
+        .collect();
+    assert!(names.contains(&second.as_str()), "{listed}");
+    assert!(
+        !names.contains(&"first"),
+        "the old writer wrote no manifest: {listed}"
     );
 }
