@@ -245,6 +245,7 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
                 let local = (copy.node_id == node.identity.node_id)
                     .then(|| index.shard(number as u32))
                     .flatten();
+                let seq_no = local.as_ref().map(|s| s.seq_no_stats());
                 rows.push(vec![
                     index.name().to_string(),
                     number.to_string(),
@@ -271,6 +272,13 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
                         .as_ref()
                         .map(|s| s.segment_count().to_string())
                         .unwrap_or_default(),
+                    seq_no.map(|s| s.max_seq_no.to_string()).unwrap_or_default(),
+                    seq_no
+                        .map(|s| s.local_checkpoint.to_string())
+                        .unwrap_or_default(),
+                    seq_no
+                        .map(|s| s.global_checkpoint.to_string())
+                        .unwrap_or_default(),
                 ]);
             }
             let missing = if shard.primary().is_some() { 0 } else { 1 };
@@ -281,6 +289,9 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
                     number.to_string(),
                     if primary { "p" } else { "r" }.into(),
                     "UNASSIGNED".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
                     String::new(),
                     String::new(),
                     String::new(),
@@ -301,6 +312,9 @@ fn shards_table(node: &crate::node::NodeState, target: Option<&str>, raw: bool) 
             "ip",
             "node",
             "segments.count",
+            "seq_no.max",
+            "seq_no.local_checkpoint",
+            "seq_no.global_checkpoint",
         ],
         rows,
     ))

@@ -55,12 +55,15 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             allocation_id,
             primary_term,
             ops,
+            global_checkpoint,
         } => {
             match node
                 .copies
                 .route_replicated(&index, shard, &allocation_id, primary_term, &ops)?
             {
-                ReplicaSlot::Buffered => Ok(DataResponse::Replicated { max_seq_no: -1 }),
+                ReplicaSlot::Buffered => Ok(DataResponse::Replicated {
+                    local_checkpoint: -1,
+                }),
                 ReplicaSlot::Apply => {
                     let service = node.indices.get(&index)?;
                     let copy = service.shard(shard).ok_or_else(|| {
@@ -68,11 +71,14 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
                     })?;
                     let meta = service.meta.clone();
                     let durability = meta.settings().translog_durability;
-                    let max_seq_no = blocking(move || {
-                        copy.apply_replicated(primary_term, &ops, meta.as_ref(), durability)
+                    let local_checkpoint = blocking(move || {
+                        let applied =
+                            copy.apply_replicated(primary_term, &ops, meta.as_ref(), durability)?;
+                        copy.learn_global_checkpoint(global_checkpoint);
+                        Ok(applied)
                     })
                     .await?;
-                    Ok(DataResponse::Replicated { max_seq_no })
+                    Ok(DataResponse::Replicated { local_checkpoint })
                 }
             }
         }

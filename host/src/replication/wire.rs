@@ -27,6 +27,8 @@ pub enum DataRequest {
         allocation_id: String,
         primary_term: u64,
         ops: Vec<TranslogOp>,
+        /// The primary's global checkpoint when it sent the batch.
+        global_checkpoint: i64,
     },
     /// A recovering copy asks its primary to stage a commit and start replicating to it.
     StartRecovery {
@@ -89,7 +91,8 @@ pub enum DataRequest {
 pub enum DataResponse {
     Written(Vec<std::result::Result<WireOutcome, WireError>>),
     Replicated {
-        max_seq_no: i64,
+        /// The copy's local checkpoint after the batch (-1 while it is still recovering).
+        local_checkpoint: i64,
     },
     RecoveryPlan {
         meta_json: String,

@@ -141,14 +141,19 @@ async fn replicate(
         return Ok(());
     }
     let ops = Arc::new(batch.ops);
+    let global_checkpoint = shard.global_checkpoint();
     let mut sends = JoinSet::new();
     for target in batch.targets {
         let node = node.clone();
         let ops = ops.clone();
         let index = index.to_string();
         sends.spawn(async move {
-            let result =
-                send_to_copy(&node, &index, number, &target, batch.primary_term, &ops).await;
+            let outgoing = Outgoing {
+                primary_term: batch.primary_term,
+                global_checkpoint,
+                ops: &ops,
+            };
+            let result = send_to_copy(&node, &index, number, &target, outgoing).await;
             (target, result)
         });
     }
@@ -156,7 +161,13 @@ async fn replicate(
     while let Some(joined) = sends.join_next().await {
         let (target, result) =
             joined.map_err(|err| Error::Internal(format!("replication task failed: {err}")))?;
-        let Err(err) = result else { continue };
+        let err = match result {
+            Ok(local_checkpoint) => {
+                shard.copy_reported(&target.allocation_id, local_checkpoint);
+                continue;
+            }
+            Err(err) => err,
+        };
         if err.es_type() == "stale_primary_term_exception" {
             // A newer primary exists: this one must not acknowledge anything.
             fenced = Some(err);
@@ -174,23 +185,31 @@ async fn replicate(
     }
 }
 
+/// One batch as the primary sends it to each copy.
+struct Outgoing<'a> {
+    primary_term: u64,
+    global_checkpoint: i64,
+    ops: &'a [TranslogOp],
+}
+
+/// Sends a batch to one copy; returns the copy's local checkpoint after it.
 async fn send_to_copy(
     node: &Arc<NodeState>,
     index: &str,
     number: u32,
     target: &ReplicaTarget,
-    primary_term: u64,
-    ops: &[TranslogOp],
-) -> Result<()> {
+    outgoing: Outgoing<'_>,
+) -> Result<i64> {
     let request = DataRequest::Replicate {
         index: index.to_string(),
         shard: number,
         allocation_id: target.allocation_id.clone(),
-        primary_term,
-        ops: ops.to_vec(),
+        primary_term: outgoing.primary_term,
+        ops: outgoing.ops.to_vec(),
+        global_checkpoint: outgoing.global_checkpoint,
     };
     match ask(node, &target.node_id, request).await? {
-        DataResponse::Replicated { .. } => Ok(()),
+        DataResponse::Replicated { local_checkpoint } => Ok(local_checkpoint),
         _ => Err(Error::Internal(
             "the replica answered something else".into(),
         )),

@@ -5,6 +5,7 @@
 //! log, index, then (outside the lock) make the log durable. "Refresh" is a tantivy commit plus
 //! a reader reload; until then, realtime GETs are served from the live version map.
 
+pub mod checkpoint;
 pub mod schema;
 pub mod time_stats;
 pub mod translog;
@@ -166,6 +167,13 @@ struct CommitPayload {
     local_checkpoint: i64,
     /// The translog generation to replay from.
     translog_generation: u64,
+    /// The global checkpoint this copy knew at the commit.
+    #[serde(default = "no_checkpoint")]
+    global_checkpoint: i64,
+}
+
+fn no_checkpoint() -> i64 {
+    -1
 }
 
 /// Counters exposed by `_nodes/stats` and `_cat`.
@@ -237,6 +245,12 @@ struct WriteState {
     writer: IndexWriter<TantivyDocument>,
     translog: Translog,
     max_seq_no: i64,
+    local_checkpoint: checkpoint::LocalCheckpoint,
+    /// Every operation at or below it is on every in-sync copy: computed by a primary from
+    /// its replicas' reports, learned by a replica from its primary.
+    global_checkpoint: i64,
+    /// On a primary: the local checkpoints of its in-sync replicas.
+    copy_checkpoints: checkpoint::CopyCheckpoints,
     primary_term: u64,
     live: HashMap<String, LiveVersion>,
     /// Operations logged by the batch being applied, for its replicas.
@@ -250,6 +264,30 @@ struct WriteState {
     /// Targets a recovery added, with the cluster-state version the recovering copy had seen:
     /// a routing older than that cannot know the copy yet and must not drop it.
     recovery_targets: HashMap<String, u64>,
+}
+
+impl WriteState {
+    /// Counts operation `seq_no` as processed by this copy.
+    fn processed(&mut self, seq_no: i64) {
+        self.max_seq_no = self.max_seq_no.max(seq_no);
+        self.local_checkpoint.processed(seq_no);
+        if self.primary {
+            self.advance_global_checkpoint();
+        }
+    }
+
+    fn advance_global_checkpoint(&mut self) {
+        let global = self.copy_checkpoints.global(self.local_checkpoint.get());
+        self.global_checkpoint = self.global_checkpoint.max(global);
+    }
+}
+
+/// `_seq_no` bookkeeping of one copy, as `_cat/shards` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqNoStats {
+    pub max_seq_no: i64,
+    pub local_checkpoint: i64,
+    pub global_checkpoint: i64,
 }
 
 /// The current version of a document, whether live or committed.
@@ -283,6 +321,7 @@ impl Shard {
             .unwrap_or(CommitPayload {
                 local_checkpoint: -1,
                 translog_generation: 1,
+                global_checkpoint: -1,
             });
         let shard_name = id.to_string();
         let (translog, report) = Translog::open(
@@ -306,6 +345,11 @@ impl Shard {
                 writer,
                 translog,
                 max_seq_no: payload.local_checkpoint,
+                local_checkpoint: checkpoint::LocalCheckpoint::starting_at(
+                    payload.local_checkpoint,
+                ),
+                global_checkpoint: payload.global_checkpoint.min(payload.local_checkpoint),
+                copy_checkpoints: Default::default(),
                 primary_term,
                 live: HashMap::new(),
                 pending_ops: Vec::new(),
@@ -344,7 +388,7 @@ impl Shard {
         let mut state = self.lock()?;
         let mut replayed = 0;
         for op in operations {
-            state.max_seq_no = state.max_seq_no.max(op.seq_no);
+            state.processed(op.seq_no);
             if op.seq_no <= checkpoint {
                 continue;
             }
@@ -429,7 +473,7 @@ impl Shard {
     /// Applies operations the primary of `primary_term` assigned. Operations from an older
     /// primary are refused (fencing); a newer term is adopted. An operation older than what
     /// this copy holds for the same document is skipped, so batches may arrive in any order.
-    /// Returns the highest sequence number this copy has seen.
+    /// Returns this copy's local checkpoint.
     pub fn apply_replicated(
         &self,
         primary_term: u64,
@@ -437,7 +481,7 @@ impl Shard {
         mappings: &dyn MappingSource,
         durability: Durability,
     ) -> Result<i64> {
-        let (position, max_seq_no) = {
+        let (position, local_checkpoint) = {
             let mut state = self.lock()?;
             if let Some(failure) = &state.failure {
                 return Err(Error::Internal(format!(
@@ -467,13 +511,13 @@ impl Shard {
                     return Err(err);
                 }
             }
-            (state.translog.flush_buffer()?, state.max_seq_no)
+            (state.translog.flush_buffer()?, state.local_checkpoint.get())
         };
         self.needs_refresh.store(true, Ordering::Release);
         if durability == Durability::Request {
             self.sync.sync_to(position)?;
         }
-        Ok(max_seq_no)
+        Ok(local_checkpoint)
     }
 
     fn apply_replicated_one(
@@ -482,7 +526,7 @@ impl Shard {
         op: &TranslogOp,
         mappings: &dyn MappingSource,
     ) -> Result<()> {
-        state.max_seq_no = state.max_seq_no.max(op.seq_no);
+        state.processed(op.seq_no);
         if let Some(current) = self.current_version(state, &op.id)?
             && current.seq_no >= op.seq_no
         {
@@ -559,14 +603,22 @@ impl Shard {
         };
         if primary && !state.primary {
             tracing::info!(shard = %self.id, term = primary_term, "this copy is now the primary");
+            let max_seq_no = state.max_seq_no;
+            state.local_checkpoint.fill_to(max_seq_no);
         }
         state.primary = primary;
         state.primary_term = state.primary_term.max(primary_term);
         if !primary {
             state.targets.clear();
             state.recovery_targets.clear();
+            state.copy_checkpoints = Default::default();
             return;
         }
+        // Only in-sync (started) copies hold the global checkpoint back, not recovering ones.
+        state
+            .copy_checkpoints
+            .track(started.iter().map(|target| target.allocation_id.clone()));
+        state.advance_global_checkpoint();
         let is_started = |id: &str| started.iter().any(|s| s.allocation_id == id);
         let recovery_targets = std::mem::take(&mut state.recovery_targets);
         let kept: Vec<ReplicaTarget> = state
@@ -592,7 +644,52 @@ impl Shard {
     pub fn drop_target(&self, allocation_id: &str) {
         if let Ok(mut state) = self.lock() {
             state.targets.retain(|t| t.allocation_id != allocation_id);
+            state.copy_checkpoints.forget(allocation_id);
+            state.advance_global_checkpoint();
         }
+    }
+
+    /// On a primary: an in-sync replica reported its local checkpoint.
+    pub fn copy_reported(&self, allocation_id: &str, local_checkpoint: i64) {
+        if let Ok(mut state) = self.lock()
+            && state.primary
+        {
+            state
+                .copy_checkpoints
+                .reported(allocation_id, local_checkpoint);
+            state.advance_global_checkpoint();
+        }
+    }
+
+    /// On a replica: the global checkpoint its primary computed (never above what this copy
+    /// holds itself, never backwards).
+    pub fn learn_global_checkpoint(&self, global_checkpoint: i64) {
+        if let Ok(mut state) = self.lock()
+            && !state.primary
+        {
+            let bounded = global_checkpoint.min(state.local_checkpoint.get());
+            state.global_checkpoint = state.global_checkpoint.max(bounded);
+        }
+    }
+
+    pub fn global_checkpoint(&self) -> i64 {
+        self.lock()
+            .map(|state| state.global_checkpoint)
+            .unwrap_or(-1)
+    }
+
+    pub fn seq_no_stats(&self) -> SeqNoStats {
+        self.lock()
+            .map(|state| SeqNoStats {
+                max_seq_no: state.max_seq_no,
+                local_checkpoint: state.local_checkpoint.get(),
+                global_checkpoint: state.global_checkpoint,
+            })
+            .unwrap_or(SeqNoStats {
+                max_seq_no: -1,
+                local_checkpoint: -1,
+                global_checkpoint: -1,
+            })
     }
 
     pub fn is_primary(&self) -> bool {
@@ -738,7 +835,7 @@ impl Shard {
                 if !state.targets.is_empty() {
                     state.pending_ops.push(record.to_owned_op());
                 }
-                state.max_seq_no = seq_no;
+                state.processed(seq_no);
                 state
                     .writer
                     .delete_term(Term::from_field_text(self.schema.id, &id));
@@ -811,7 +908,7 @@ impl Shard {
         if !state.targets.is_empty() {
             state.pending_ops.push(record.to_owned_op());
         }
-        state.max_seq_no = seq_no;
+        state.processed(seq_no);
         if !append_only {
             // An auto-generated id cannot exist yet: skipping the delete spares tantivy a term
             // lookup per document at commit time.
@@ -988,6 +1085,7 @@ impl Shard {
         let payload = CommitPayload {
             local_checkpoint: state.max_seq_no,
             translog_generation: state.translog.generation(),
+            global_checkpoint: state.global_checkpoint,
         };
         let payload =
             serde_json::to_string(&payload).map_err(|err| Error::Internal(err.to_string()))?;

@@ -131,6 +131,46 @@ fn killing_the_busiest_primary_node_loses_no_acknowledged_write() {
     let from_restarted = cluster.nodes[victim].get(&format!("/{INDEX}/_count?preference=_local"));
     let from_observer = cluster.nodes[observer].get(&format!("/{INDEX}/_count"));
     assert_eq!(from_restarted.body["count"], from_observer.body["count"]);
+    assert_checkpoints_agree(&cluster);
+}
+
+/// Once writes stop, each copy has processed every operation of its shard (local checkpoint
+/// = max `_seq_no`, the same on both copies), the primary's global checkpoint has reached it,
+/// and each replica has learned a global checkpoint no higher than its own local one.
+fn assert_checkpoints_agree(cluster: &Cluster) {
+    let number = |row: &Value, key: &str| row[key].as_str().and_then(|n| n.parse::<i64>().ok());
+    let mut by_shard: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for node in &cluster.nodes {
+        for row in shard_rows(node) {
+            if number(&row, "seq_no.max").is_some() {
+                let shard = row["shard"].as_str().unwrap_or_default().to_string();
+                by_shard.entry(shard).or_default().push(row);
+            }
+        }
+    }
+    assert_eq!(by_shard.len(), 3, "{by_shard:?}");
+    for (shard, copies) in &by_shard {
+        assert_eq!(copies.len(), 2, "shard {shard}: {copies:?}");
+        let max = number(&copies[0], "seq_no.max");
+        assert!(max >= Some(0), "shard {shard} took writes: {copies:?}");
+        for copy in copies {
+            assert_eq!(number(copy, "seq_no.max"), max, "shard {shard}: {copies:?}");
+            assert_eq!(
+                number(copy, "seq_no.local_checkpoint"),
+                max,
+                "shard {shard}: {copies:?}"
+            );
+            let global = number(copy, "seq_no.global_checkpoint");
+            if copy["prirep"] == "p" {
+                assert_eq!(global, max, "shard {shard}: {copies:?}");
+            } else {
+                assert!(
+                    global >= Some(0) && global <= max,
+                    "shard {shard}: {copies:?}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
