@@ -126,6 +126,20 @@ pub struct ShardCopy {
     pub replaces: Option<String>,
 }
 
+#[cfg(test)]
+impl ShardCopy {
+    /// A copy for tests; its allocation id is `{node_id}-{primary}`.
+    pub(crate) fn on(node_id: &str, primary: bool, started: bool) -> ShardCopy {
+        ShardCopy {
+            node_id: node_id.into(),
+            primary,
+            started,
+            allocation_id: format!("{node_id}-{primary}"),
+            replaces: None,
+        }
+    }
+}
+
 /// Routing of one shard: its copies, in-sync set and primary term.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ShardRouting {

@@ -375,16 +375,6 @@ mod tests {
         }
     }
 
-    fn copy(node_id: &str, primary: bool, started: bool) -> ShardCopy {
-        ShardCopy {
-            node_id: node_id.into(),
-            primary,
-            started,
-            allocation_id: format!("{node_id}-{primary}"),
-            replaces: None,
-        }
-    }
-
     /// One index of `shards` shards, each with a started primary on n1 and replica on n2.
     fn state(shards: usize, delay: Duration) -> ClusterState {
         let mut state = ClusterState::default();
@@ -403,7 +393,10 @@ mod tests {
             },
         );
         let shard = ShardRouting {
-            copies: vec![copy("n1", true, true), copy("n2", false, true)],
+            copies: vec![
+                ShardCopy::on("n1", true, true),
+                ShardCopy::on("n2", false, true),
+            ],
             in_sync: ["n1-true".to_string(), "n2-false".to_string()].into(),
             primary_term: 1,
         };

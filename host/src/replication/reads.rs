@@ -351,16 +351,6 @@ mod tests {
     use super::*;
     use crate::cluster::allocation::ShardCopy;
 
-    fn copy(node_id: &str, primary: bool, started: bool) -> ShardCopy {
-        ShardCopy {
-            node_id: node_id.into(),
-            primary,
-            started,
-            allocation_id: format!("{node_id}-copy"),
-            replaces: None,
-        }
-    }
-
     fn routing(copies: Vec<ShardCopy>) -> ShardRouting {
         ShardRouting {
             copies,
@@ -372,9 +362,9 @@ mod tests {
     #[test]
     fn searches_spread_over_started_copies_and_honour_preferences() {
         let shard = routing(vec![
-            copy("a", true, true),
-            copy("b", false, true),
-            copy("c", false, false),
+            ShardCopy::on("a", true, true),
+            ShardCopy::on("b", false, true),
+            ShardCopy::on("c", false, false),
         ]);
         let picked: std::collections::BTreeSet<_> = (0..10)
             .filter_map(|_| pick_copy(&shard, "b", None, &[]))
@@ -390,7 +380,7 @@ mod tests {
             assert_eq!(pick_copy(&shard, "b", None, &["a"]), Some("b"));
         }
         assert_eq!(pick_copy(&shard, "b", None, &["a", "b"]), None);
-        let recovering = routing(vec![copy("c", true, false)]);
+        let recovering = routing(vec![ShardCopy::on("c", true, false)]);
         assert_eq!(pick_copy(&recovering, "c", Some("_local"), &[]), None);
     }
 }
