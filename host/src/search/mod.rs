@@ -304,6 +304,9 @@ fn prune_targets(
                 });
             }
         }
+        if candidates.is_empty() {
+            continue;
+        }
         let prune_query = PruneQuery {
             index_pattern: scope.expression,
             timestamp_field: field,
