@@ -21,8 +21,28 @@ impl LocalCheckpoint {
         }
     }
 
+    /// A copy restored from a commit that holds every operation up to `checkpoint` and
+    /// these above it.
+    pub fn restored(checkpoint: i64, above: &[i64]) -> LocalCheckpoint {
+        let mut local = LocalCheckpoint::starting_at(checkpoint);
+        for seq_no in above {
+            local.processed(*seq_no);
+        }
+        local
+    }
+
     pub fn get(&self) -> i64 {
         self.checkpoint
+    }
+
+    /// Processed operations above the checkpoint (beyond a gap), oldest first.
+    pub fn above(&self) -> Vec<i64> {
+        self.above.iter().copied().collect()
+    }
+
+    /// Whether operation `seq_no` has been processed.
+    pub fn contains(&self, seq_no: i64) -> bool {
+        seq_no <= self.checkpoint || self.above.contains(&seq_no)
     }
 
     pub fn processed(&mut self, seq_no: i64) {

@@ -165,6 +165,10 @@ struct LiveVersion {
 struct CommitPayload {
     /// Every operation up to this `_seq_no` is in the commit.
     local_checkpoint: i64,
+    /// Operations above the local checkpoint that are in the commit too: a replica may have
+    /// applied later batches before an earlier one arrived.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    processed_above: Vec<i64>,
     /// The translog generation to replay from.
     translog_generation: u64,
     /// The global checkpoint this copy knew at the commit.
@@ -320,9 +324,19 @@ impl Shard {
             .and_then(|text| serde_json::from_str(text).ok())
             .unwrap_or(CommitPayload {
                 local_checkpoint: -1,
+                processed_above: Vec::new(),
                 translog_generation: 1,
                 global_checkpoint: -1,
             });
+        let committed = checkpoint::LocalCheckpoint::restored(
+            payload.local_checkpoint,
+            &payload.processed_above,
+        );
+        let committed_max = payload
+            .processed_above
+            .last()
+            .copied()
+            .unwrap_or(payload.local_checkpoint);
         let shard_name = id.to_string();
         let (translog, report) = Translog::open(
             &path.join("translog"),
@@ -335,7 +349,7 @@ impl Shard {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let sync = translog.sync_handle();
-        let (refreshed_seq_no, _) = watch::channel(payload.local_checkpoint);
+        let (refreshed_seq_no, _) = watch::channel(committed_max);
         let shard = Shard {
             id,
             schema,
@@ -344,10 +358,8 @@ impl Shard {
             state: Mutex::new(WriteState {
                 writer,
                 translog,
-                max_seq_no: payload.local_checkpoint,
-                local_checkpoint: checkpoint::LocalCheckpoint::starting_at(
-                    payload.local_checkpoint,
-                ),
+                max_seq_no: committed_max,
+                local_checkpoint: committed.clone(),
                 global_checkpoint: payload.global_checkpoint.min(payload.local_checkpoint),
                 copy_checkpoints: Default::default(),
                 primary_term,
@@ -365,7 +377,7 @@ impl Shard {
             time_stats: time_stats::TimeStatsCache::default(),
             path: path.to_path_buf(),
         };
-        let replayed = shard.replay(report.operations, payload.local_checkpoint, mappings)?;
+        let replayed = shard.replay(report.operations, &committed, mappings)?;
         if replayed > 0 || report.truncated_bytes > 0 {
             tracing::info!(shard = %shard.id, replayed, truncated_bytes = report.truncated_bytes, "recovered shard from translog");
             shard.refresh()?;
@@ -379,17 +391,19 @@ impl Shard {
             .map_err(|_| Error::Internal(format!("shard {} write lock poisoned", self.id)))
     }
 
+    /// Re-applies the logged operations the commit lacks, in the order they were applied
+    /// (each was the newest of its document then, so the result is the same).
     fn replay(
         &self,
         operations: Vec<TranslogOp>,
-        checkpoint: i64,
+        committed: &checkpoint::LocalCheckpoint,
         mappings: &dyn MappingSource,
     ) -> Result<usize> {
         let mut state = self.lock()?;
         let mut replayed = 0;
         for op in operations {
             state.processed(op.seq_no);
-            if op.seq_no <= checkpoint {
+            if committed.contains(op.seq_no) {
                 continue;
             }
             let id_term = Term::from_field_text(self.schema.id, &op.id);
@@ -1083,7 +1097,8 @@ impl Shard {
     fn commit_locked(&self, state: &mut WriteState) -> Result<()> {
         self.needs_refresh.store(false, Ordering::Release);
         let payload = CommitPayload {
-            local_checkpoint: state.max_seq_no,
+            local_checkpoint: state.local_checkpoint.get(),
+            processed_above: state.local_checkpoint.above(),
             translog_generation: state.translog.generation(),
             global_checkpoint: state.global_checkpoint,
         };
@@ -1275,5 +1290,79 @@ pub fn merge_json(target: &mut Value, partial: &Value) -> bool {
             *target = partial.clone();
             changed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mapping that grows in memory only.
+    struct Dynamic(Mutex<Arc<Mapping>>);
+
+    impl MappingSource for Dynamic {
+        fn current(&self) -> Arc<Mapping> {
+            self.0.lock().map(|m| m.clone()).unwrap_or_default()
+        }
+
+        fn grow(&self, grown: &Mapping) -> Result<Arc<Mapping>> {
+            let mut current = self
+                .0
+                .lock()
+                .map_err(|_| Error::Internal("poisoned".into()))?;
+            *current = Arc::new(current.merge(grown)?);
+            Ok(current.clone())
+        }
+    }
+
+    fn op(seq_no: i64, id: &str) -> TranslogOp {
+        TranslogOp {
+            kind: OpKind::Index,
+            seq_no,
+            primary_term: 1,
+            version: 1,
+            id: id.to_string(),
+            source: format!(r#"{{"n": {seq_no}}}"#).into_bytes(),
+        }
+    }
+
+    #[test]
+    fn a_replica_restarted_after_out_of_order_batches_keeps_every_operation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ShardId {
+            index: "logs".into(),
+            shard: 0,
+        };
+        let mappings = Dynamic(Mutex::new(Arc::new(Mapping::default())));
+        let replica = Shard::open(id.clone(), dir.path(), 1, &mappings).expect("open");
+        let durability = Durability::Request;
+        // The later batch arrives first, a commit happens, then the earlier batch arrives.
+        let checkpoint = replica
+            .apply_replicated(1, &[op(1, "b")], &mappings, durability)
+            .expect("batch 1");
+        assert_eq!(checkpoint, -1, "operation 0 is still missing");
+        replica.refresh().expect("commit");
+        let checkpoint = replica
+            .apply_replicated(1, &[op(0, "a")], &mappings, durability)
+            .expect("batch 0");
+        assert_eq!(checkpoint, 1);
+        // A crash: the writer goes away without another commit.
+        drop(replica);
+        let reopened = Shard::open(id, dir.path(), 1, &mappings).expect("reopen");
+        reopened.refresh().expect("refresh");
+        for id in ["a", "b"] {
+            assert!(
+                reopened.get(id).expect("get").is_some(),
+                "document [{id}] survived the restart"
+            );
+        }
+        assert_eq!(
+            reopened.seq_no_stats(),
+            SeqNoStats {
+                max_seq_no: 1,
+                local_checkpoint: 1,
+                global_checkpoint: -1,
+            }
+        );
     }
 }
