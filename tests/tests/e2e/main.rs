@@ -29,12 +29,16 @@ pub fn shoal(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("the binary runs");
-    let text = format!(
+    (output.status.success(), printed(&output))
+}
+
+/// What a finished process printed: stdout, then stderr.
+pub fn printed(output: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    )
 }
 
 /// A fresh node in its own temporary data directory (kept alive by the returned guard).

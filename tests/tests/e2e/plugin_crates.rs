@@ -35,11 +35,7 @@ fn shipped_plugin_crates_pass_their_unit_tests() {
         ])
         .output()
         .expect("cargo runs");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = crate::printed(&output);
     assert!(output.status.success(), "{report}");
     assert!(
         report.contains("reproduces_the_signatures_aws_publishes ... ok"),
