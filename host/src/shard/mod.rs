@@ -275,9 +275,6 @@ impl WriteState {
     fn processed(&mut self, seq_no: i64) {
         self.max_seq_no = self.max_seq_no.max(seq_no);
         self.local_checkpoint.processed(seq_no);
-        if self.primary {
-            self.advance_global_checkpoint();
-        }
     }
 
     fn advance_global_checkpoint(&mut self) {
@@ -450,6 +447,8 @@ impl Shard {
                 }
                 outcomes.push(outcome);
             }
+            // Once per batch, not per operation: replicas hear of it with the next batch.
+            state.advance_global_checkpoint();
             let mut batch = ReplicationBatch {
                 primary_term: state.primary_term,
                 ops: Vec::new(),

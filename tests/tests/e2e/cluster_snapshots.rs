@@ -35,6 +35,15 @@ fn plugin_calls(node: &Node) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts node-0, node-1 and node-2 in zones a, b and c with `args`, and waits until each
+/// sees all three.
+fn start_one_per_zone(cluster: &mut Cluster, args: &[&str]) {
+    for zone in ["a", "b", "c"] {
+        cluster.add_node(zone, args).expect("node starts");
+    }
+    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+}
+
 #[test]
 fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
     let mut cluster = Cluster::start(BIN, &[]).expect("cluster root");
@@ -42,12 +51,7 @@ fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
     let repos = cluster.root.path().join("shared-repos");
     std::fs::create_dir_all(&repos).expect("repos");
     let repos = repos.display().to_string();
-    for zone in ["a", "b", "c"] {
-        cluster
-            .add_node(zone, &["--path-repo", &repos])
-            .expect("node starts");
-    }
-    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    start_one_per_zone(&mut cluster, &["--path-repo", &repos]);
     let first = &cluster.nodes[0];
     let created = first.put(
         "/logs",
@@ -154,12 +158,7 @@ fn one_node_at_a_time_writes_to_a_repository_and_a_writer_that_lost_it_stops() {
     )
     .expect("secure settings");
     let secrets = secrets.display().to_string();
-    for zone in ["a", "b", "c"] {
-        cluster
-            .add_node(zone, &["--secure-settings", &secrets])
-            .expect("node starts");
-    }
-    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    start_one_per_zone(&mut cluster, &["--secure-settings", &secrets]);
     Cluster::wait_for_voters(&cluster.nodes[0], 3);
     let registered = cluster.nodes[0].put(
         "/_snapshot/s3",
