@@ -105,7 +105,7 @@ fn main() {
     let (restore_took, _) = timed(
         &node,
         "POST",
-        "/_snapshot/r/s1/_restore",
+        "/_snapshot/r/s1/_restore?wait_for_completion=true",
         &json!({"indices": "logs"}),
     );
     let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
@@ -131,7 +131,7 @@ fn main() {
     let (s3_restore_took, _) = timed(
         &node,
         "POST",
-        "/_snapshot/s3/s1/_restore",
+        "/_snapshot/s3/s1/_restore?wait_for_completion=true",
         &json!({"indices": "logs"}),
     );
     let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::cluster::NodeMeta;
 use crate::cluster::allocation::Health;
-use crate::cluster::consensus::{DEFAULT_MASTER_TIMEOUT, ProposeError};
+use crate::cluster::consensus::ProposeError;
 use crate::cluster::state::{StateCommand, flatten_settings};
 use crate::config::Role;
 use crate::error::Error;
@@ -297,13 +297,17 @@ pub(super) async fn commit(
     command: StateCommand,
     rejected: fn(String) -> Error,
 ) -> Result<()> {
-    let timeout = match request.param("master_timeout") {
-        Some(text) => parse_time_value(text)?.unwrap_or(DEFAULT_MASTER_TIMEOUT),
-        None => DEFAULT_MASTER_TIMEOUT,
-    };
-    request
-        .node
-        .cluster
+    commit_within(&request.node, command, request.master_timeout()?, rejected).await
+}
+
+/// [`commit`] with the timeout given, for work that outlives its request.
+pub(super) async fn commit_within(
+    node: &NodeState,
+    command: StateCommand,
+    timeout: std::time::Duration,
+    rejected: fn(String) -> Error,
+) -> Result<()> {
+    node.cluster
         .consensus
         .propose(command, timeout)
         .await

@@ -12,7 +12,7 @@ use crate::shard::Shard;
 pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
     let body = request.json()?;
     let started =
-        admin::create_index(&request.node, name, &body, master_timeout(&request)?).await?;
+        admin::create_index(&request.node, name, &body, request.master_timeout()?).await?;
     ok(json!({ "acknowledged": true, "shards_acknowledged": started, "index": name }))
 }
 
@@ -40,7 +40,7 @@ pub(super) async fn delete(request: Request, expression: &str) -> Result<Reply> 
         .map(|index| index.name().to_string())
         .collect();
     drop(targets);
-    admin::delete_indices(&request.node, &names, master_timeout(&request)?).await?;
+    admin::delete_indices(&request.node, &names, request.master_timeout()?).await?;
     ok(json!({ "acknowledged": true }))
 }
 
@@ -77,7 +77,7 @@ pub(super) async fn put_mapping(request: Request, expression: &str) -> Result<Re
         &request.node,
         &targets,
         &addition,
-        master_timeout(&request)?,
+        request.master_timeout()?,
     )
     .await?;
     ok(json!({ "acknowledged": true }))
@@ -95,16 +95,8 @@ pub(super) async fn put_settings(request: Request, expression: &str) -> Result<R
     let body = request.json()?;
     let body = body.get("settings").cloned().unwrap_or(body);
     let targets = request.node.indices.resolve(expression, false)?;
-    admin::update_settings(&request.node, &targets, &body, master_timeout(&request)?).await?;
+    admin::update_settings(&request.node, &targets, &body, request.master_timeout()?).await?;
     ok(json!({ "acknowledged": true }))
-}
-
-fn master_timeout(request: &Request) -> Result<std::time::Duration> {
-    Ok(match request.param("master_timeout") {
-        Some(text) => crate::units::parse_time_value(text)?
-            .unwrap_or(crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT),
-        None => crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT,
-    })
 }
 
 /// Runs `operation` on this node's copies of the targeted indices, off the async runtime.

@@ -73,6 +73,15 @@ impl Request {
             .map_err(|err| Error::Parsing(format!("failed to parse request body: {err}")))
     }
 
+    /// How long a cluster-state change may wait for the master (`master_timeout`, default 30s).
+    pub fn master_timeout(&self) -> Result<std::time::Duration> {
+        Ok(match self.param("master_timeout") {
+            Some(text) => crate::units::parse_time_value(text)?
+                .unwrap_or(crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT),
+            None => crate::cluster::consensus::DEFAULT_MASTER_TIMEOUT,
+        })
+    }
+
     pub fn param_i64(&self, name: &str) -> Result<Option<i64>> {
         self.param(name)
             .map(|v| {

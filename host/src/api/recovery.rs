@@ -74,7 +74,7 @@ pub(super) async fn cat_rows(
                 record.shard.to_string(),
                 format!("{}ms", record.took_millis),
                 record.kind.as_str().into(),
-                if record.done { "done" } else { "index" }.into(),
+                record.stage().into(),
                 match record.kind {
                     RecoveryKind::Peer => name(&record.source),
                     RecoveryKind::Snapshot => record.source.clone(),
@@ -127,31 +127,35 @@ pub(super) async fn recovery(request: Request, target: Option<&str>) -> Result<R
             }
             None => node_json(&record.source),
         };
+        let mut shard = json!({
+            "id": record.shard,
+            "type": record.kind.as_str().to_ascii_uppercase(),
+            "stage": record.stage().to_ascii_uppercase(),
+            "primary": record.kind == RecoveryKind::Snapshot,
+            "start_time_in_millis": record.start_time_millis,
+            "total_time_in_millis": record.took_millis,
+            "source": source,
+            "target": node_json(&record.target),
+            "index": {
+                "size": {
+                    "total_in_bytes": record.bytes_total,
+                    "recovered_in_bytes": record.bytes_recovered,
+                    "percent": percent(record.bytes_recovered, record.bytes_total),
+                },
+                "files": {
+                    "total": record.files_total,
+                    "recovered": record.files_recovered,
+                    "percent": percent(record.files_recovered, record.files_total),
+                },
+            },
+        });
+        if let Some(reason) = &record.failure {
+            shard["failure"] = json!(reason);
+        }
         by_index
             .entry(record.index.clone())
             .or_default()
-            .push(json!({
-                "id": record.shard,
-                "type": record.kind.as_str().to_ascii_uppercase(),
-                "stage": if record.done { "DONE" } else { "INDEX" },
-                "primary": record.kind == RecoveryKind::Snapshot,
-                "start_time_in_millis": record.start_time_millis,
-                "total_time_in_millis": record.took_millis,
-                "source": source,
-                "target": node_json(&record.target),
-                "index": {
-                    "size": {
-                        "total_in_bytes": record.bytes_total,
-                        "recovered_in_bytes": record.bytes_recovered,
-                        "percent": percent(record.bytes_recovered, record.bytes_total),
-                    },
-                    "files": {
-                        "total": record.files_total,
-                        "recovered": record.files_recovered,
-                        "percent": percent(record.files_recovered, record.files_total),
-                    },
-                },
-            }));
+            .push(shard);
     }
     let body: Map<String, Value> = by_index
         .into_iter()

@@ -2,13 +2,17 @@
 //! restore, verify and cleanup, shaped like Elasticsearch's.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::cluster::commit_within;
 use super::{Reply, Request, blocking, ok};
 use crate::cluster::state::{RepositoryMeta, StateCommand};
 use crate::error::{Error, Result, illegal};
 use crate::indices::wildcard_match;
+use crate::node::NodeState;
 use crate::snapshot::{self, CreateRequest, RestoreRequest};
 
 /// `fs` and `s3` are Elasticsearch's names for the filesystem and S3 repository types.
@@ -366,20 +370,50 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
         },
         include_global_state: flag(&body, "include_global_state", false)?,
     };
+    let timeout = request.master_timeout()?;
     let node = request.node.clone();
-    let snap = name.to_string();
-    let laid_out = blocking(move || snapshot::restore(&node, &restore)).await?;
+    // Everything a restore can refuse is refused before it is accepted.
+    let (restore, plan) = blocking(move || {
+        let plan = snapshot::plan_restore(&node, &restore)?;
+        Ok((restore, plan))
+    })
+    .await?;
+    let node = request.node.clone();
+    if request.flag("wait_for_completion") {
+        let summary = run_restore(node, restore, plan, timeout).await?;
+        return ok(json!({ "snapshot": summary }));
+    }
+    // Elasticsearch's default: the shards' progress shows in `_cat/recovery`, a shard that
+    // fails there with its reason, the restored index once its primaries are started.
+    tokio::spawn(async move {
+        let (repository, snapshot) = (restore.repository.clone(), restore.snapshot.clone());
+        if let Err(err) = run_restore(node, restore, plan, timeout).await {
+            tracing::error!(repository, snapshot, error = %err, "background restore failed");
+        }
+    });
+    ok(json!({ "accepted": true }))
+}
+
+/// Lays a planned restore out, commits its indices (and global state if asked) and waits for
+/// their primaries; describes the restore as Elasticsearch does.
+async fn run_restore(
+    node: Arc<NodeState>,
+    restore: RestoreRequest,
+    plan: snapshot::RestorePlan,
+    timeout: Duration,
+) -> Result<Value> {
+    let snap = restore.snapshot.clone();
+    let laying_out = node.clone();
+    let laid_out = blocking(move || snapshot::restore(&laying_out, &restore, plan)).await?;
     if let Some(global) = laid_out.global_state {
-        commit(
-            &request,
-            StateCommand::PutSettings {
-                persistent: global.persistent_settings,
-                transient: BTreeMap::new(),
-            },
-        )
-        .await?;
+        let command = StateCommand::PutSettings {
+            persistent: global.persistent_settings,
+            transient: BTreeMap::new(),
+        };
+        commit_within(&node, command, timeout, Error::RepositoryMissing).await?;
         for (id, policy) in global.slm_policies {
-            commit(&request, StateCommand::PutSlmPolicy { id, policy }).await?;
+            let command = StateCommand::PutSlmPolicy { id, policy };
+            commit_within(&node, command, timeout, Error::RepositoryMissing).await?;
         }
     }
     let mut restored = Vec::with_capacity(laid_out.indices.len());
@@ -392,31 +426,26 @@ pub(super) async fn restore(request: Request, repository: &str, name: &str) -> R
             .iter()
             .filter(|shard| !shard.in_sync.is_empty())
             .count();
-        let command = crate::cluster::state::StateCommand::CreateIndex {
+        let command = StateCommand::CreateIndex {
             name: index.name.clone(),
             meta: index.meta.clone(),
             routing: index.routing,
         };
-        if let Err(err) = super::cluster::commit(&request, command, Error::IllegalArgument).await {
-            let _ = std::fs::remove_dir_all(request.node.indices.index_dir(&index.meta.uuid));
+        if let Err(err) = commit_within(&node, command, timeout, Error::IllegalArgument).await {
+            let _ = std::fs::remove_dir_all(node.indices.index_dir(&index.meta.uuid));
             return Err(err);
         }
-        let version = request.node.cluster.consensus.state().version;
-        request
-            .node
-            .indices
-            .ensure(&index.name, &index.meta, version)?;
-        crate::replication::admin::wait_for_primaries(&request.node, &index.name).await;
+        let version = node.cluster.consensus.state().version;
+        node.indices.ensure(&index.name, &index.meta, version)?;
+        crate::replication::admin::wait_for_primaries(&node, &index.name).await;
         restored.push(index.name);
     }
-    ok(json!({
-        "snapshot": {
-            "snapshot": snap,
-            "indices": restored,
-            // Shards a partial snapshot lacks come back empty: counted as failed, as
-            // Elasticsearch does.
-            "shards": { "total": total, "failed": total - from_data, "successful": from_data },
-        }
+    Ok(json!({
+        "snapshot": snap,
+        "indices": restored,
+        // Shards a partial snapshot lacks come back empty: counted as failed, as
+        // Elasticsearch does.
+        "shards": { "total": total, "failed": total - from_data, "successful": from_data },
     }))
 }
 

@@ -46,6 +46,20 @@ pub struct RecoveryRecord {
     pub files_recovered: u64,
     pub bytes_total: u64,
     pub bytes_recovered: u64,
+    /// Why a finished recovery failed; `None` while in flight and when it succeeded.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+impl RecoveryRecord {
+    /// The stage as `_cat/recovery` names it (`failed` is Shoal's: Elasticsearch drops the row).
+    pub fn stage(&self) -> &'static str {
+        match (self.done, &self.failure) {
+            (false, _) => "index",
+            (true, None) => "done",
+            (true, Some(_)) => "failed",
+        }
+    }
 }
 
 /// A recovery in flight; its counters move while it copies.
@@ -65,7 +79,7 @@ struct Active {
 }
 
 impl Active {
-    fn record(&self, target: &str, done: bool) -> RecoveryRecord {
+    fn record(&self, target: &str, done: bool, failure: Option<String>) -> RecoveryRecord {
         RecoveryRecord {
             index: self.index.clone(),
             shard: self.shard,
@@ -79,6 +93,7 @@ impl Active {
             files_recovered: self.files_recovered.load(Ordering::Relaxed),
             bytes_total: self.bytes_total,
             bytes_recovered: self.bytes_recovered.load(Ordering::Relaxed),
+            failure,
         }
     }
 }
@@ -113,7 +128,8 @@ impl Recoveries {
     }
 
     /// Lists a recovery as in flight until the returned progress is finished (then it is
-    /// listed as done) or dropped (a failed recovery leaves no row).
+    /// listed as done), failed (listed with its reason) or dropped (no row: a peer recovery
+    /// abandoned because its copy is no longer wanted).
     pub fn begin(&self, plan: RecoveryPlan<'_>) -> RecoveryProgress<'_> {
         let active = Arc::new(Active {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -151,7 +167,7 @@ impl Recoveries {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|active| active.record(&self.node_id, false))
+            .map(|active| active.record(&self.node_id, false, None))
             .collect();
         listed.sort_by_key(|record| record.start_time_millis);
         listed.extend(
@@ -184,7 +200,16 @@ impl RecoveryProgress<'_> {
 
     /// The copy is complete: listed as done from now on.
     pub fn finish(self) {
-        let record = self.active.record(&self.recoveries.node_id, true);
+        self.end_with(None);
+    }
+
+    /// The copy failed: listed with `reason` from now on.
+    pub fn fail(self, reason: String) {
+        self.end_with(Some(reason));
+    }
+
+    fn end_with(self, failure: Option<String>) {
+        let record = self.active.record(&self.recoveries.node_id, true, failure);
         let mut done = self
             .recoveries
             .done

@@ -48,6 +48,8 @@ pub struct SnapshotActivity {
     /// unreachable, say), as `GET /_snapshot` shows them, so the failure and its reason stay
     /// visible; the newest [`MAX_FAILED_KEPT`] are kept, in memory only.
     failed: Mutex<BTreeMap<(String, String), (i64, Value)>>,
+    /// Index names restores running from this node will create.
+    restoring: std::sync::Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// Failed snapshots without a manifest remembered per node.
@@ -65,6 +67,22 @@ pub struct Progress {
 }
 
 impl SnapshotActivity {
+    /// Reserves `names` for one restore; refused with the first name another restore holds.
+    fn reserve_restore(
+        &self,
+        names: Vec<String>,
+    ) -> std::result::Result<RestoreReservation, String> {
+        let mut restoring = self.restoring.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(busy) = names.iter().find(|name| restoring.contains(*name)) {
+            return Err(busy.clone());
+        }
+        restoring.extend(names.iter().cloned());
+        Ok(RestoreReservation {
+            restoring: self.restoring.clone(),
+            names,
+        })
+    }
+
     /// The snapshots running in `repository`, by name.
     pub fn running(&self, repository: &str) -> Vec<(String, Progress)> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -892,10 +910,37 @@ pub struct RestoreRequest {
 }
 
 /// What a restore brings back: indices laid out on their primaries' nodes, and the global
-/// state if asked; the caller commits both.
+/// state if asked; the caller commits both, then drops the reservation of the names.
 pub struct Restored {
     pub indices: Vec<RestoredIndex>,
     pub global_state: Option<format::GlobalState>,
+    pub reservation: RestoreReservation,
+}
+
+/// A restore checked against its snapshot and the cluster ([`plan_restore`]): everything a
+/// restore can refuse has been refused, and its target names are reserved on this node.
+pub struct RestorePlan {
+    meta: RepositoryMeta,
+    manifest: SnapshotManifest,
+    /// (snapshotted name, target name, settings) of each chosen index.
+    chosen: Vec<(String, String, crate::index::IndexSettings)>,
+    reservation: RestoreReservation,
+}
+
+/// The target names of a restore in flight on this node: a second restore into one of them is
+/// refused at once rather than failing after its download.
+pub struct RestoreReservation {
+    restoring: std::sync::Arc<Mutex<BTreeSet<String>>>,
+    names: Vec<String>,
+}
+
+impl Drop for RestoreReservation {
+    fn drop(&mut self) {
+        let mut restoring = self.restoring.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &self.names {
+            restoring.remove(name);
+        }
+    }
 }
 
 /// An index a restore laid out on this node, ready to be committed to the cluster state with
@@ -906,14 +951,19 @@ pub struct RestoredIndex {
     pub routing: crate::cluster::allocation::IndexRouting,
 }
 
-/// Restores indices from a snapshot onto this node's disk (blocking); the caller commits them.
-pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Restored> {
-    let repository = request.repository.as_str();
-    let restore_error = |reason: String| Error::SnapshotRestore {
-        repository: repository.to_string(),
+fn restore_error(request: &RestoreRequest, reason: String) -> Error {
+    Error::SnapshotRestore {
+        repository: request.repository.clone(),
         snapshot: request.snapshot.clone(),
         reason,
-    };
+    }
+}
+
+/// Checks a restore against its snapshot and the cluster state and reserves its target names
+/// (blocking: reads the manifest).
+pub fn plan_restore(node: &NodeState, request: &RestoreRequest) -> Result<RestorePlan> {
+    let repository = request.repository.as_str();
+    let restore_error = |reason: String| restore_error(request, reason);
     let meta = registered(node, repository)?;
     let mut session = open(node, repository, &meta)?;
     let name = manifest_name(&request.snapshot);
@@ -965,7 +1015,7 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Restored> {
         }
         let settings = restored_settings(index, request)
             .map_err(|err| restore_error(format!("index [{index_name}]: {err}")))?;
-        chosen.push((index_name.clone(), target, index, settings));
+        chosen.push((index_name.clone(), target, settings));
     }
     for pattern in &patterns {
         let concrete = !pattern.contains('*') && *pattern != "_all";
@@ -975,15 +1025,48 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Restored> {
             )));
         }
     }
+    let reservation = node
+        .snapshot_activity
+        .reserve_restore(chosen.iter().map(|(_, target, _)| target.clone()).collect())
+        .map_err(|busy| {
+            restore_error(format!(
+                "cannot restore index [{busy}] because it is being restored"
+            ))
+        })?;
+    Ok(RestorePlan {
+        meta,
+        manifest,
+        chosen,
+        reservation,
+    })
+}
+
+/// Lays a planned restore's indices out on their primaries' nodes (blocking); the caller
+/// commits them.
+pub fn restore(node: &NodeState, request: &RestoreRequest, plan: RestorePlan) -> Result<Restored> {
+    let RestorePlan {
+        meta,
+        manifest,
+        chosen,
+        reservation,
+    } = plan;
     let mut restored = Vec::new();
-    for (source, target, index, settings) in chosen {
+    for (source, target, settings) in chosen {
         let uuid = new_uuid();
+        let index = manifest.indices.get(&source).ok_or_else(|| {
+            Error::Internal(format!("planned index [{source}] left the manifest"))
+        })?;
         let restored_index = restore_index(node, &meta, request, &target, &uuid, index, settings)
-            .map_err(|err| restore_error(format!("restoring [{source}] as [{target}]: {err}")))
+            .map_err(|err| {
+                restore_error(
+                    request,
+                    format!("restoring [{source}] as [{target}]: {err}"),
+                )
+            })
             .inspect_err(|_| {
                 let _ = std::fs::remove_dir_all(node.indices.index_dir(&uuid));
             })?;
-        tracing::info!(repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
+        tracing::info!(repository = %request.repository, snapshot = %request.snapshot, index = %source, target = %target, "restored index");
         restored.push(restored_index);
     }
     Ok(Restored {
@@ -991,6 +1074,7 @@ pub fn restore(node: &NodeState, request: &RestoreRequest) -> Result<Restored> {
         global_state: manifest
             .global_state
             .filter(|_| request.include_global_state),
+        reservation,
     })
 }
 
@@ -1132,19 +1216,25 @@ fn restore_shard(
         files: job.files.files.len() as u64,
         bytes: job.files.files.iter().map(|file| file.size).sum(),
     });
-    lay_out_shard(
+    let laid_out = lay_out_shard(
         session,
         &job.repository,
         &dir,
         &job.files,
         &job.allocation_id,
         &progress,
-    )
-    .inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&dir);
-    })?;
-    progress.finish();
-    Ok(())
+    );
+    match laid_out {
+        Ok(()) => {
+            progress.finish();
+            Ok(())
+        }
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            progress.fail(err.to_string());
+            Err(err)
+        }
+    }
 }
 
 fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Result<String> {

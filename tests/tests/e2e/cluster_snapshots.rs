@@ -93,7 +93,10 @@ fn each_primary_node_snapshots_its_shards_and_a_restore_comes_back_green() {
     );
 
     assert_eq!(first.delete("/logs").status, 200);
-    let restored = cluster.nodes[2].post("/_snapshot/shared/snap-1/_restore", &json!({}));
+    let restored = cluster.nodes[2].post(
+        "/_snapshot/shared/snap-1/_restore?wait_for_completion=true",
+        &json!({}),
+    );
     assert_eq!(restored.status, 200, "{:?}", restored.body);
     assert_eq!(restored.body["snapshot"]["shards"]["successful"], 3);
     wait_for_green(first);

@@ -139,7 +139,10 @@ fn s3_snapshots_round_trip_incrementally_with_multipart_uploads() {
 
     // Restore both after deleting them: identical documents, hits and aggregations.
     assert_eq!(node.delete("/bulky,small").status, 200);
-    let restored = node.post("/_snapshot/s3/snap-1/_restore", &json!({}));
+    let restored = node.post(
+        "/_snapshot/s3/snap-1/_restore?wait_for_completion=true",
+        &json!({}),
+    );
     assert_eq!(restored.status, 200, "{:?}", restored.body);
     assert_eq!(count(&node, "bulky"), 9000);
     assert_eq!(count(&node, "small"), 200);
@@ -150,32 +153,32 @@ fn s3_snapshots_round_trip_incrementally_with_multipart_uploads() {
     // its progress visible while the server answers slowly.
     assert_eq!(node.delete("/_snapshot/s3/snap-1").status, 200);
     server.slow_reads();
-    let renamed = std::thread::scope(|scope| {
-        let restoring = scope.spawn(|| {
-            node.post(
-                "/_snapshot/s3/snap-2/_restore",
-                &json!({"indices": "bulky", "rename_pattern": "(.+)", "rename_replacement": "copy-$1"}),
-            )
-        });
-        let in_flight = wait_for(Duration::from_secs(60), "the restore in flight", || {
-            node.get("/_cat/recovery?format=json&active_only=true")
-                .body
-                .as_array()
-                .and_then(|rows| {
-                    rows.iter()
-                        .find(|row| row["index"] == "copy-bulky")
-                        .cloned()
-                })
-        });
-        let json = node.get("/copy-*/_recovery?active_only=true").body;
-        server.fast_reads();
-        (
-            restoring.join().expect("the restore thread"),
-            in_flight,
-            json,
-        )
+    let rename =
+        json!({"indices": "bulky", "rename_pattern": "(.+)", "rename_replacement": "copy-$1"});
+    let accepted = node.post("/_snapshot/s3/snap-2/_restore", &rename);
+    assert_eq!(
+        accepted.body,
+        json!({"accepted": true}),
+        "{:?}",
+        accepted.body
+    );
+    let in_flight = wait_for(Duration::from_secs(60), "the restore in flight", || {
+        node.get("/_cat/recovery?format=json&active_only=true")
+            .body
+            .as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|row| row["index"] == "copy-bulky")
+                    .cloned()
+            })
     });
-    let (renamed, in_flight, json) = renamed;
+    let json = node.get("/copy-*/_recovery?active_only=true").body;
+    // A second restore into a name being restored is refused at once.
+    let twice = node.post("/_snapshot/s3/snap-2/_restore", &rename);
+    server.fast_reads();
+    assert_eq!(twice.status, 500, "{:?}", twice.body);
+    let reason = twice.body["error"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("being restored"), "{reason}");
     assert_eq!(in_flight["type"], "snapshot", "{in_flight}");
     assert_eq!(in_flight["stage"], "index", "{in_flight}");
     assert_eq!(in_flight["repository"], "s3", "{in_flight}");
@@ -192,9 +195,11 @@ fn s3_snapshots_round_trip_incrementally_with_multipart_uploads() {
     assert_eq!(shard["type"], "SNAPSHOT", "{json}");
     assert_eq!(shard["source"]["snapshot"], "snap-2", "{json}");
     assert_eq!(shard["index"]["size"]["total_in_bytes"], total, "{json}");
-    assert_eq!(renamed.status, 200, "{:?}", renamed.body);
-    let done = node.get("/_cat/recovery/copy-bulky?format=json").body;
-    let done = &done[0];
+    let done = wait_for(Duration::from_secs(60), "the restore to finish", || {
+        let rows = node.get("/_cat/recovery/copy-bulky?format=json").body;
+        Some(rows[0].clone()).filter(|row| row["stage"] == "done")
+    });
+    let done = &done;
     assert_eq!(done["stage"], "done", "{done}");
     assert_eq!(number(done, "bytes_recovered"), Some(total), "{done}");
     assert_eq!(done["files_recovered"], done["files"], "{done}");
@@ -204,7 +209,10 @@ fn s3_snapshots_round_trip_incrementally_with_multipart_uploads() {
         json!([]),
         "nothing left in flight"
     );
-    assert_eq!(count(&node, "copy-bulky"), 9000);
+    // The index is registered once every shard is down.
+    wait_for(Duration::from_secs(60), "the restored index", || {
+        (count(&node, "copy-bulky") == 9000).then_some(())
+    });
     assert_eq!(search_fingerprint(&node, "copy-bulky"), bulky_before);
     let listed = node.get("/_cat/snapshots/s3?format=json");
     assert_eq!(
@@ -321,7 +329,10 @@ fn an_s3_server_dying_mid_snapshot_fails_it_cleanly_and_the_next_one_succeeds() 
     let next = snapshot(&node, "s3", "after", json!({"indices": "logs"}));
     assert_eq!(next["state"], "SUCCESS", "{next:?}");
     assert_eq!(node.delete("/logs").status, 200);
-    let restored = node.post("/_snapshot/s3/after/_restore", &json!({}));
+    let restored = node.post(
+        "/_snapshot/s3/after/_restore?wait_for_completion=true",
+        &json!({}),
+    );
     assert_eq!(restored.status, 200, "{:?}", restored.body);
     assert_eq!(count(&node, "logs"), 510);
 }

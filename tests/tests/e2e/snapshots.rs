@@ -168,15 +168,21 @@ fn snapshots_are_incremental_and_restore_identical_data() {
         "/_snapshot/backups/snap-1/_restore",
         &json!({"indices": "logs"}),
     );
-    assert_eq!(restored.status, 200, "{:?}", restored.body);
-    assert_eq!(count(&node, "logs"), 300);
+    assert_eq!(
+        restored.body,
+        json!({"accepted": true}),
+        "a restore runs in the background by default"
+    );
+    shoal_tests::wait_for(Duration::from_secs(60), "the background restore", || {
+        (count(&node, "logs") == 300).then_some(())
+    });
     assert_eq!(search_fingerprint(&node, "logs"), logs_before);
     index_docs(&node, "logs", 1000, 1001);
     assert_eq!(count(&node, "logs"), 301, "a restored index takes writes");
 
     // Rename restores beside the original; only the chosen index comes back.
     let renamed = node.post(
-        "/_snapshot/backups/snap-1/_restore",
+        "/_snapshot/backups/snap-1/_restore?wait_for_completion=true",
         &json!({"indices": "metrics", "rename_pattern": "(.+)", "rename_replacement": "restored-$1"}),
     );
     assert_eq!(renamed.status, 200, "{:?}", renamed.body);
@@ -192,7 +198,7 @@ fn snapshots_are_incremental_and_restore_identical_data() {
     assert_eq!(node.get("/_snapshot/backups/snap-1").status, 404);
     assert_eq!(node.delete("/logs").status, 200);
     let from_third = node.post(
-        "/_snapshot/backups/snap-3/_restore",
+        "/_snapshot/backups/snap-3/_restore?wait_for_completion=true",
         &json!({"indices": "logs"}),
     );
     assert_eq!(from_third.status, 200, "{:?}", from_third.body);
@@ -313,7 +319,7 @@ fn repositories_are_checked_and_readonly_ones_cannot_write() {
     );
     assert_eq!(node.delete("/_snapshot/mirror/s1").status, 500);
     let restored = node.post(
-        "/_snapshot/mirror/s1/_restore",
+        "/_snapshot/mirror/s1/_restore?wait_for_completion=true",
         &json!({"indices": "docs", "rename_pattern": "docs", "rename_replacement": "docs-copy"}),
     );
     assert_eq!(restored.status, 200, "{:?}", restored.body);
@@ -347,10 +353,8 @@ fn a_corrupted_blob_is_named_at_restore_and_nothing_is_half_restored() {
         }
     }
     let corrupted = corrupted.expect("a blob to corrupt");
-    let reply = node.post(
-        "/_snapshot/r/s1/_restore",
-        &json!({"rename_pattern": "docs", "rename_replacement": "docs-restored"}),
-    );
+    let rename = json!({"rename_pattern": "docs", "rename_replacement": "docs-restored"});
+    let reply = node.post("/_snapshot/r/s1/_restore?wait_for_completion=true", &rename);
     assert_eq!(reply.status, 500, "{:?}", reply.body);
     let reason = reply.body["error"]["reason"].as_str().unwrap_or_default();
     assert!(
@@ -362,6 +366,36 @@ fn a_corrupted_blob_is_named_at_restore_and_nothing_is_half_restored() {
         404,
         "nothing half-restored"
     );
+
+    let rows = node.get("/_cat/recovery/docs-restored?format=json").body;
+    assert_eq!(
+        rows[0]["stage"], "failed",
+        "the shard's failure is listed: {rows}"
+    );
+
+    // In the background (the default) the shard fails the same way, with the same reason.
+    let accepted = node.post("/_snapshot/r/s1/_restore", &rename);
+    assert_eq!(
+        accepted.body,
+        json!({"accepted": true}),
+        "{:?}",
+        accepted.body
+    );
+    let failed = shoal_tests::wait_for(Duration::from_secs(60), "the failed shard", || {
+        let listed = node.get("/docs-restored/_recovery").body;
+        let shards = listed["docs-restored"]["shards"].as_array()?.clone();
+        let failed: Vec<Value> = shards
+            .into_iter()
+            .filter(|shard| shard["stage"] == "FAILED")
+            .collect();
+        (failed.len() == 2).then(|| failed[1].clone())
+    });
+    let reason = failed["failure"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("corrupted") && reason.contains(&corrupted),
+        "{failed}"
+    );
+    assert_eq!(node.get("/docs-restored").status, 404);
     assert_eq!(count(&node, "docs"), 100, "the original index is untouched");
 }
 
@@ -422,7 +456,7 @@ fn a_repository_that_dies_mid_snapshot_fails_it_cleanly_and_the_next_one_succeed
     let ok = snapshot(&node, "f", "s3", json!({"indices": "docs"}));
     assert_eq!(ok["state"], "SUCCESS", "{ok:?}");
     let restored = node.post(
-        "/_snapshot/f/s3/_restore",
+        "/_snapshot/f/s3/_restore?wait_for_completion=true",
         &json!({"rename_pattern": "docs", "rename_replacement": "docs-copy"}),
     );
     assert_eq!(restored.status, 200, "{:?}", restored.body);
@@ -455,7 +489,10 @@ fn a_second_cluster_can_only_register_a_repository_readonly() {
     );
     let readonly = json!({"type": "fs", "settings": {"location": "shared", "readonly": true}});
     assert_eq!(second.put("/_snapshot/shared", &readonly).status, 200);
-    let restored = second.post("/_snapshot/shared/s1/_restore", &json!({}));
+    let restored = second.post(
+        "/_snapshot/shared/s1/_restore?wait_for_completion=true",
+        &json!({}),
+    );
     assert_eq!(restored.status, 200, "{:?}", restored.body);
     assert_eq!(count(&second, "docs"), 10);
     // The first cluster keeps writing as before.
@@ -532,7 +569,7 @@ fn restores_override_index_settings_and_bring_back_the_global_state_when_asked()
 
     // By default a restore leaves the global state alone.
     let plain = node.post(
-        "/_snapshot/r/with-state/_restore",
+        "/_snapshot/r/with-state/_restore?wait_for_completion=true",
         &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "plain"}),
     );
     assert_eq!(plain.status, 200, "{:?}", plain.body);
@@ -540,7 +577,7 @@ fn restores_override_index_settings_and_bring_back_the_global_state_when_asked()
     assert_eq!(index_setting(&node, "plain", "refresh_interval"), "2s");
 
     let restored = node.post(
-        "/_snapshot/r/with-state/_restore",
+        "/_snapshot/r/with-state/_restore?wait_for_completion=true",
         &json!({"indices": "logs", "rename_pattern": "logs", "rename_replacement": "tuned",
                 "include_global_state": true,
                 "index_settings": {"index": {"refresh_interval": "5s"}},
