@@ -1107,7 +1107,13 @@ impl Shard {
         prepared.set_payload(&payload);
         prepared.commit()?;
         self.reader.reload()?;
-        state.live.clear();
+        // The commit holds every indexed version; a delete leaves no trace in it, so its
+        // tombstone stays while an older operation on the document may still arrive (a batch
+        // overtaken by a later one): until the local checkpoint passes it.
+        let local_checkpoint = state.local_checkpoint.get();
+        state
+            .live
+            .retain(|_, live| live.source.is_none() && live.seq_no > local_checkpoint);
         self.counters.refresh_total.fetch_add(1, Ordering::Relaxed);
         self.refreshed_seq_no.send_replace(state.max_seq_no);
         Ok(())
@@ -1323,6 +1329,37 @@ mod tests {
             id: id.to_string(),
             source: format!(r#"{{"n": {seq_no}}}"#).into_bytes(),
         }
+    }
+
+    #[test]
+    fn a_delete_overtaking_the_index_it_follows_stays_deleted_across_a_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ShardId {
+            index: "logs".into(),
+            shard: 0,
+        };
+        let mappings = Dynamic(Mutex::new(Arc::new(Mapping::default())));
+        let replica = Shard::open(id, dir.path(), 1, &mappings).expect("open");
+        let durability = Durability::Request;
+        let delete = TranslogOp {
+            kind: OpKind::Delete,
+            source: Vec::new(),
+            version: 2,
+            ..op(1, "a")
+        };
+        replica
+            .apply_replicated(1, &[delete], &mappings, durability)
+            .expect("the delete");
+        replica.refresh().expect("commit");
+        let checkpoint = replica
+            .apply_replicated(1, &[op(0, "a")], &mappings, durability)
+            .expect("the index it overtook");
+        assert_eq!(checkpoint, 1);
+        replica.refresh().expect("refresh");
+        assert!(
+            replica.get("a").expect("get").is_none(),
+            "the older index operation must not bring the document back"
+        );
     }
 
     #[test]
