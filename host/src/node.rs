@@ -23,7 +23,6 @@ use crate::shard::Durability;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeIdentity {
     pub node_id: String,
-    pub cluster_uuid: String,
 }
 
 /// Everything request handlers share.
@@ -55,7 +54,6 @@ fn load_identity(data_dir: &std::path::Path) -> Result<NodeIdentity> {
     }
     let identity = NodeIdentity {
         node_id: new_uuid(),
-        cluster_uuid: new_uuid(),
     };
     let bytes =
         serde_json::to_vec_pretty(&identity).map_err(|err| Error::Internal(err.to_string()))?;

@@ -21,10 +21,12 @@ use crate::units::parse_time_value;
 
 pub(super) fn root(request: &Request) -> Result<Reply> {
     let node = &request.node;
+    // The cluster's, committed when it was founded; `_na_` until this node has joined one.
+    let cluster_uuid = node.cluster.consensus.state().cluster_uuid.clone();
     ok(json!({
         "name": node.config.node_name,
         "cluster_name": node.config.cluster_name,
-        "cluster_uuid": node.identity.cluster_uuid,
+        "cluster_uuid": cluster_uuid.unwrap_or_else(|| "_na_".into()),
         "version": {
             "number": crate::VERSION,
             "distribution": "shoal",

@@ -11,10 +11,12 @@ fn root_health_and_index_lifecycle() {
     assert_eq!(root.status, 200);
     assert_eq!(root.body["name"], "n1");
     assert_eq!(root.body["cluster_name"], "c1");
-    assert!(
-        root.body["cluster_uuid"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty())
+    let uuid = root.body["cluster_uuid"].as_str().unwrap_or_default();
+    assert!(!uuid.is_empty() && uuid != "_na_", "{:?}", root.body);
+    assert_eq!(
+        node.get("/_cluster/state").body["metadata"]["cluster_uuid"],
+        uuid,
+        "the cluster's uuid, as the cluster state has it"
     );
     assert!(root.body["version"]["number"].is_string());
     assert_eq!(node.request("HEAD", "/", None).status, 200);

@@ -41,6 +41,18 @@ fn three_nodes_join_through_a_seed_and_a_killed_node_goes_down_and_comes_back() 
     }
     let info = cluster.nodes[0].get("/_nodes");
     assert_eq!(info.body["_nodes"]["total"], 3, "{:?}", info.body);
+    // One cluster, one identity: every node reports the uuid its founder committed.
+    let uuids: Vec<Value> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            wait_for(Duration::from_secs(30), "the cluster uuid", || {
+                let uuid = node.get("/").body["cluster_uuid"].clone();
+                (uuid.is_string() && uuid != "_na_").then_some(uuid)
+            })
+        })
+        .collect();
+    assert!(uuids.iter().all(|uuid| *uuid == uuids[0]), "{uuids:?}");
 
     cluster.nodes[2].kill();
     cluster.wait_for_view(&[0, 1], &["node-0", "node-1"]);
