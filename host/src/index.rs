@@ -380,6 +380,11 @@ pub struct IndexService {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CopyMarker {
     pub allocation_id: String,
+    /// The primary term the copy was built in. While the shard's term is still this one, every
+    /// operation the copy holds came from the current primary, so it can catch up by
+    /// operations; 0 (a copy built before Shoal recorded it) never can.
+    #[serde(default)]
+    pub primary_term: u64,
 }
 
 const COPY_MARKER: &str = "_copy.json";
@@ -482,14 +487,19 @@ impl IndexService {
         Ok(shard)
     }
 
-    /// Closes copy `number` and deletes its files.
-    pub fn remove_copy(&self, number: u32) -> Result<()> {
+    /// Closes copy `number`, leaving its files.
+    pub fn close_copy(&self, number: u32) {
         let removed = self
             .shards
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&number);
         drop(removed);
+    }
+
+    /// Closes copy `number` and deletes its files.
+    pub fn remove_copy(&self, number: u32) -> Result<()> {
+        self.close_copy(number);
         let dir = self.copy_dir(number);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;

@@ -88,6 +88,7 @@ pub(super) async fn cat_rows(
                 record.bytes_total.to_string(),
                 record.bytes_recovered.to_string(),
                 percent(record.bytes_recovered, record.bytes_total),
+                record.translog_ops.to_string(),
             ]
         })
         .collect();
@@ -108,6 +109,7 @@ pub(super) async fn cat_rows(
             "bytes",
             "bytes_recovered",
             "bytes_percent",
+            "translog_ops_recovered",
         ],
         rows,
     )
@@ -148,6 +150,7 @@ pub(super) async fn recovery(request: Request, target: Option<&str>) -> Result<R
                     "percent": percent(record.files_recovered, record.files_total),
                 },
             },
+            "translog": { "recovered": record.translog_ops, "total": record.translog_ops },
         });
         if let Some(reason) = &record.failure {
             shard["failure"] = json!(reason);

@@ -289,6 +289,16 @@ fn promote_replica(shard: &mut ShardRouting) {
     shard.copies = vec![promoted];
 }
 
+/// What departed nodes hold back or steer (`replication::master::Departures` keeps it).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Waiting {
+    /// Shards whose lost replica waits for its departed node (within its delayed timeout).
+    pub delayed: BTreeSet<(String, usize)>,
+    /// Shards whose departed node came back: a new replica goes there first, where the copy
+    /// it kept on disk can catch up by operations.
+    pub returned: BTreeMap<(String, usize), String>,
+}
+
 /// Assigns missing primaries of new shards and missing replicas, and proposes moves off
 /// excluded nodes. `delayed` lists `(index, shard)` whose lost replicas are still within
 /// their delayed timeout; `new_id` makes allocation ids.
@@ -296,7 +306,7 @@ pub fn allocate(
     routing: &BTreeMap<String, IndexRouting>,
     nodes: &[DataNode],
     settings: &AllocationSettings,
-    delayed: &BTreeSet<(String, usize)>,
+    waiting: &Waiting,
     mut new_id: impl FnMut() -> String,
 ) -> Allocation {
     let mut result = Allocation {
@@ -349,7 +359,8 @@ pub fn allocate(
                     ));
                     break;
                 }
-                if !assigning_primary && delayed.contains(&(name.clone(), number)) {
+                let key = (name.clone(), number);
+                if !assigning_primary && waiting.delayed.contains(&key) {
                     result.unassigned.push((
                         name.clone(),
                         number,
@@ -357,7 +368,12 @@ pub fn allocate(
                     ));
                     break;
                 }
-                match pick_node(shard, wanted, nodes, &by_id, settings, &load) {
+                let preferred = waiting
+                    .returned
+                    .get(&key)
+                    .filter(|_| !assigning_primary)
+                    .map(String::as_str);
+                match pick_node(shard, wanted, nodes, &by_id, settings, &load, preferred) {
                     Ok(node_id) => {
                         *load.entry(node_id.clone()).or_default() += 1;
                         let allocation_id = new_id();
@@ -386,7 +402,7 @@ pub fn allocate(
                 if !excluded {
                     continue;
                 }
-                if let Ok(to) = pick_node(shard, wanted + 1, nodes, &by_id, settings, &load) {
+                if let Ok(to) = pick_node(shard, wanted + 1, nodes, &by_id, settings, &load, None) {
                     result.moves.push(Move {
                         index: name.clone(),
                         shard: number,
@@ -400,7 +416,8 @@ pub fn allocate(
     result
 }
 
-/// The best node for one more copy of `shard`, or why there is none.
+/// The best node for one more copy of `shard`, or why there is none. Among allowed nodes,
+/// awareness comes first, then `preferred` (a returning node), then the lightest load.
 fn pick_node(
     shard: &ShardRouting,
     total_copies: usize,
@@ -408,6 +425,7 @@ fn pick_node(
     by_id: &HashMap<&str, &DataNode>,
     settings: &AllocationSettings,
     load: &HashMap<String, usize>,
+    preferred: Option<&str>,
 ) -> Result<String, String> {
     let holders: BTreeSet<&str> = shard
         .copies
@@ -422,7 +440,7 @@ fn pick_node(
     }
     let zone_limit = (!settings.forced_zones.is_empty())
         .then(|| total_copies.div_ceil(settings.forced_zones.len()));
-    let mut best: Option<(&DataNode, (usize, usize))> = None;
+    let mut best: Option<(&DataNode, (usize, bool, usize))> = None;
     let mut reasons = BTreeSet::new();
     for node in nodes {
         if holders.contains(node.node_id.as_str()) {
@@ -445,7 +463,12 @@ fn pick_node(
         }
         // Awareness prefers zones with fewer copies of this shard, then the least loaded node.
         let zone_rank = if settings.zone_awareness { in_zone } else { 0 };
-        let rank = (zone_rank, load.get(&node.node_id).copied().unwrap_or(0));
+        let elsewhere = preferred != Some(node.node_id.as_str());
+        let rank = (
+            zone_rank,
+            elsewhere,
+            load.get(&node.node_id).copied().unwrap_or(0),
+        );
         let better = match &best {
             None => true,
             Some((current, current_rank)) => {
@@ -676,7 +699,7 @@ mod tests {
             &new_index(shards, replicas),
             nodes,
             &AllocationSettings::default(),
-            &BTreeSet::new(),
+            &Waiting::default(),
             ids(),
         )
         .routing;
@@ -711,7 +734,7 @@ mod tests {
             &new_index(3, 1),
             &nodes,
             &AllocationSettings::default(),
-            &BTreeSet::new(),
+            &Waiting::default(),
             ids(),
         );
         let shards = &result.routing["logs"].shards;
@@ -740,7 +763,7 @@ mod tests {
             &new_index(2, 1),
             &nodes,
             &AllocationSettings::default(),
-            &BTreeSet::new(),
+            &Waiting::default(),
             ids(),
         );
         for shard in &result.routing["logs"].shards {
@@ -769,7 +792,13 @@ mod tests {
             zone_awareness: true,
             ..AllocationSettings::default()
         };
-        let result = allocate(&new_index(4, 1), &nodes, &settings, &BTreeSet::new(), ids());
+        let result = allocate(
+            &new_index(4, 1),
+            &nodes,
+            &settings,
+            &Waiting::default(),
+            ids(),
+        );
         for shard in &result.routing["logs"].shards {
             assert_eq!(zones_of(shard, &nodes), vec!["z1", "z2"]);
         }
@@ -788,13 +817,19 @@ mod tests {
             forced_zones: vec!["z1".into(), "z2".into()],
             ..AllocationSettings::default()
         };
-        let mut routing =
-            allocate(&new_index(2, 1), &all, &settings, &BTreeSet::new(), ids()).routing;
+        let mut routing = allocate(
+            &new_index(2, 1),
+            &all,
+            &settings,
+            &Waiting::default(),
+            ids(),
+        )
+        .routing;
         start_all(&mut routing);
 
         let survivors = [node("a", "z1"), node("b", "z1")];
         fail_departed(&mut routing, &survivors);
-        let result = allocate(&routing, &survivors, &settings, &BTreeSet::new(), ids());
+        let result = allocate(&routing, &survivors, &settings, &Waiting::default(), ids());
         for shard in &result.routing["logs"].shards {
             assert_eq!(shard.copies.len(), 1, "zone z1 takes no second copy");
             assert!(
@@ -817,7 +852,7 @@ mod tests {
             forced_zones: vec![],
             ..settings
         };
-        let result = allocate(&routing, &survivors, &unforced, &BTreeSet::new(), ids());
+        let result = allocate(&routing, &survivors, &unforced, &Waiting::default(), ids());
         assert!(
             result.routing["logs"]
                 .shards
@@ -868,7 +903,7 @@ mod tests {
             &routing,
             &survivor,
             &AllocationSettings::default(),
-            &BTreeSet::new(),
+            &Waiting::default(),
             ids(),
         );
         assert!(
@@ -883,6 +918,34 @@ mod tests {
     }
 
     #[test]
+    fn a_new_replica_goes_to_the_node_that_came_back_with_its_copy() {
+        let (a, b, c) = (node("a", "z1"), node("b", "z2"), node("c", "z3"));
+        let mut routing = started_index(&[a.clone(), c.clone()], 1, 1);
+        fail_departed(&mut routing, std::slice::from_ref(&a));
+        let all = [a, b, c];
+        let replica_on = |waiting: &Waiting| {
+            let result = allocate(
+                &routing,
+                &all,
+                &AllocationSettings::default(),
+                waiting,
+                ids(),
+            );
+            result.routing["logs"].shards[0]
+                .copies
+                .iter()
+                .find(|copy| !copy.primary)
+                .map(|copy| copy.node_id.clone())
+        };
+        assert_eq!(replica_on(&Waiting::default()).as_deref(), Some("b"));
+        let returned = Waiting {
+            returned: BTreeMap::from([(("logs".to_string(), 0), "c".to_string())]),
+            ..Waiting::default()
+        };
+        assert_eq!(replica_on(&returned).as_deref(), Some("c"));
+    }
+
+    #[test]
     fn delayed_replicas_wait_and_allocation_enable_is_honoured() {
         let nodes = [node("a", "z1"), node("b", "z2"), node("c", "z3")];
         let mut routing = started_index(&nodes, 1, 1);
@@ -894,7 +957,10 @@ mod tests {
             .expect("replica");
         let live = without(&nodes, &replica_node);
         fail_departed(&mut routing, &live);
-        let delayed = BTreeSet::from([("logs".to_string(), 0)]);
+        let delayed = Waiting {
+            delayed: BTreeSet::from([("logs".to_string(), 0)]),
+            ..Waiting::default()
+        };
         let waiting = allocate(
             &routing,
             &live,
@@ -908,7 +974,7 @@ mod tests {
             &routing,
             &live,
             &AllocationSettings::default(),
-            &BTreeSet::new(),
+            &Waiting::default(),
             ids(),
         );
         assert_eq!(after_delay.routing["logs"].shards[0].copies.len(), 2);
@@ -921,7 +987,7 @@ mod tests {
             &new_index(1, 1),
             &nodes,
             &primaries_only,
-            &BTreeSet::new(),
+            &Waiting::default(),
             ids(),
         );
         assert_eq!(result.routing["logs"].shards[0].copies.len(), 1);
@@ -929,7 +995,7 @@ mod tests {
             enable: EnableAllocation::None,
             ..AllocationSettings::default()
         };
-        let result = allocate(&new_index(1, 1), &nodes, &none, &BTreeSet::new(), ids());
+        let result = allocate(&new_index(1, 1), &nodes, &none, &Waiting::default(), ids());
         assert!(result.routing["logs"].shards[0].copies.is_empty());
     }
 
@@ -940,7 +1006,7 @@ mod tests {
         let settings = AllocationSettings::from_settings(|key| {
             (key == "cluster.routing.allocation.exclude.zone").then(|| "z3".to_string())
         });
-        let result = allocate(&routing, &nodes, &settings, &BTreeSet::new(), ids());
+        let result = allocate(&routing, &nodes, &settings, &Waiting::default(), ids());
         let on_c = routing["logs"]
             .shards
             .iter()
@@ -950,7 +1016,13 @@ mod tests {
         assert_eq!(result.moves.len(), on_c);
         assert!(result.moves.iter().all(|m| m.from == "c" && m.to != "c"));
 
-        let fresh = allocate(&new_index(3, 1), &nodes, &settings, &BTreeSet::new(), ids());
+        let fresh = allocate(
+            &new_index(3, 1),
+            &nodes,
+            &settings,
+            &Waiting::default(),
+            ids(),
+        );
         assert!(
             fresh.routing["logs"]
                 .shards

@@ -1,7 +1,7 @@
 //! Index administration through the cluster state: creating, deleting, re-setting and mapping
 //! an index is a committed change that every node then applies, never a local edit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,7 +124,7 @@ pub fn place_new_index(node: &NodeState, name: &str, replicas: u32, shards: usiz
         &fresh,
         &data_nodes(node),
         &allocation_settings(&state),
-        &BTreeSet::new(),
+        &Default::default(),
         new_uuid,
     );
     decided.routing.remove(name).unwrap_or_default()

@@ -155,7 +155,7 @@ impl Applier {
             if self.offer_lost_copy(index, number, routing) {
                 return Ok(());
             }
-            return self.drop_copy(index, number).await;
+            return self.drop_copy(index, number, routing).await;
         };
         if self
             .node
@@ -175,7 +175,8 @@ impl Applier {
                     .copies
                     .set_active(&name, number, &copy.allocation_id);
             } else if copy.primary && !copy.started {
-                self.create_empty(index, number, copy).await?;
+                self.create_empty(index, number, copy, routing.primary_term)
+                    .await?;
             } else if !copy.primary && !copy.started {
                 self.start_recovery(index, number, copy, routing);
                 return Ok(());
@@ -240,10 +241,12 @@ impl Applier {
         index: &Arc<IndexService>,
         number: u32,
         copy: &ShardCopy,
+        primary_term: u64,
     ) -> Result<()> {
         let service = index.clone();
         let marker = CopyMarker {
             allocation_id: copy.allocation_id.clone(),
+            primary_term,
         };
         blocking(move || {
             service.remove_copy(number)?;
@@ -337,13 +340,40 @@ impl Applier {
         true
     }
 
-    /// Closes and deletes a copy the routing no longer places here.
-    async fn drop_copy(&self, index: &Arc<IndexService>, number: u32) -> Result<()> {
+    /// Closes a copy the routing no longer places here and deletes its files, unless they may
+    /// still serve: built in the shard's current primary term while the shard misses a copy,
+    /// they let this node catch the copy up by operations should it be allocated here again.
+    async fn drop_copy(
+        &self,
+        index: &Arc<IndexService>,
+        number: u32,
+        routing: &ShardRouting,
+    ) -> Result<()> {
         let name = index.name();
-        let held = self.node.copies.active(name, number).is_some()
-            || index.shard(number).is_some()
-            || index.copy_dir(number).exists();
-        if !held {
+        let open = self.node.copies.active(name, number).is_some() || index.shard(number).is_some();
+        if !open && !index.copy_dir(number).exists() {
+            return Ok(());
+        }
+        let wanted = index.meta.number_of_replicas() as usize + 1;
+        let reusable = routing.copies.len() < wanted
+            && index.copy_marker(number).is_some_and(|marker| {
+                marker.primary_term != 0 && marker.primary_term == routing.primary_term
+            });
+        if reusable {
+            if open {
+                tracing::info!(
+                    index = name,
+                    shard = number,
+                    "closing a copy the routing moved away; its files stay for a catch-up by operations"
+                );
+                self.node.copies.forget(name, number);
+                let service = index.clone();
+                blocking(move || {
+                    service.close_copy(number);
+                    Ok(())
+                })
+                .await?;
+            }
             return Ok(());
         }
         tracing::info!(

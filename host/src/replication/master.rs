@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::cluster::allocation::{
-    self, AllocationSettings, DataNode, IndexRouting, Move, ShardCopy,
+    self, AllocationSettings, DataNode, IndexRouting, Move, ShardCopy, Waiting,
 };
 use crate::cluster::state::{ClusterState, StateCommand};
 use crate::config::Role;
@@ -84,9 +84,9 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         if state.cluster_uuid.is_none() || state.routing.is_empty() {
             continue;
         }
-        let delayed = departures.delayed(&state, &nodes);
-        publish_delayed(&node, &state, &delayed).await;
-        let Some(routing) = decide(&state, &nodes, &delayed, |id| {
+        let waiting = departures.waiting(&state, &nodes);
+        publish_delayed(&node, &state, &waiting.delayed).await;
+        let Some(routing) = decide(&state, &nodes, &waiting, |id| {
             in_grace && !seen.contains(id)
         }) else {
             continue;
@@ -143,16 +143,17 @@ async fn publish_delayed(
 pub struct Departures {
     /// `(index, shard)` → the departed node and when its copy was seen gone.
     lost: HashMap<(String, usize), (String, Instant)>,
+    /// `(index, shard)` → the departed node that came back within the delay, and when.
+    returned: HashMap<(String, usize), (String, Instant)>,
 }
 
+/// How long a returning node stays first choice for a new replica of its shard.
+const RETURN_PREFERENCE: Duration = Duration::from_secs(60);
+
 impl Departures {
-    /// Records copies on nodes that are gone and returns the shards still within their delay
-    /// whose node has not come back.
-    pub fn delayed(
-        &mut self,
-        state: &ClusterState,
-        live: &[DataNode],
-    ) -> BTreeSet<(String, usize)> {
+    /// Records copies on nodes that are gone; returns the shards still within their delay whose
+    /// node has not come back, and those whose node came back.
+    pub fn waiting(&mut self, state: &ClusterState, live: &[DataNode]) -> Waiting {
         let is_live = |id: &str| live.iter().any(|node| node.node_id == id);
         for (name, routing) in &state.routing {
             for (number, shard) in routing.shards.iter().enumerate() {
@@ -163,13 +164,27 @@ impl Departures {
                 }
             }
         }
-        self.lost.retain(|(name, _), (node_id, at)| {
-            let timeout = state.indices.get(name).map_or(Duration::ZERO, |meta| {
+        let returned = &mut self.returned;
+        self.lost.retain(|key, (node_id, at)| {
+            let timeout = state.indices.get(&key.0).map_or(Duration::ZERO, |meta| {
                 meta.settings.node_left_delayed_timeout
             });
-            !is_live(node_id) && at.elapsed() < timeout
+            let within = at.elapsed() < timeout;
+            if within && is_live(node_id) {
+                returned.insert(key.clone(), (node_id.clone(), Instant::now()));
+            }
+            within && !is_live(node_id)
         });
-        self.lost.keys().cloned().collect()
+        self.returned
+            .retain(|_, (_, at)| at.elapsed() < RETURN_PREFERENCE);
+        Waiting {
+            delayed: self.lost.keys().cloned().collect(),
+            returned: self
+                .returned
+                .iter()
+                .map(|(key, (node_id, _))| (key.clone(), node_id.clone()))
+                .collect(),
+        }
     }
 }
 
@@ -178,7 +193,7 @@ impl Departures {
 pub fn decide(
     state: &ClusterState,
     live: &[DataNode],
-    delayed: &BTreeSet<(String, usize)>,
+    waiting: &Waiting,
     awaited: impl Fn(&str) -> bool,
 ) -> Option<BTreeMap<String, IndexRouting>> {
     let mut routing = state.routing.clone();
@@ -199,7 +214,7 @@ pub fn decide(
     }
     allocation::fail_departed(&mut routing, &present);
     let settings = allocation_settings(state);
-    let decided = allocation::allocate(&routing, live, &settings, delayed, new_uuid);
+    let decided = allocation::allocate(&routing, live, &settings, waiting, new_uuid);
     let mut routing = decided.routing;
     let mut moves = decided.moves;
     if moves.is_empty() {
@@ -415,8 +430,8 @@ mod tests {
         let live = [node("n1"), node("n3")];
         let waiting = state(1, Duration::from_secs(60));
         let mut departures = Departures::default();
-        let delayed = departures.delayed(&waiting, &live);
-        assert_eq!(delayed, BTreeSet::from([("logs".to_string(), 0)]));
+        let delayed = departures.waiting(&waiting, &live);
+        assert_eq!(delayed.delayed, BTreeSet::from([("logs".to_string(), 0)]));
         let routing = decide(&waiting, &live, &delayed, |_| false).expect("the copy is dropped");
         assert_eq!(
             routing["logs"].shards[0].copies.len(),
@@ -425,14 +440,17 @@ mod tests {
         );
 
         let back = [node("n1"), node("n2"), node("n3")];
-        assert!(
-            departures.delayed(&waiting, &back).is_empty(),
-            "the node came back"
+        let back_again = departures.waiting(&waiting, &back);
+        assert!(back_again.delayed.is_empty(), "the node came back");
+        assert_eq!(
+            back_again.returned,
+            BTreeMap::from([(("logs".to_string(), 0), "n2".to_string())]),
+            "its replica goes back to it first"
         );
 
         let immediate = state(1, Duration::ZERO);
-        let delayed = Departures::default().delayed(&immediate, &live);
-        assert!(delayed.is_empty());
+        let delayed = Departures::default().waiting(&immediate, &live);
+        assert!(delayed.delayed.is_empty());
         let routing = decide(&immediate, &live, &delayed, |_| false).expect("rebuilt");
         let nodes: Vec<&str> = routing["logs"].shards[0]
             .copies
@@ -446,7 +464,7 @@ mod tests {
     fn recoveries_onto_one_node_are_throttled() {
         let live = [node("n1"), node("n3")];
         let state = state(5, Duration::ZERO);
-        let routing = decide(&state, &live, &BTreeSet::new(), |_| false).expect("changes");
+        let routing = decide(&state, &live, &Waiting::default(), |_| false).expect("changes");
         let recovering = routing["logs"]
             .shards
             .iter()
@@ -478,7 +496,7 @@ mod tests {
             Value::String("a,b".into()),
         );
         // Forced awareness leaves the replicas unassigned; balancing moves one primary to n2.
-        let mut routing = decide(&state, &live, &BTreeSet::new(), |_| false).expect("a move");
+        let mut routing = decide(&state, &live, &Waiting::default(), |_| false).expect("a move");
         let moving: Vec<&ShardCopy> = routing["logs"]
             .shards
             .iter()
@@ -506,7 +524,7 @@ mod tests {
         }
         state.routing = routing;
         state.version += 1;
-        let settled = decide(&state, &live, &BTreeSet::new(), |_| false).expect("trimmed");
+        let settled = decide(&state, &live, &Waiting::default(), |_| false).expect("trimmed");
         for shard in &settled["logs"].shards {
             assert_eq!(shard.copies.len(), 1, "no zone takes two copies: {shard:?}");
             assert!(shard.primary().is_some());

@@ -49,6 +49,9 @@ pub struct RecoveryRecord {
     /// Why a finished recovery failed; `None` while in flight and when it succeeded.
     #[serde(default)]
     pub failure: Option<String>,
+    /// Operations replayed from the source's translog (a copy catching up by operations).
+    #[serde(default)]
+    pub translog_ops: u64,
 }
 
 impl RecoveryRecord {
@@ -76,6 +79,7 @@ struct Active {
     bytes_total: u64,
     files_recovered: AtomicU64,
     bytes_recovered: AtomicU64,
+    translog_ops: AtomicU64,
 }
 
 impl Active {
@@ -94,6 +98,7 @@ impl Active {
             bytes_total: self.bytes_total,
             bytes_recovered: self.bytes_recovered.load(Ordering::Relaxed),
             failure,
+            translog_ops: self.translog_ops.load(Ordering::Relaxed),
         }
     }
 }
@@ -143,6 +148,7 @@ impl Recoveries {
             bytes_total: plan.bytes,
             files_recovered: AtomicU64::new(0),
             bytes_recovered: AtomicU64::new(0),
+            translog_ops: AtomicU64::new(0),
         });
         self.active
             .lock()
@@ -196,6 +202,12 @@ impl RecoveryProgress<'_> {
 
     pub fn copied_file(&self) {
         self.active.files_recovered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn replayed_operations(&self, operations: u64) {
+        self.active
+            .translog_ops
+            .fetch_add(operations, Ordering::Relaxed);
     }
 
     /// The copy is complete: listed as done from now on.

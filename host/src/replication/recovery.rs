@@ -3,6 +3,12 @@
 //! lock, starts replicating to the new copy; the copy fetches the staged files in chunks,
 //! opens them, applies the batches it buffered meanwhile, and asks the master to mark it
 //! started and in sync. No operation can fall between the files and the batches.
+//!
+//! A copy coming back to a node that still holds its files, in the primary term they were
+//! built in, catches up by operations instead: it tells the primary its local checkpoint, and
+//! when the primary's translog history still holds every operation after it, the primary
+//! stages those translog generations (the same hard-link staging) rather than its segments,
+//! and the copy applies the operations it missed.
 
 use std::sync::Arc;
 
@@ -16,6 +22,7 @@ use crate::cluster::state::StateCommand;
 use crate::error::{Error, Result};
 use crate::index::{CopyMarker, IndexService};
 use crate::node::NodeState;
+use crate::shard::translog::{Coverage, read_operations};
 use crate::shard::{ReplicaTarget, Shard};
 
 /// Bytes per fetched chunk.
@@ -58,26 +65,57 @@ fn primary_copy(
     Ok((service, shard))
 }
 
-/// Primary side: stages a commit for `allocation_id` and starts replicating to it.
+/// The copy a primary is asked to recover.
+pub struct RecoveringCopy {
+    pub target: ReplicaTarget,
+    /// The cluster-state version in which the copy saw itself allocated.
+    pub state_version: u64,
+    /// The copy's local checkpoint when it asks to catch up by operations.
+    pub history_after: Option<i64>,
+}
+
+/// Primary side: stages the operations a returning copy missed, when the history still holds
+/// them all, or else a commit; and starts replicating to the copy.
 pub async fn start(
     node: &NodeState,
     index: &str,
     number: u32,
-    allocation_id: String,
-    node_id: String,
-    state_version: u64,
+    copy: RecoveringCopy,
 ) -> Result<DataResponse> {
     let (service, shard) = primary_copy(node, index, number)?;
-    let staging = staging_dir(&service, number, &allocation_id);
-    let target = ReplicaTarget {
-        allocation_id,
-        node_id,
-    };
+    let staging = staging_dir(&service, number, &copy.target.allocation_id);
     blocking(move || {
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
+        let clear = |staging: &std::path::Path| -> Result<()> {
+            if staging.exists() {
+                std::fs::remove_dir_all(staging)?;
+            }
+            Ok(())
+        };
+        clear(&staging)?;
+        if let Some(after) = copy.history_after {
+            let history = shard.stage_history_for_recovery(
+                &staging,
+                copy.target.clone(),
+                copy.state_version,
+            )?;
+            let mut coverage = Coverage::new(after, history.up_to);
+            for (name, _) in &history.files {
+                for op in read_operations(&staging.join(name))? {
+                    coverage.note(op.seq_no);
+                }
+            }
+            if coverage.complete() {
+                return Ok(DataResponse::RecoveryPlan {
+                    meta_json: String::new(),
+                    files: history.files,
+                    history_up_to: Some(history.up_to),
+                    global_checkpoint: history.global_checkpoint,
+                });
+            }
+            tracing::info!(shard = %shard.id, after, up_to = history.up_to, "the translog history no longer holds every operation the copy missed; copying files");
+            clear(&staging)?;
         }
-        let staged = shard.stage_for_recovery(&staging, target, state_version)?;
+        let staged = shard.stage_for_recovery(&staging, copy.target, copy.state_version)?;
         let mut files = Vec::with_capacity(staged.files.len());
         for name in staged.files {
             let size = std::fs::metadata(staging.join(&name))?.len();
@@ -86,6 +124,8 @@ pub async fn start(
         Ok(DataResponse::RecoveryPlan {
             meta_json: staged.meta_json,
             files,
+            history_up_to: None,
+            global_checkpoint: shard.global_checkpoint(),
         })
     })
     .await
@@ -191,90 +231,134 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         target.allocation_id.as_str(),
     );
     let service = node.indices.get(index)?;
-    {
+    let reused = {
         let service = service.clone();
-        blocking(move || service.remove_copy(number)).await?;
-    }
-    let ask = |request: DataRequest| super::ask(node, &target.primary_node, request);
-    let plan = ask(DataRequest::StartRecovery {
-        index: index.to_string(),
-        shard: number,
-        allocation_id: allocation_id.to_string(),
-        node_id: node.identity.node_id.clone(),
-        state_version: target.state_version,
-    })
-    .await?;
-    let DataResponse::RecoveryPlan { meta_json, files } = plan else {
+        let term = target.primary_term;
+        blocking(move || reusable_copy(&service, number, term)).await?
+    };
+    let history_after = reused
+        .as_ref()
+        .map(|shard| shard.seq_no_stats().local_checkpoint);
+    let fetcher = Fetcher { node, target };
+    let plan = fetcher
+        .ask(DataRequest::StartRecovery {
+            index: index.to_string(),
+            shard: number,
+            allocation_id: allocation_id.to_string(),
+            node_id: node.identity.node_id.clone(),
+            state_version: target.state_version,
+            history_after,
+        })
+        .await?;
+    let DataResponse::RecoveryPlan {
+        meta_json,
+        files,
+        history_up_to,
+        global_checkpoint,
+    } = plan
+    else {
         return Err(Error::Internal(
             "the primary answered something else".into(),
         ));
     };
-    let index_dir = service.copy_dir(number).join("index");
-    tokio::fs::create_dir_all(&index_dir).await?;
-    let progress = node.recoveries.begin(RecoveryPlan {
-        index,
-        shard: number,
-        kind: RecoveryKind::Peer,
-        source: &target.primary_node,
-        files: files.len() as u64,
-        bytes: files.iter().map(|(_, size)| size).sum(),
-    });
-    let mut copied = 0u64;
-    for (name, size) in &files {
+    for (name, _) in &files {
         if sanitize(name) != *name || name.is_empty() {
             return Err(Error::Internal(format!(
                 "primary sent an invalid file name [{name}]"
             )));
         }
-        let mut file = tokio::fs::File::create(index_dir.join(name)).await?;
-        let mut offset = 0u64;
-        while offset < *size {
-            let response = ask(DataRequest::FetchChunk {
-                index: index.to_string(),
+    }
+    let become_replica = |shard: &Shard| {
+        shard.set_role(
+            false,
+            target.primary_term,
+            Vec::new(),
+            &Default::default(),
+            0,
+        )
+    };
+    let marker = CopyMarker {
+        allocation_id: allocation_id.to_string(),
+        primary_term: target.primary_term,
+    };
+    let (shard, copied, progress) = match (reused, history_after, history_up_to) {
+        (Some(shard), Some(after), Some(up_to)) => {
+            let progress = node.recoveries.begin(RecoveryPlan {
+                index,
                 shard: number,
-                allocation_id: allocation_id.to_string(),
-                file: name.clone(),
-                offset,
-                len: CHUNK_BYTES,
+                kind: RecoveryKind::Peer,
+                source: &target.primary_node,
+                files: 0,
+                bytes: 0,
+            });
+            let history_dir = service.copy_dir(number).join("history");
+            let copied = fetcher.fetch_all(&files, &history_dir, None).await?;
+            become_replica(&shard);
+            let replayed = {
+                let shard = shard.clone();
+                let service = service.clone();
+                let names: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
+                let term = target.primary_term;
+                blocking(move || {
+                    let replayed = replay_history(
+                        &shard,
+                        &history_dir,
+                        &names,
+                        after,
+                        up_to,
+                        term,
+                        service.meta.as_ref(),
+                    );
+                    std::fs::remove_dir_all(&history_dir)?;
+                    let replayed = replayed?;
+                    service.write_copy_marker(number, &marker)?;
+                    Ok(replayed)
+                })
+                .await?
+            };
+            progress.replayed_operations(replayed);
+            shard.learn_global_checkpoint(global_checkpoint);
+            tracing::info!(
+                index,
+                shard = number,
+                after,
+                up_to,
+                replayed,
+                "caught up by operations from the primary's history"
+            );
+            (shard, copied, progress)
+        }
+        (reused, _, _) => {
+            if reused.is_some() {
+                drop(reused);
+                let service = service.clone();
+                blocking(move || service.remove_copy(number)).await?;
+            }
+            let index_dir = service.copy_dir(number).join("index");
+            let progress = node.recoveries.begin(RecoveryPlan {
+                index,
+                shard: number,
+                kind: RecoveryKind::Peer,
+                source: &target.primary_node,
+                files: files.len() as u64,
+                bytes: files.iter().map(|(_, size)| size).sum(),
+            });
+            let copied = fetcher
+                .fetch_all(&files, &index_dir, Some(&progress))
+                .await?;
+            let mut meta = tokio::fs::File::create(index_dir.join("meta.json")).await?;
+            meta.write_all(meta_json.as_bytes()).await?;
+            meta.sync_all().await?;
+            let service = service.clone();
+            let shard = blocking(move || {
+                service.write_copy_marker(number, &marker)?;
+                service.open_copy(number)
             })
             .await?;
-            let DataResponse::Chunk { data } = response else {
-                return Err(Error::Internal(
-                    "the primary answered something else".into(),
-                ));
-            };
-            if data.is_empty() {
-                return Err(Error::Internal(format!("staged file [{name}] ended early")));
-            }
-            file.write_all(&data).await?;
-            offset += data.len() as u64;
-            progress.copied_bytes(data.len() as u64);
+            become_replica(&shard);
+            (shard, copied, progress)
         }
-        file.sync_all().await?;
-        progress.copied_file();
-        copied += offset;
-    }
-    let mut meta = tokio::fs::File::create(index_dir.join("meta.json")).await?;
-    meta.write_all(meta_json.as_bytes()).await?;
-    meta.sync_all().await?;
-    let shard = {
-        let service = service.clone();
-        let marker = CopyMarker {
-            allocation_id: allocation_id.to_string(),
-        };
-        blocking(move || {
-            service.write_copy_marker(number, &marker)?;
-            service.open_copy(number)
-        })
-        .await?
     };
-    shard.set_role(
-        false,
-        target.primary_term,
-        Vec::new(),
-        &Default::default(),
-        0,
-    );
     // Apply what the primary replicated while the files were copied, until nothing is left;
     // the copy turns active atomically with the last drain.
     while let Some(batches) = node.copies.drain_or_activate(index, number, allocation_id) {
@@ -294,12 +378,133 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         let shard = shard.clone();
         blocking(move || shard.refresh()).await?;
     }
-    let _ = ask(DataRequest::FinishRecovery {
-        index: index.to_string(),
-        shard: number,
-        allocation_id: allocation_id.to_string(),
-    })
-    .await;
+    let _ = fetcher
+        .ask(DataRequest::FinishRecovery {
+            index: index.to_string(),
+            shard: number,
+            allocation_id: allocation_id.to_string(),
+        })
+        .await;
     progress.finish();
     Ok(copied)
+}
+
+/// The copy on disk when it can catch up by operations: built in the shard's current primary
+/// term (so everything it holds came from the current primary) and readable. Anything else on
+/// disk is removed.
+fn reusable_copy(
+    service: &IndexService,
+    number: u32,
+    primary_term: u64,
+) -> Result<Option<Arc<Shard>>> {
+    let reusable = service
+        .copy_marker(number)
+        .is_some_and(|marker| marker.primary_term != 0 && marker.primary_term == primary_term);
+    if reusable {
+        match service.open_copy(number) {
+            Ok(shard) => return Ok(Some(shard)),
+            Err(err) => {
+                tracing::warn!(index = service.name(), shard = number, error = %err, "the copy on disk does not open; recovering from files");
+            }
+        }
+    }
+    service.remove_copy(number)?;
+    Ok(None)
+}
+
+/// Applies the operations of the staged history after `after` up to `up_to`, checking that it
+/// holds every one; returns how many it applied.
+fn replay_history(
+    shard: &Shard,
+    dir: &std::path::Path,
+    names: &[String],
+    after: i64,
+    up_to: i64,
+    primary_term: u64,
+    mappings: &dyn crate::shard::MappingSource,
+) -> Result<u64> {
+    let mut coverage = Coverage::new(after, up_to);
+    let mut replayed = 0u64;
+    for name in names {
+        let ops: Vec<_> = read_operations(&dir.join(name))?
+            .into_iter()
+            .filter(|op| coverage.wants(op.seq_no))
+            .collect();
+        for op in &ops {
+            coverage.note(op.seq_no);
+        }
+        // Each operation lands once whatever the order: a document keeps its newest version.
+        shard.apply_replicated(
+            primary_term,
+            &ops,
+            mappings,
+            crate::shard::Durability::Async,
+        )?;
+        replayed += ops.len() as u64;
+    }
+    if !coverage.complete() {
+        return Err(Error::Internal(format!(
+            "the primary's history lacks operations between {after} and {up_to}"
+        )));
+    }
+    shard.sync_translog()?;
+    Ok(replayed)
+}
+
+/// Asks the primary's node for the recovery's pieces.
+struct Fetcher<'a> {
+    node: &'a Arc<NodeState>,
+    target: &'a RecoveryTarget,
+}
+
+impl Fetcher<'_> {
+    async fn ask(&self, request: DataRequest) -> Result<DataResponse> {
+        super::ask(self.node, &self.target.primary_node, request).await
+    }
+
+    /// Fetches the staged `files` into `dir`, fsynced; returns the bytes copied.
+    async fn fetch_all(
+        &self,
+        files: &[(String, u64)],
+        dir: &std::path::Path,
+        progress: Option<&super::progress::RecoveryProgress<'_>>,
+    ) -> Result<u64> {
+        tokio::fs::create_dir_all(dir).await?;
+        let mut copied = 0u64;
+        for (name, size) in files {
+            let mut file = tokio::fs::File::create(dir.join(name)).await?;
+            let mut offset = 0u64;
+            while offset < *size {
+                let response = self
+                    .ask(DataRequest::FetchChunk {
+                        index: self.target.index.clone(),
+                        shard: self.target.shard,
+                        allocation_id: self.target.allocation_id.clone(),
+                        file: name.clone(),
+                        offset,
+                        len: CHUNK_BYTES,
+                    })
+                    .await?;
+                let DataResponse::Chunk { data } = response else {
+                    return Err(Error::Internal(
+                        "the primary answered something else".into(),
+                    ));
+                };
+                if data.is_empty() {
+                    return Err(Error::Internal(format!("staged file [{name}] ended early")));
+                }
+                file.write_all(&data).await?;
+                offset += data.len() as u64;
+                if let Some(progress) = progress {
+                    progress.copied_bytes(data.len() as u64);
+                }
+            }
+            file.sync_all().await?;
+            if let Some(progress) = progress {
+                progress.copied_file();
+            }
+            copied += offset;
+        }
+        Ok(copied)
+    }
 }

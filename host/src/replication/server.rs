@@ -10,6 +10,7 @@ use crate::cluster::rpc::DataHandler;
 use crate::error::{Error, Result, WireError};
 use crate::node::NodeState;
 use crate::search::SearchRequest;
+use crate::shard::ReplicaTarget;
 use crate::transport::BoxFuture;
 
 /// Serves data requests with the node's shards (weakly held: the node owns the server).
@@ -88,7 +89,19 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             allocation_id,
             node_id,
             state_version,
-        } => recovery::start(node, &index, shard, allocation_id, node_id, state_version).await,
+            history_after,
+        } => {
+            let target = ReplicaTarget {
+                allocation_id,
+                node_id,
+            };
+            let copy = recovery::RecoveringCopy {
+                target,
+                state_version,
+                history_after,
+            };
+            recovery::start(node, &index, shard, copy).await
+        }
         DataRequest::FetchChunk {
             index,
             shard,

@@ -38,6 +38,8 @@ pub enum DataRequest {
         node_id: String,
         /// The cluster-state version in which the copy saw itself allocated.
         state_version: u64,
+        /// A returning copy's local checkpoint, when it asks to catch up by operations.
+        history_after: Option<i64>,
     },
     /// A piece of a staged file.
     FetchChunk {
@@ -97,6 +99,11 @@ pub enum DataResponse {
     RecoveryPlan {
         meta_json: String,
         files: Vec<(String, u64)>,
+        /// Set when `files` are translog generations holding every operation after the
+        /// copy's checkpoint up to this `_seq_no`; segment files otherwise.
+        history_up_to: Option<i64>,
+        /// The primary's global checkpoint when it staged the plan.
+        global_checkpoint: i64,
     },
     Chunk {
         #[serde(with = "serde_bytes")]

@@ -32,6 +32,9 @@ use crate::mapping::document::parse_document;
 
 /// Memory tantivy may buffer per shard before flushing a segment.
 const INDEXING_BUFFER_BYTES: usize = 64 << 20;
+/// Translog bytes a copy keeps past its commits, so that a copy that was away can catch up by
+/// operations instead of files (Elasticsearch 6's `index.translog.retention.size`).
+pub const TRANSLOG_RETENTION_BYTES: u64 = 512 << 20;
 
 /// Which shard copy this is: index name and shard number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -193,7 +196,17 @@ pub struct ShardCounters {
     pub flush_total: AtomicU64,
 }
 
-/// The files of one commit, staged for a snapshot.
+/// A copy's translog history, staged for a returning copy.
+#[derive(Debug, Clone)]
+pub struct StagedHistory {
+    /// Translog generation files and their sizes.
+    pub files: Vec<(String, u64)>,
+    /// The highest `_seq_no` assigned when staged: every later operation goes to the copy.
+    pub up_to: i64,
+    pub global_checkpoint: i64,
+}
+
+/// The files of one commit, staged for a recovering copy or a snapshot.
 #[derive(Debug, Clone)]
 pub struct StagedCommit {
     /// tantivy's `meta.json` of the commit (segments and the commit payload).
@@ -1122,7 +1135,7 @@ impl Shard {
     /// Commits and trims the translog: after a flush, start-up replays nothing.
     pub fn flush(&self) -> Result<()> {
         let mut state = self.lock()?;
-        state.translog.roll_and_trim()?;
+        state.translog.roll_and_trim(TRANSLOG_RETENTION_BYTES)?;
         self.commit_locked(&mut state)?;
         self.counters.flush_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1146,6 +1159,46 @@ impl Shard {
         self.stage_commit_then(staging, Some((target, state_version)))
     }
 
+    /// For a returning copy: hard-links this copy's translog history into `staging` and,
+    /// under the same lock, starts replicating to the copy.
+    pub fn stage_history_for_recovery(
+        &self,
+        staging: &Path,
+        target: ReplicaTarget,
+        state_version: u64,
+    ) -> Result<StagedHistory> {
+        let mut state = self.lock()?;
+        self.add_recovery_target(&mut state, target, state_version)?;
+        let files = state.translog.link_generations(staging)?;
+        Ok(StagedHistory {
+            files,
+            up_to: state.max_seq_no,
+            global_checkpoint: state.global_checkpoint,
+        })
+    }
+
+    fn add_recovery_target(
+        &self,
+        state: &mut WriteState,
+        target: ReplicaTarget,
+        state_version: u64,
+    ) -> Result<()> {
+        if !state.primary {
+            return Err(Error::ShardNotAvailable(format!(
+                "{} is not the primary copy on this node",
+                self.id
+            )));
+        }
+        state
+            .targets
+            .retain(|t| t.allocation_id != target.allocation_id);
+        state
+            .recovery_targets
+            .insert(target.allocation_id.clone(), state_version);
+        state.targets.push(target);
+        Ok(())
+    }
+
     fn stage_commit_then(
         &self,
         staging: &Path,
@@ -1153,21 +1206,9 @@ impl Shard {
     ) -> Result<StagedCommit> {
         let mut state = self.lock()?;
         if let Some((target, state_version)) = add_target {
-            if !state.primary {
-                return Err(Error::ShardNotAvailable(format!(
-                    "{} is not the primary copy on this node",
-                    self.id
-                )));
-            }
-            state
-                .targets
-                .retain(|t| t.allocation_id != target.allocation_id);
-            state
-                .recovery_targets
-                .insert(target.allocation_id.clone(), state_version);
-            state.targets.push(target);
+            self.add_recovery_target(&mut state, target, state_version)?;
         }
-        state.translog.roll_and_trim()?;
+        state.translog.roll_and_trim(TRANSLOG_RETENTION_BYTES)?;
         self.commit_locked(&mut state)?;
         let index_dir = self.path.join("index");
         let metas = self.index.load_metas()?;

@@ -1,6 +1,7 @@
 //! The write-ahead log of a shard copy: every operation is framed with its length and a CRC32C
 //! checksum and appended to the current generation file; a torn or corrupt tail found at
-//! start-up is cut, never replayed.
+//! start-up is cut, never replayed. Generations a commit covers are kept up to a size budget
+//! as the copy's history, from which a returning copy catches up by operations.
 //!
 //! Frame: `[len: u32 LE][crc32c(payload): u32 LE][payload]`; payload:
 //! `[kind: u8][seq_no: i64][primary_term: u64][version: i64][id_len: u32][id][source_len: u32][source]`.
@@ -158,7 +159,7 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 
 impl Translog {
     /// Opens the log in `dir`, reading every generation from `first_generation` on. Older
-    /// generations are already covered by a tantivy commit and are deleted.
+    /// generations are already covered by a tantivy commit: kept as history, not replayed.
     pub fn open(
         dir: &Path,
         first_generation: u64,
@@ -167,11 +168,6 @@ impl Translog {
         std::fs::create_dir_all(dir)?;
         let generations = list_generations(dir)?;
         let mut report = RecoveryReport::default();
-        for generation in &generations {
-            if *generation < first_generation {
-                std::fs::remove_file(generation_path(dir, *generation))?;
-            }
-        }
         let retained: Vec<u64> = generations
             .into_iter()
             .filter(|g| *g >= first_generation)
@@ -307,9 +303,10 @@ impl Translog {
         })
     }
 
-    /// Starts a new generation and deletes the older ones: called after a tantivy commit that
-    /// covers every operation logged so far.
-    pub fn roll_and_trim(&mut self) -> Result<(), Error> {
+    /// Starts a new generation and deletes the older ones beyond the newest `retain_bytes`
+    /// of them (the history): called after a tantivy commit that covers every operation
+    /// logged so far.
+    pub fn roll_and_trim(&mut self, retain_bytes: u64) -> Result<(), Error> {
         let position = self.flush_buffer()?;
         self.sync.sync_to(position)?;
         let next = self.generation + 1;
@@ -342,12 +339,99 @@ impl Translog {
         self.generation = next;
         self.offset = FILE_MAGIC.len() as u64;
         self.operations = 0;
-        for generation in list_generations(&self.dir)? {
-            if generation < next {
-                std::fs::remove_file(generation_path(&self.dir, generation))?;
+        // Newest first; once one does not fit, the older ones go too: the history stays one
+        // contiguous run of generations.
+        let mut budget = Some(retain_bytes);
+        for generation in list_generations(&self.dir)?.into_iter().rev() {
+            if generation >= next {
+                continue;
+            }
+            let path = generation_path(&self.dir, generation);
+            let size = std::fs::metadata(&path)?.len();
+            budget = budget.and_then(|left| left.checked_sub(size));
+            if budget.is_none() {
+                std::fs::remove_file(path)?;
             }
         }
         Ok(())
+    }
+
+    /// Hard-links every generation into `into` (a point-in-time view the writer's later
+    /// trims cannot take away) and returns the links' names and sizes.
+    pub fn link_generations(&mut self, into: &Path) -> Result<Vec<(String, u64)>, Error> {
+        self.flush_buffer()?;
+        std::fs::create_dir_all(into)?;
+        let mut linked = Vec::new();
+        for generation in list_generations(&self.dir)? {
+            let source = generation_path(&self.dir, generation);
+            let name = source
+                .file_name()
+                .map(|name| name.to_string_lossy().to_string())
+                .ok_or_else(|| Error::Internal("a translog generation without a name".into()))?;
+            std::fs::hard_link(&source, into.join(&name))?;
+            linked.push((name, std::fs::metadata(&source)?.len()));
+        }
+        Ok(linked)
+    }
+}
+
+/// The operations of one generation file, up to its first damaged frame.
+pub fn read_operations(path: &Path) -> Result<Vec<TranslogOp>, Error> {
+    read_generation(path).map(|(ops, _, _)| ops)
+}
+
+/// Which operations of the range `(after, up_to]` a history holds; complete when it holds
+/// every one (a returning copy can then catch up by operations). A copy ahead of the history
+/// (`after > up_to`) holds operations the history lacks: never complete.
+pub struct Coverage {
+    after: i64,
+    up_to: i64,
+    seen: Vec<u64>,
+    missing: u64,
+}
+
+/// Ranges wider than this are never covered (no history holds that many operations), so a
+/// peer's checkpoint cannot size an allocation.
+const MAX_COVERED_RANGE: u64 = 1 << 28;
+
+impl Coverage {
+    pub fn new(after: i64, up_to: i64) -> Coverage {
+        let missing = u64::try_from(up_to.saturating_sub(after)).unwrap_or(u64::MAX);
+        if missing > MAX_COVERED_RANGE {
+            return Coverage {
+                after,
+                up_to: after,
+                seen: Vec::new(),
+                missing,
+            };
+        }
+        Coverage {
+            after,
+            up_to,
+            seen: vec![0; missing.div_ceil(64) as usize],
+            missing,
+        }
+    }
+
+    /// Whether `seq_no` lies in the range.
+    pub fn wants(&self, seq_no: i64) -> bool {
+        seq_no > self.after && seq_no <= self.up_to
+    }
+
+    pub fn note(&mut self, seq_no: i64) {
+        if !self.wants(seq_no) {
+            return;
+        }
+        let bit = (seq_no - self.after - 1) as u64;
+        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        if self.seen[word] & mask == 0 {
+            self.seen[word] |= mask;
+            self.missing -= 1;
+        }
+    }
+
+    pub fn complete(&self) -> bool {
+        self.missing == 0
     }
 }
 
@@ -483,12 +567,77 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, _) = Translog::open(dir.path(), 1, "t[0]").expect("open");
         log.append(op(0).record()).expect("append");
-        log.roll_and_trim().expect("roll");
+        log.roll_and_trim(0).expect("roll");
         log.append(op(1).record()).expect("append");
         log.flush_buffer().expect("flush");
         assert_eq!(log.generation(), 2);
+        assert_eq!(list_generations(dir.path()).expect("list"), vec![2]);
         drop(log);
         let (_, report) = Translog::open(dir.path(), 2, "t[0]").expect("reopen");
         assert_eq!(report.operations, vec![op(1)]);
+    }
+
+    #[test]
+    fn covered_generations_are_kept_as_history_within_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = Translog::open(dir.path(), 1, "t[0]").expect("open");
+        for seq_no in 0..3 {
+            log.append(op(seq_no).record()).expect("append");
+            log.roll_and_trim(1 << 20).expect("roll");
+        }
+        log.append(op(3).record()).expect("append");
+        assert_eq!(
+            list_generations(dir.path()).expect("list"),
+            vec![1, 2, 3, 4]
+        );
+        // Reopening after a commit at generation 4 replays only generation 4.
+        drop(log);
+        let (mut log, report) = Translog::open(dir.path(), 4, "t[0]").expect("reopen");
+        assert_eq!(report.operations, vec![op(3)]);
+        let covers = |dir: &Path, names: &[String]| {
+            let mut coverage = Coverage::new(0, 3);
+            for name in names {
+                for op in read_operations(&dir.join(name)).expect("read") {
+                    coverage.note(op.seq_no);
+                }
+            }
+            coverage.complete()
+        };
+        let history = tempfile::tempdir().expect("tempdir");
+        let linked = log.link_generations(history.path()).expect("link");
+        let names: Vec<String> = linked.into_iter().map(|(name, _)| name).collect();
+        assert!(covers(history.path(), &names));
+        // A budget of one generation keeps only the newest covered one.
+        let one = std::fs::metadata(generation_path(dir.path(), 1))
+            .expect("size")
+            .len();
+        log.roll_and_trim(one).expect("roll");
+        assert_eq!(list_generations(dir.path()).expect("list"), vec![4, 5]);
+        let names = [4, 5].map(|generation| {
+            let path = generation_path(dir.path(), generation);
+            path.file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string()
+        });
+        assert!(!covers(dir.path(), &names), "operations 1 and 2 are gone");
+    }
+
+    #[test]
+    fn coverage_needs_every_operation_in_its_range() {
+        let coverage = |after, up_to| {
+            let mut coverage = Coverage::new(after, up_to);
+            for seq_no in [3, 1, 2, 2, 5] {
+                coverage.note(seq_no);
+            }
+            coverage.complete()
+        };
+        assert!(coverage(0, 3));
+        assert!(coverage(2, 3));
+        assert!(coverage(3, 3), "an empty range");
+        assert!(!coverage(0, 5), "4 is missing");
+        assert!(!coverage(-1, 3), "0 is missing");
+        assert!(!coverage(i64::MIN, 3), "too wide to hold");
+        assert!(!coverage(4, 3), "the copy is ahead of the history");
     }
 }

@@ -1293,8 +1293,10 @@ fn lay_out_shard(
         serde_json::to_vec(&managed).map_err(|err| Error::Internal(err.to_string()))?;
     listing.push(b'\n');
     std::fs::write(index_dir.join(".managed.json"), listing)?;
+    // A restored copy records no term: it is never caught up by operations.
     let marker = crate::index::CopyMarker {
         allocation_id: allocation_id.to_string(),
+        primary_term: 0,
     };
     let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
     crate::index::write_atomically(&shard_dir.join("_copy.json"), &bytes)?;

@@ -173,6 +173,106 @@ fn assert_checkpoints_agree(cluster: &Cluster) {
     }
 }
 
+/// Indexes documents `from..to` through `node` and checks every item was acknowledged.
+fn index_range(node: &Node, from: u32, to: u32) {
+    let lines: Vec<Value> = (from..to)
+        .flat_map(|n| {
+            [
+                json!({"index": {"_id": format!("doc-{n}")}}),
+                json!({"n": n}),
+            ]
+        })
+        .collect();
+    let reply = node.bulk(&format!("/{INDEX}/_bulk"), &lines);
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.body["errors"], false, "{:?}", reply.body);
+}
+
+#[test]
+fn a_returning_replica_catches_up_by_operations_and_a_replaced_primary_by_files() {
+    let mut cluster = green_cluster();
+    // A node holding a replica (its primary elsewhere stays primary), a primary too if any does.
+    let rows = shard_rows(&cluster.nodes[0]);
+    let holds = |name: &str, prirep: &str| {
+        rows.iter()
+            .filter(|row| row["node"] == name && row["prirep"] == prirep)
+            .filter_map(|row| row["shard"].as_str().map(str::to_string))
+            .collect::<Vec<String>>()
+    };
+    let victim_name = (0..3)
+        .map(|n| format!("node-{n}"))
+        .filter(|name| !holds(name, "r").is_empty())
+        .max_by_key(|name| holds(name, "p").len())
+        .expect("some node holds a replica");
+    let (victim, observer) = (index_of(&victim_name), (index_of(&victim_name) + 1) % 3);
+    let replicas = holds(&victim_name, "r");
+    let primaries = holds(&victim_name, "p");
+    index_range(&cluster.nodes[observer], 0, 300);
+
+    cluster.nodes[victim].kill();
+    wait_for_primaries_off(&cluster.nodes[observer], &victim_name);
+    // What the victim misses, with a flush between: the primaries' history spans translog
+    // generations a commit already covers.
+    index_range(&cluster.nodes[observer], 300, 450);
+    let flushed = cluster.nodes[observer].post(&format!("/{INDEX}/_flush"), &json!({}));
+    assert_eq!(flushed.status, 200, "{:?}", flushed.body);
+    index_range(&cluster.nodes[observer], 450, 600);
+
+    cluster.nodes[victim].restart().expect("restart");
+    wait_for_green(&cluster.nodes[observer]);
+    let recoveries = cluster.nodes[observer]
+        .get(&format!("/_cat/recovery/{INDEX}?format=json"))
+        .body;
+    let onto_victim = |shard: &str| {
+        recoveries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|row| {
+                row["shard"] == shard
+                    && row["target_node"] == victim_name.as_str()
+                    && row["type"] == "peer"
+                    && row["stage"] == "done"
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!("no recovery of shard {shard} onto {victim_name}: {recoveries}")
+            })
+    };
+    let number = |row: &Value, key: &str| row[key].as_str().and_then(|n| n.parse::<u64>().ok());
+    for shard in &replicas {
+        let row = onto_victim(shard);
+        assert_eq!(
+            number(&row, "files"),
+            Some(0),
+            "by operations, no files: {row}"
+        );
+        assert!(
+            number(&row, "translog_ops_recovered") >= Some(1),
+            "the missed operations were replayed: {row}"
+        );
+    }
+    for shard in &primaries {
+        // Replaced in a new term, the old primary's copy may hold operations the new one never
+        // had: it is rebuilt from files.
+        let row = onto_victim(shard);
+        assert!(number(&row, "files") >= Some(1), "by files: {row}");
+        assert_eq!(number(&row, "translog_ops_recovered"), Some(0), "{row}");
+    }
+    // Searchable everywhere (the last writes may be younger than the refresh interval).
+    let refreshed = cluster.nodes[observer].post(&format!("/{INDEX}/_refresh"), &json!({}));
+    assert_eq!(refreshed.status, 200, "{:?}", refreshed.body);
+    let local = cluster.nodes[victim].get(&format!("/{INDEX}/_count?preference=_local"));
+    assert_eq!(
+        local.body["count"],
+        600,
+        "{:?} {:?}",
+        local.body,
+        shard_rows(&cluster.nodes[victim])
+    );
+    assert_checkpoints_agree(&cluster);
+}
+
 #[test]
 fn a_hung_primary_node_is_replaced_and_rejoins_as_replicas() {
     let cluster = green_cluster();
