@@ -2,7 +2,8 @@
 //! tantivy indexing and searching the same documents in-process, measured in one run.
 //!
 //! `cargo bench -p shoal-tests --bench single_node` (documents: `SHOAL_BENCH_DOCS`, default
-//! 200000; search iterations: `SHOAL_BENCH_SEARCHES`, default 300).
+//! 200000; search iterations: `SHOAL_BENCH_SEARCHES`, default 300; only the queries whose name
+//! contains `SHOAL_BENCH_QUERY`, for profiling one).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -281,6 +282,11 @@ fn main() {
             json!({"query": {"bool": {"must": {"match": {"request": "images"}}, "filter": {"term": {"status": 200}}}}}),
         ),
     ];
+    let only = std::env::var("SHOAL_BENCH_QUERY").unwrap_or_default();
+    let raw_queries: Vec<_> = raw_queries
+        .into_iter()
+        .filter(|(name, _, _)| name.contains(only.as_str()))
+        .collect();
     println!("\n== search latency ({searches} runs each, top 10 + source + exact count) ==");
     let mut ratio_product = 1.0;
     for (name, query, body) in &raw_queries {

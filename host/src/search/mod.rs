@@ -3,6 +3,7 @@
 
 pub mod aggs;
 pub mod collector;
+mod filter_term;
 pub mod prune;
 pub mod query;
 pub mod source_filter;

@@ -17,6 +17,7 @@ use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DateTime, Term};
 
+use super::filter_term::FilterTerm;
 use crate::error::{Error, Result, parsing};
 use crate::mapping::dates::parse_date_math;
 use crate::mapping::{Analyzer, LeafKind, ValueType};
@@ -633,10 +634,7 @@ fn bool_query(ctx: &QueryContext<'_>, body: &Value) -> Result<BoxQuery> {
         clauses.push((Occur::Must, to_query(ctx, clause)?));
     }
     for clause in clauses_of(object.get("filter")) {
-        clauses.push((
-            Occur::Must,
-            Box::new(ConstScoreQuery::new(to_query(ctx, clause)?, 0.0)),
-        ));
+        clauses.push((Occur::Must, unscored(to_query(ctx, clause)?)));
     }
     let positive_required = !clauses.is_empty();
     let should = clauses_of(object.get("should"));
@@ -667,6 +665,14 @@ fn bool_query(ctx: &QueryContext<'_>, body: &Value) -> Result<BoxQuery> {
         Box::new(BooleanQuery::new(clauses))
     };
     Ok(boosted(query, body))
+}
+
+/// A filter clause: matches without scoring.
+fn unscored(query: BoxQuery) -> BoxQuery {
+    match query.downcast_ref::<TermQuery>() {
+        Some(term) => Box::new(FilterTerm::new(term.term().clone())),
+        None => Box::new(ConstScoreQuery::new(query, 0.0)),
+    }
 }
 
 fn query_string(ctx: &QueryContext<'_>, body: &Value) -> Result<BoxQuery> {

@@ -1285,9 +1285,10 @@ impl Shard {
             .unwrap_or_default()
     }
 
-    /// Bytes on disk for this copy (index and translog).
+    /// Bytes of this copy's index files (Elasticsearch's `store.size`; the translog, history
+    /// included, is reported apart).
     pub fn store_size(&self) -> u64 {
-        dir_size(&self.path)
+        dir_size(&self.path.join("index"))
     }
 
     /// Last position handed to the OS (for a final sync at shutdown).

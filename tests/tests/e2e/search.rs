@@ -159,6 +159,28 @@ fn queries_match_what_the_documents_say() {
         )),
         count_where(&|d| d.status != 200)
     );
+    // A filter term matches without scoring: each hit scores what the match alone gives it.
+    let filtered = search(json!({"size": 5, "query": {"bool": {
+        "must": {"match": {"request": "english"}},
+        "filter": {"term": {"status": 200}},
+    }}}));
+    assert_eq!(
+        total(&filtered),
+        count_where(&|d| d.request.contains("english") && d.status == 200)
+    );
+    for hit in filtered.body["hits"]["hits"].as_array().expect("hits") {
+        let alone = search(json!({"query": {"bool": {
+            "must": {"match": {"request": "english"}},
+            "filter": {"ids": {"values": [hit["_id"]]}},
+        }}}));
+        assert_eq!(
+            alone.body["hits"]["hits"][0]["_score"], hit["_score"],
+            "{hit}"
+        );
+    }
+    let only_filter = search(json!({"query": {"bool": {"filter": {"term": {"status": 404}}}}}));
+    assert_eq!(total(&only_filter), count_where(&|d| d.status == 404));
+    assert_eq!(only_filter.body["hits"]["max_score"], 0.0);
     let query_string = search(
         json!({"query": {"query_string": {"query": "status:[400 TO 599] AND request:english"}}}),
     );
