@@ -37,8 +37,15 @@ struct Envelope<T> {
 pub enum Request {
     /// The peer's current metadata.
     NodeInfo,
-    /// A message of the cluster-state quorum.
-    Raft(RaftRequest),
+    /// A message of the cluster-state quorum, addressed to one node of one cluster: a node
+    /// refuses messages meant for another node (an address reused) or cluster.
+    Raft {
+        to: String,
+        cluster_uuid: Option<String>,
+        message: RaftRequest,
+    },
+    /// The uuid of the cluster the peer belongs to, once it has joined one.
+    ClusterIdentity,
     /// A cluster-state change for the master to commit.
     Propose(StateCommand),
     /// A shard-level request of the data plane.
@@ -57,6 +64,7 @@ pub enum RaftRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Response {
     NodeInfo(NodeMeta),
+    ClusterIdentity(Option<String>),
     RaftAppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     RaftVote(Result<VoteResponse<u64>, RaftError<u64>>),
     RaftInstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
@@ -197,7 +205,17 @@ impl RpcServer {
         let consensus = self.consensus.get();
         match (request, consensus) {
             (Request::NodeInfo, _) => Response::NodeInfo(self.membership.local()),
-            (Request::Raft(message), Some(consensus)) => consensus.handle(message).await,
+            (
+                Request::Raft {
+                    to,
+                    cluster_uuid,
+                    message,
+                },
+                Some(consensus),
+            ) => consensus.handle(&to, cluster_uuid, message).await,
+            (Request::ClusterIdentity, Some(consensus)) => {
+                Response::ClusterIdentity(consensus.state().cluster_uuid.clone())
+            }
             (Request::Propose(command), Some(consensus)) => {
                 Response::Proposed(consensus.propose_as_master(command).await)
             }

@@ -23,13 +23,15 @@ const TICK: Duration = Duration::from_millis(250);
 /// restart gossip needs a moment) before its copies are failed.
 const UNSEEN_GRACE: Duration = Duration::from_secs(10);
 
-/// The live nodes that hold data, as allocation sees them.
+/// The live nodes that hold data, as allocation sees them (not one the master found to belong
+/// to another cluster).
 pub fn data_nodes(node: &NodeState) -> Vec<DataNode> {
+    let consensus = &node.cluster.consensus;
     node.cluster
         .membership
         .live_nodes()
         .into_iter()
-        .filter(|meta| meta.has_role(Role::Data))
+        .filter(|meta| meta.has_role(Role::Data) && !consensus.is_foreign(&meta.node_id))
         .map(|meta| DataNode {
             node_id: meta.node_id,
             name: meta.name,

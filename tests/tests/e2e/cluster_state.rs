@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shoal_tests::{Cluster, Node, wait_for};
+use shoal_tests::{Cluster, Node, node_names, wait_for};
 
 use crate::BIN;
 
@@ -217,4 +217,100 @@ fn settings_are_validated_and_survive_a_full_cluster_restart() {
     for node in &cluster.nodes {
         wait_for_setting(node, "persistent", "cluster.max_shards_per_node", "500");
     }
+}
+
+/// The uuid of the cluster `node` belongs to, once it has one.
+fn cluster_uuid(node: &Node) -> String {
+    wait_for(Duration::from_secs(30), "a cluster uuid", || {
+        let uuid = node.get("/").body["cluster_uuid"].clone();
+        uuid.as_str()
+            .filter(|uuid| *uuid != "_na_")
+            .map(str::to_string)
+    })
+}
+
+#[test]
+fn a_node_of_another_cluster_cannot_join_even_with_the_same_certificates_and_name() {
+    let cluster = Cluster::start(BIN, &["a", "b"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1], &ALL[..2]);
+    let ours = cluster_uuid(&cluster.nodes[0]);
+
+    // A node that founded its own cluster from the same development CA and cluster name...
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("stray");
+    let ca = cluster.dev_ca().display().to_string();
+    let mut stray = Node::start(BIN, &data, &["--node-name", "stray", "--dev-ca", &ca])
+        .expect("the stray node starts");
+    let theirs = cluster_uuid(&stray);
+    assert_ne!(theirs, ours);
+    stray.kill();
+    // ...is later pointed at this cluster.
+    let seed = cluster.nodes[0].transport_addr.clone();
+    let stray = Node::start(
+        BIN,
+        &data,
+        &["--node-name", "stray", "--dev-ca", &ca, "--seed", &seed],
+    )
+    .expect("the stray node restarts");
+    wait_for(
+        Duration::from_secs(30),
+        "gossip to see the stray node",
+        || {
+            node_names(&cluster.nodes[0])
+                .contains(&"stray".to_string())
+                .then_some(())
+        },
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the master to refuse the node",
+        || {
+            cluster
+                .nodes
+                .iter()
+                .any(|node| node.log_contains("belongs to another cluster"))
+                .then_some(())
+        },
+    );
+    // It keeps its own cluster, takes no part in this one's quorum, and gets no shards.
+    assert_eq!(cluster_uuid(&stray), theirs);
+    let state = cluster.nodes[1].get("/_cluster/state").body;
+    assert_eq!(state["metadata"]["cluster_uuid"], ours.as_str());
+    let stray_id = stray.get("/_nodes").body["nodes"]
+        .as_object()
+        .and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|(_, info)| info["name"] == "stray")
+                .map(|(id, _)| id.clone())
+        })
+        .expect("the stray node's id");
+    let voters = state["metadata"]["cluster_coordination"]["last_committed_config"].clone();
+    assert!(
+        !voters.to_string().contains(&stray_id),
+        "{voters} holds no foreign node"
+    );
+    // Through the master, which found the stray node foreign (another node could place a copy
+    // there until the master's next reroute moves it off).
+    let master = master_of(&cluster.nodes[0]).expect("a master");
+    let master = &cluster.nodes[if master == "node-0" { 0 } else { 1 }];
+    let created = master.put(
+        "/spread",
+        &json!({"settings": {"number_of_shards": 6, "number_of_replicas": 0}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    let rows = cluster.nodes[0].get("/_cat/shards/spread?format=json").body;
+    let holders: Vec<Value> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| row["node"].clone())
+        .collect();
+    assert_eq!(holders.len(), 6, "{rows}");
+    assert!(
+        holders
+            .iter()
+            .all(|name| name == "node-0" || name == "node-1"),
+        "{rows}"
+    );
 }

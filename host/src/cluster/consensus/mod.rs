@@ -104,6 +104,10 @@ pub struct Consensus {
     membership: Membership,
     /// Set once this node has applied everything committed before it started.
     caught_up: std::sync::atomic::AtomicBool,
+    foreign_warnings: Throttle,
+    /// Nodes found to belong to another cluster: never added to this one (a node id keeps its
+    /// cluster; a wiped node comes back under a new id).
+    foreign_nodes: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Consensus {
@@ -138,6 +142,7 @@ impl Consensus {
         let network = network::RaftNetworkImpl {
             rpc: rpc.clone(),
             membership: membership.clone(),
+            state: state.clone(),
         };
         let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
             .await
@@ -164,6 +169,8 @@ impl Consensus {
             rpc,
             membership,
             caught_up: std::sync::atomic::AtomicBool::new(false),
+            foreign_warnings: Throttle::default(),
+            foreign_nodes: Default::default(),
         });
         tokio::spawn(reconcile_loop(Arc::downgrade(&consensus)));
         tokio::spawn(catch_up(Arc::downgrade(&consensus)));
@@ -231,6 +238,14 @@ impl Consensus {
             return false;
         };
         self.membership.transport_addr_of(&peer.node_id).is_some()
+    }
+
+    /// Whether this node, as master, found `node_id` to belong to another cluster.
+    pub fn is_foreign(&self, node_id: &str) -> bool {
+        self.foreign_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node_id)
     }
 
     /// The current Raft term and the voting configuration (node ids).
@@ -346,8 +361,25 @@ impl Consensus {
             .unwrap_or(peer.transport_addr)
     }
 
-    /// Answers a Raft message from a peer.
-    pub async fn handle(&self, message: RaftRequest) -> Response {
+    /// Answers a Raft message from a peer, unless it is meant for another node or comes from
+    /// another cluster: a node that belonged to one cluster must never vote in, or take the
+    /// log of, another that happens to share its certificates and name.
+    pub async fn handle(
+        &self,
+        to: &str,
+        cluster_uuid: Option<String>,
+        message: RaftRequest,
+    ) -> Response {
+        let local = self.membership.local();
+        let ours = self.state().cluster_uuid.clone();
+        if let Some(reason) =
+            foreign_message(&local.node_id, ours.as_deref(), to, cluster_uuid.as_deref())
+        {
+            if self.foreign_warnings.due() {
+                tracing::warn!(reason = %reason, "refused a cluster-state message");
+            }
+            return Response::Failed { reason };
+        }
         match message {
             RaftRequest::AppendEntries(request) => {
                 Response::RaftAppendEntries(self.raft.append_entries(request).await)
@@ -389,6 +421,9 @@ impl Consensus {
         for meta in &live {
             let id = raft_id(&meta.node_id);
             if config.get_node(&id).is_none() {
+                if !self.same_cluster(meta).await {
+                    continue;
+                }
                 let peer = RaftPeer {
                     node_id: meta.node_id.clone(),
                     name: meta.name.clone(),
@@ -421,6 +456,75 @@ impl Consensus {
         let change = ChangeMembers::ReplaceAllVoters(target);
         if let Err(err) = self.raft.change_membership(change, true).await {
             tracing::debug!(error = %err, "voting configuration not changed yet");
+        }
+    }
+}
+
+/// Why a Raft message must be refused, if it must.
+fn foreign_message(
+    local_node: &str,
+    local_cluster: Option<&str>,
+    to: &str,
+    cluster: Option<&str>,
+) -> Option<String> {
+    if to != local_node {
+        return Some(format!(
+            "the message is for node [{to}], this is node [{local_node}]"
+        ));
+    }
+    match (local_cluster, cluster) {
+        (Some(ours), Some(theirs)) if ours != theirs => Some(format!(
+            "this node belongs to cluster [{ours}], the message comes from cluster [{theirs}]"
+        )),
+        _ => None,
+    }
+}
+
+/// Rate-limits a repeated warning (a foreign peer retries many times a second).
+#[derive(Default)]
+struct Throttle(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn due(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= Self::EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
+impl Consensus {
+    /// Whether a node gossip found may join this cluster's quorum: it has not joined another
+    /// one (a node keeps the cluster it first joined, as Elasticsearch's do).
+    async fn same_cluster(&self, meta: &super::NodeMeta) -> bool {
+        if self.is_foreign(&meta.node_id) {
+            return false;
+        }
+        let ours = self.state().cluster_uuid.clone();
+        let asked = self
+            .rpc
+            .call(
+                meta.transport_addr,
+                &Request::ClusterIdentity,
+                Duration::from_secs(2),
+            )
+            .await;
+        match asked {
+            Ok(Response::ClusterIdentity(Some(theirs))) if Some(&theirs) != ours.as_ref() => {
+                tracing::warn!(node = %meta.name, node_cluster = %theirs, cluster = ?ours, "not adding a node that belongs to another cluster; wipe its data directory to have it join this one");
+                self.foreign_nodes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(meta.node_id.clone());
+                false
+            }
+            Ok(Response::ClusterIdentity(_)) => true,
+            // Not answering yet (starting): asked again on the next round.
+            _ => false,
         }
     }
 }
@@ -471,6 +575,27 @@ async fn catch_up(consensus: std::sync::Weak<Consensus>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_for_another_node_or_cluster_are_refused() {
+        assert_eq!(foreign_message("n1", Some("c1"), "n1", Some("c1")), None);
+        assert_eq!(
+            foreign_message("n1", None, "n1", Some("c1")),
+            None,
+            "a node joining its first cluster takes its log"
+        );
+        assert_eq!(
+            foreign_message("n1", Some("c1"), "n1", None),
+            None,
+            "a founder that has not committed its uuid yet"
+        );
+        let other_cluster = foreign_message("n1", Some("c1"), "n1", Some("c2"));
+        assert!(
+            other_cluster.is_some_and(|reason| reason.contains("[c1]") && reason.contains("[c2]"))
+        );
+        let other_node = foreign_message("n1", Some("c1"), "n9", Some("c1"));
+        assert!(other_node.is_some_and(|reason| reason.contains("[n9]")));
+    }
 
     #[test]
     fn raft_ids_are_stable_and_distinct() {

@@ -15,15 +15,22 @@ use openraft::raft::{
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 use super::{RaftPeer, TypeConfig};
 use crate::cluster::membership::Membership;
 use crate::cluster::rpc::{RaftRequest, Request, Response, RpcClient, RpcError};
+use crate::cluster::state::ClusterState;
 
 /// Creates a link per Raft peer.
 #[derive(Clone)]
 pub struct RaftNetworkImpl {
     pub rpc: RpcClient,
     pub membership: Membership,
+    /// This node's cluster state, for the cluster uuid every message carries.
+    pub state: watch::Receiver<Arc<ClusterState>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for RaftNetworkImpl {
@@ -35,6 +42,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkImpl {
             peer: node.clone(),
             rpc: self.rpc.clone(),
             membership: self.membership.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -45,6 +53,7 @@ pub struct PeerLink {
     peer: RaftPeer,
     rpc: RpcClient,
     membership: Membership,
+    state: watch::Receiver<Arc<ClusterState>>,
 }
 
 type Failure<E = openraft::error::Infallible> = RPCError<u64, RaftPeer, RaftError<u64, E>>;
@@ -62,8 +71,13 @@ impl PeerLink {
         option: &RPCOption,
     ) -> Result<Response, RPCError<u64, RaftPeer, RaftError<u64, E>>> {
         let timeout = option.hard_ttl().max(Duration::from_millis(50));
+        let request = Request::Raft {
+            to: self.peer.node_id.clone(),
+            cluster_uuid: self.state.borrow().cluster_uuid.clone(),
+            message,
+        };
         self.rpc
-            .call(self.address(), &Request::Raft(message), timeout)
+            .call(self.address(), &request, timeout)
             .await
             .map_err(|err| match err {
                 RpcError::Transport(err) => RPCError::Unreachable(Unreachable::new(&err)),
