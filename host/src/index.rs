@@ -387,6 +387,13 @@ pub struct CopyMarker {
     pub primary_term: u64,
 }
 
+impl CopyMarker {
+    /// Whether the copy was built in primary term `term` (and recorded it).
+    pub fn built_in_term(&self, term: u64) -> bool {
+        self.primary_term != 0 && self.primary_term == term
+    }
+}
+
 const COPY_MARKER: &str = "_copy.json";
 
 impl IndexService {

@@ -356,34 +356,29 @@ impl Applier {
         }
         let wanted = index.meta.number_of_replicas() as usize + 1;
         let reusable = routing.copies.len() < wanted
-            && index.copy_marker(number).is_some_and(|marker| {
-                marker.primary_term != 0 && marker.primary_term == routing.primary_term
-            });
-        if reusable {
-            if open {
-                tracing::info!(
-                    index = name,
-                    shard = number,
-                    "closing a copy the routing moved away; its files stay for a catch-up by operations"
-                );
-                self.node.copies.forget(name, number);
-                let service = index.clone();
-                blocking(move || {
-                    service.close_copy(number);
-                    Ok(())
-                })
-                .await?;
-            }
+            && index
+                .copy_marker(number)
+                .is_some_and(|marker| marker.built_in_term(routing.primary_term));
+        if reusable && !open {
             return Ok(());
         }
-        tracing::info!(
-            index = name,
-            shard = number,
+        let what = if reusable {
+            "closing a copy the routing moved away; its files stay for a catch-up by operations"
+        } else {
             "removing a copy the routing moved away"
-        );
+        };
+        tracing::info!(index = name, shard = number, "{what}");
         self.node.copies.forget(name, number);
         let service = index.clone();
-        blocking(move || service.remove_copy(number)).await
+        blocking(move || {
+            if reusable {
+                service.close_copy(number);
+                Ok(())
+            } else {
+                service.remove_copy(number)
+            }
+        })
+        .await
     }
 
     fn propose(&self, command: StateCommand) {

@@ -399,7 +399,7 @@ fn reusable_copy(
 ) -> Result<Option<Arc<Shard>>> {
     let reusable = service
         .copy_marker(number)
-        .is_some_and(|marker| marker.primary_term != 0 && marker.primary_term == primary_term);
+        .is_some_and(|marker| marker.built_in_term(primary_term));
     if reusable {
         match service.open_copy(number) {
             Ok(shard) => return Ok(Some(shard)),
