@@ -7,7 +7,9 @@
 //!   until a cluster-settings change commits through a new master;
 //! - replicated writes (3 nodes, 3 shards × 1 replica): wall time from `kill -9` / `SIGSTOP` of
 //!   the node holding the most primaries until a bulk touching every shard is fully
-//!   acknowledged, and bulk throughput with 1 replica against 0 replicas (same documents).
+//!   acknowledged, and bulk throughput with 1 replica against 0 replicas (same documents);
+//!   then a node restarted after missing a tenth of those documents: how long its copies took
+//!   to recover, by operations (replicas) and by files (replaced primaries).
 //!
 //! `cargo bench -p shoal-tests --bench cluster` (`SHOAL_BENCH_SEEDS`, default 16;
 //! `SHOAL_BENCH_ROUNDS`, real-process rounds, default 3).
@@ -299,6 +301,69 @@ fn replicated_writes(rounds: usize, docs: usize) {
         "    1 replica:  {one:>8.0} docs/s   ratio {:.2} (goal >= 0.8)",
         one / zero
     );
+    returning_copies(&mut cluster, "one-replica", docs / 10);
+}
+
+/// Restarts a node after `missed` writes went by without it: its replicas (their primary term
+/// unchanged) catch up by operations, its replaced primaries are rebuilt from files. Prints
+/// each recovery as `_cat/recovery` reports it, so the two ways compare on shards of one size.
+fn returning_copies(cluster: &mut Cluster, index: &str, missed: usize) {
+    let rows = cluster.nodes[0]
+        .get(&format!("/_cat/shards/{index}?format=json"))
+        .body;
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let holds = |node: usize, prirep: &str| {
+        rows.iter()
+            .filter(|row| row["node"] == format!("node-{node}").as_str() && row["prirep"] == prirep)
+            .count()
+    };
+    let victim = (0..3)
+        .filter(|&node| holds(node, "r") > 0)
+        .max_by_key(|&node| holds(node, "p"))
+        .unwrap_or(2);
+    let survivor = (victim + 1) % 3;
+    cluster.nodes[victim].kill();
+    let health = cluster.nodes[survivor].get(&format!(
+        "/_cluster/health/{index}?wait_for_status=yellow&timeout=60s"
+    ));
+    assert_eq!(health.status, 200, "{:?}", health.body);
+    for first in (0..missed).step_by(500) {
+        let (status, _) = cluster.nodes[survivor].raw_bytes(
+            "POST",
+            &format!("/{index}/_bulk"),
+            bulk_body(50_000_000 + first, 500.min(missed - first)),
+            "application/x-ndjson",
+        );
+        assert_eq!(status, 200);
+    }
+    cluster.nodes[victim].restart().expect("restart");
+    let health = cluster.nodes[survivor].get(&format!(
+        "/_cluster/health/{index}?wait_for_status=green&timeout=120s"
+    ));
+    assert_eq!(health.body["status"], "green", "{:?}", health.body);
+    let recoveries = cluster.nodes[survivor]
+        .get(&format!("/_cat/recovery/{index}?format=json"))
+        .body;
+    println!("  a node back after missing {missed} docs: its copies' recoveries");
+    for row in recoveries.as_array().cloned().unwrap_or_default() {
+        if row["target_node"] != format!("node-{victim}").as_str() || row["type"] != "peer" {
+            continue;
+        }
+        let field = |key: &str| row[key].as_str().unwrap_or("?").to_string();
+        let how = if field("files") == "0" {
+            "by operations"
+        } else {
+            "by files"
+        };
+        println!(
+            "    shard {} {how:<13}: {:>7}, {} files / {} bytes copied, {} operations replayed",
+            field("shard"),
+            field("time"),
+            field("files"),
+            field("bytes"),
+            field("translog_ops_recovered"),
+        );
+    }
 }
 
 fn main() {
