@@ -25,6 +25,9 @@ pub struct IndexSettings {
     pub refresh_interval: Option<Duration>,
     pub translog_durability: Durability,
     pub translog_sync_interval: Duration,
+    /// Translog bytes kept past the commits as history for copies that catch up by operations
+    /// (`index.translog.retention.size`, Elasticsearch 6's setting).
+    pub translog_retention_size: u64,
     /// The field time-series pruning reads (`index.time_series.timestamp_field`).
     pub timestamp_field: String,
     pub max_result_window: usize,
@@ -44,6 +47,7 @@ impl Default for IndexSettings {
             refresh_interval: Some(Duration::from_secs(1)),
             translog_durability: Durability::Request,
             translog_sync_interval: Duration::from_secs(5),
+            translog_retention_size: crate::shard::TRANSLOG_RETENTION_BYTES,
             timestamp_field: "@timestamp".to_string(),
             max_result_window: 10_000,
             pruning_plugin: None,
@@ -159,6 +163,10 @@ impl IndexSettings {
                                 illegal("[index.translog.sync_interval] must be at least 100ms")
                             })?;
                 }
+                "translog.retention.size" => {
+                    settings.translog_retention_size =
+                        crate::units::parse_byte_size(&setting_string(&key, &value)?)?;
+                }
                 "time_series.timestamp_field" => {
                     settings.timestamp_field = setting_string(&key, &value)?
                 }
@@ -197,6 +205,9 @@ impl IndexSettings {
             "translog.sync_interval" => {
                 settings.translog_sync_interval = defaults.translog_sync_interval
             }
+            "translog.retention.size" => {
+                settings.translog_retention_size = defaults.translog_retention_size
+            }
             "time_series.timestamp_field" => settings.timestamp_field = defaults.timestamp_field,
             "max_result_window" => settings.max_result_window = defaults.max_result_window,
             "unassigned.node_left.delayed_timeout" => {
@@ -227,6 +238,7 @@ impl IndexSettings {
                 "translog": {
                     "durability": match self.translog_durability { Durability::Request => "request", Durability::Async => "async" },
                     "sync_interval": format_time_value(Some(self.translog_sync_interval)),
+                    "retention": { "size": format!("{}b", self.translog_retention_size) },
                 },
                 "time_series": { "timestamp_field": self.timestamp_field },
                 "max_result_window": self.max_result_window.to_string(),
@@ -487,6 +499,7 @@ impl IndexService {
             1,
             self.meta.as_ref(),
         )?);
+        shard.set_translog_retention(self.meta.settings().translog_retention_size);
         self.shards
             .write()
             .unwrap_or_else(|p| p.into_inner())

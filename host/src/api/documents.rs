@@ -9,6 +9,7 @@ use super::{Reply, Request, ok};
 use crate::error::{Error, Result, illegal, parsing};
 use crate::ids::new_document_id;
 use crate::index::IndexService;
+use crate::replication::wire::CopyOperation;
 use crate::replication::{admin, reads, writes};
 use crate::search::source_filter::SourceFilter;
 use crate::shard::{Condition, WriteOp, WriteOutcome, WriteResult};
@@ -79,7 +80,12 @@ pub(super) async fn apply_refresh(
     match request.param("refresh") {
         None | Some("false") => Ok(false),
         Some("" | "true") => {
-            reads::refresh(&request.node, std::slice::from_ref(index)).await?;
+            admin::on_every_copy(
+                &request.node,
+                std::slice::from_ref(index),
+                CopyOperation::Refresh,
+            )
+            .await?;
             Ok(true)
         }
         Some("wait_for") => {
@@ -91,7 +97,12 @@ pub(super) async fn apply_refresh(
                 .collect();
             if index.meta.settings().refresh_interval.is_none() || local.len() < shards.len() {
                 // Copies elsewhere (or no periodic refresh): refresh them now instead.
-                reads::refresh(&request.node, std::slice::from_ref(index)).await?;
+                admin::on_every_copy(
+                    &request.node,
+                    std::slice::from_ref(index),
+                    CopyOperation::Refresh,
+                )
+                .await?;
                 return Ok(false);
             }
             for (shard, seq_no) in local {

@@ -1,13 +1,14 @@
-//! Index administration routes: create, get, exists, delete, mappings, settings, refresh, flush.
+//! Index administration routes: create, get, exists, delete, mappings, settings, refresh, flush,
+//! force merge.
 
 use serde_json::{Map, Value, json};
 
-use super::{Reply, Request, blocking, ok};
+use super::{Reply, Request, ok};
 use crate::error::{Error, Result};
 use crate::index::IndexService;
 use crate::mapping::Mapping;
 use crate::replication::admin;
-use crate::shard::Shard;
+use crate::replication::wire::CopyOperation;
 
 pub(super) async fn create(request: Request, name: &str) -> Result<Reply> {
     let body = request.json()?;
@@ -99,39 +100,29 @@ pub(super) async fn put_settings(request: Request, expression: &str) -> Result<R
     ok(json!({ "acknowledged": true }))
 }
 
-/// Runs `operation` on this node's copies of the targeted indices, off the async runtime.
-async fn for_each_shard(
+/// Refreshes every copy of the targeted indices, on every node.
+pub(super) async fn refresh(request: Request, expression: &str) -> Result<Reply> {
+    on_every_copy(request, expression, CopyOperation::Refresh).await
+}
+
+/// Runs `operation` on every copy of the targeted indices, on every node.
+async fn on_every_copy(
     request: Request,
     expression: &str,
-    operation: impl Fn(&Shard) -> Result<()> + Send + 'static,
+    operation: CopyOperation,
 ) -> Result<Reply> {
     let targets = request
         .node
         .indices
         .resolve(expression, request.flag("ignore_unavailable"))?;
-    let shards: Vec<_> = targets
-        .iter()
-        .flat_map(|index| index.local_shards())
-        .collect();
-    let total = shards.len();
-    blocking(move || shards.iter().try_for_each(|shard| operation(shard))).await?;
-    ok(json!({ "_shards": { "total": total, "successful": total, "failed": 0 } }))
-}
-
-/// Refreshes every copy of the targeted indices, on every node.
-pub(super) async fn refresh(request: Request, expression: &str) -> Result<Reply> {
-    let targets = request
-        .node
-        .indices
-        .resolve(expression, request.flag("ignore_unavailable"))?;
-    let (total, successful) = crate::replication::reads::refresh(&request.node, &targets).await?;
+    let (total, successful) = admin::on_every_copy(&request.node, &targets, operation).await?;
     ok(
         json!({ "_shards": { "total": total, "successful": successful, "failed": total - successful } }),
     )
 }
 
 pub(super) async fn flush(request: Request, expression: &str) -> Result<Reply> {
-    for_each_shard(request, expression, Shard::flush).await
+    on_every_copy(request, expression, CopyOperation::Flush).await
 }
 
 pub(super) async fn force_merge(request: Request, expression: &str) -> Result<Reply> {
@@ -141,8 +132,10 @@ pub(super) async fn force_merge(request: Request, expression: &str) -> Result<Re
         })?,
         None => 1,
     };
-    for_each_shard(request, expression, move |shard| {
-        shard.force_merge(max_segments).map(|_| ())
-    })
+    on_every_copy(
+        request,
+        expression,
+        CopyOperation::ForceMerge { max_segments },
+    )
     .await
 }

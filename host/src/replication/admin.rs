@@ -1,5 +1,6 @@
 //! Index administration through the cluster state: creating, deleting, re-setting and mapping
-//! an index is a committed change that every node then applies, never a local edit.
+//! an index is a committed change that every node then applies, never a local edit; and the
+//! maintenance (`_refresh`, `_flush`, `_forcemerge`) every copy runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::master::{allocation_settings, data_nodes};
+use super::wire::{CopyOperation, DataRequest, DataResponse};
+use crate::api::blocking;
 use crate::cluster::allocation::{self, IndexRouting, ShardRouting};
 use crate::cluster::consensus::ProposeError;
 use crate::cluster::state::{IndexMetadata, StateCommand};
@@ -17,6 +20,7 @@ use crate::index::{IndexService, parse_create_body, validate_index_name};
 use crate::mapping::Mapping;
 use crate::node::NodeState;
 use crate::plugins::{PluginKind, roles};
+use crate::shard::Shard;
 
 /// How long index creation waits for its primaries to start (`shards_acknowledged`).
 const WAIT_FOR_PRIMARIES: Duration = Duration::from_secs(30);
@@ -258,4 +262,64 @@ fn adopt(node: &NodeState, index: &IndexService) -> Result<()> {
         Some(meta) => index.meta.adopt_cluster_metadata(meta, state.version),
         None => Ok(()),
     }
+}
+
+/// Runs `operation` on every started copy of `indices`, on every node that holds one, as
+/// Elasticsearch's broadcast `_refresh`, `_flush` and `_forcemerge` do; returns (total,
+/// successful) copies.
+pub async fn on_every_copy(
+    node: &Arc<NodeState>,
+    indices: &[Arc<IndexService>],
+    operation: CopyOperation,
+) -> Result<(usize, usize)> {
+    let state = node.cluster.consensus.state();
+    let mut total = 0;
+    let mut successful = 0;
+    let mut remote: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for index in indices {
+        let Some(routing) = state.routing.get(index.name()) else {
+            continue;
+        };
+        for shard in &routing.shards {
+            for copy in shard.copies.iter().filter(|copy| copy.started) {
+                total += 1;
+                if copy.node_id != node.identity.node_id {
+                    let names = remote.entry(copy.node_id.clone()).or_default();
+                    if !names.contains(&index.name().to_string()) {
+                        names.push(index.name().to_string());
+                    }
+                }
+            }
+        }
+    }
+    let local: Vec<Arc<Shard>> = indices
+        .iter()
+        .flat_map(|index| {
+            index
+                .local_shards()
+                .into_iter()
+                .filter(|shard| node.copies.active(index.name(), shard.id.shard).is_some())
+        })
+        .collect();
+    successful += local.len();
+    blocking(move || local.iter().try_for_each(|shard| operation.run(shard))).await?;
+    // A force merge rewrites whole shards.
+    let timeout = match operation {
+        CopyOperation::ForceMerge { .. } => Duration::from_secs(3600),
+        CopyOperation::Refresh | CopyOperation::Flush => super::SHARD_REQUEST_TIMEOUT,
+    };
+    for (node_id, names) in remote {
+        for name in names {
+            let request = DataRequest::OnCopies {
+                index: name,
+                operation,
+            };
+            if let Ok(DataResponse::Ran { copies }) =
+                super::ask_within(node, &node_id, request, timeout).await
+            {
+                successful += copies;
+            }
+        }
+    }
+    Ok((total, successful.min(total)))
 }

@@ -295,57 +295,6 @@ fn shard_failure(index: &str, shard: u32, reason: &str) -> Value {
     })
 }
 
-/// Refreshes every copy of `indices` on every node that holds one; returns (total, successful)
-/// copies.
-pub async fn refresh(
-    node: &Arc<NodeState>,
-    indices: &[Arc<IndexService>],
-) -> Result<(usize, usize)> {
-    let state = node.cluster.consensus.state();
-    let mut total = 0;
-    let mut successful = 0;
-    let mut remote: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for index in indices {
-        let Some(routing) = state.routing.get(index.name()) else {
-            continue;
-        };
-        for shard in &routing.shards {
-            for copy in shard.copies.iter().filter(|copy| copy.started) {
-                total += 1;
-                if copy.node_id != node.identity.node_id {
-                    let names = remote.entry(copy.node_id.clone()).or_default();
-                    if !names.contains(&index.name().to_string()) {
-                        names.push(index.name().to_string());
-                    }
-                }
-            }
-        }
-    }
-    let local: Vec<Arc<Shard>> = indices
-        .iter()
-        .flat_map(|index| {
-            index
-                .local_shards()
-                .into_iter()
-                .filter(|shard| node.copies.active(index.name(), shard.id.shard).is_some())
-        })
-        .collect();
-    successful += local.len();
-    blocking(move || local.iter().try_for_each(|shard| shard.refresh())).await?;
-    for (node_id, names) in remote {
-        for name in names {
-            let request = DataRequest::Refresh {
-                index: name,
-                shards: Vec::new(),
-            };
-            if let Ok(DataResponse::Refreshed { copies }) = ask(node, &node_id, request).await {
-                successful += copies;
-            }
-        }
-    }
-    Ok((total, successful.min(total)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,17 +132,16 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
                     .collect(),
             ))
         }
-        DataRequest::Refresh { index, shards } => {
+        DataRequest::OnCopies { index, operation } => {
             let service = node.indices.get(&index)?;
             let copies: Vec<_> = service
                 .local_shards()
                 .into_iter()
-                .filter(|copy| shards.is_empty() || shards.contains(&copy.id.shard))
                 .filter(|copy| node.copies.active(&index, copy.id.shard).is_some())
                 .collect();
             let count = copies.len();
-            blocking(move || copies.iter().try_for_each(|copy| copy.refresh())).await?;
-            Ok(DataResponse::Refreshed { copies: count })
+            blocking(move || copies.iter().try_for_each(|copy| operation.run(copy))).await?;
+            Ok(DataResponse::Ran { copies: count })
         }
         DataRequest::Search {
             targets,

@@ -62,8 +62,11 @@ pub enum DataRequest {
         shard: u32,
         ids: Vec<String>,
     },
-    /// Refreshes this node's copies of `shards` (all when empty).
-    Refresh { index: String, shards: Vec<u32> },
+    /// Runs `operation` on this node's active copies of `index`.
+    OnCopies {
+        index: String,
+        operation: CopyOperation,
+    },
     /// Runs the query-and-fetch phase of a search on this node's copies.
     Search {
         /// `(index, shard numbers)` to search here.
@@ -88,6 +91,24 @@ pub enum DataRequest {
     Recoveries,
 }
 
+/// Maintenance that `_refresh`, `_flush` and `_forcemerge` run on every started copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyOperation {
+    Refresh,
+    Flush,
+    ForceMerge { max_segments: usize },
+}
+
+impl CopyOperation {
+    pub fn run(self, copy: &crate::shard::Shard) -> Result<()> {
+        match self {
+            CopyOperation::Refresh => copy.refresh(),
+            CopyOperation::Flush => copy.flush(),
+            CopyOperation::ForceMerge { max_segments } => copy.force_merge(max_segments).map(drop),
+        }
+    }
+}
+
 /// The answer to a [`DataRequest`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum DataResponse {
@@ -110,7 +131,8 @@ pub enum DataResponse {
         data: Vec<u8>,
     },
     Done,
-    Refreshed {
+    /// How many copies ran the operation.
+    Ran {
         copies: usize,
     },
     Docs(Vec<Option<WireDoc>>),

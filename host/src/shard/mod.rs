@@ -32,8 +32,8 @@ use crate::mapping::document::parse_document;
 
 /// Memory tantivy may buffer per shard before flushing a segment.
 const INDEXING_BUFFER_BYTES: usize = 64 << 20;
-/// Translog bytes a copy keeps past its commits, so that a copy that was away can catch up by
-/// operations instead of files (Elasticsearch 6's `index.translog.retention.size`).
+/// Translog bytes a copy keeps past its commits by default, so that a copy that was away can
+/// catch up by operations instead of files (`index.translog.retention.size`).
 pub const TRANSLOG_RETENTION_BYTES: u64 = 512 << 20;
 
 /// Which shard copy this is: index name and shard number.
@@ -252,6 +252,8 @@ pub struct Shard {
     sync: Arc<TranslogSync>,
     refreshed_seq_no: watch::Sender<i64>,
     needs_refresh: AtomicBool,
+    /// `index.translog.retention.size`, applied at the next roll.
+    translog_retention: AtomicU64,
     pub counters: ShardCounters,
     /// Timestamp bounds for pruning, recomputed only after a refresh.
     pub time_stats: time_stats::TimeStatsCache,
@@ -383,6 +385,7 @@ impl Shard {
             sync,
             refreshed_seq_no,
             needs_refresh: AtomicBool::new(false),
+            translog_retention: AtomicU64::new(TRANSLOG_RETENTION_BYTES),
             counters: ShardCounters::default(),
             time_stats: time_stats::TimeStatsCache::default(),
             path: path.to_path_buf(),
@@ -1135,7 +1138,9 @@ impl Shard {
     /// Commits and trims the translog: after a flush, start-up replays nothing.
     pub fn flush(&self) -> Result<()> {
         let mut state = self.lock()?;
-        state.translog.roll_and_trim(TRANSLOG_RETENTION_BYTES)?;
+        state
+            .translog
+            .roll_and_trim(self.translog_retention.load(Ordering::Relaxed))?;
         self.commit_locked(&mut state)?;
         self.counters.flush_total.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1208,7 +1213,9 @@ impl Shard {
         if let Some((target, state_version)) = add_target {
             self.add_recovery_target(&mut state, target, state_version)?;
         }
-        state.translog.roll_and_trim(TRANSLOG_RETENTION_BYTES)?;
+        state
+            .translog
+            .roll_and_trim(self.translog_retention.load(Ordering::Relaxed))?;
         self.commit_locked(&mut state)?;
         let index_dir = self.path.join("index");
         let metas = self.index.load_metas()?;
@@ -1276,6 +1283,11 @@ impl Shard {
         self.lock()
             .map(|state| state.primary_term)
             .unwrap_or_default()
+    }
+
+    /// Sets how many translog bytes the next rolls keep as history.
+    pub fn set_translog_retention(&self, bytes: u64) {
+        self.translog_retention.store(bytes, Ordering::Relaxed);
     }
 
     /// Translog operation count and bytes.

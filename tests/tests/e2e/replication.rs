@@ -274,6 +274,67 @@ fn a_returning_replica_catches_up_by_operations_and_a_replaced_primary_by_files(
 }
 
 #[test]
+fn a_returning_replica_the_history_no_longer_covers_is_rebuilt_from_files() {
+    let mut cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &["node-0", "node-1", "node-2"]);
+    Cluster::wait_for_voters(&cluster.nodes[0], 3);
+    // No translog kept past a flush: once the primary flushes, what the copy missed is gone.
+    let created = cluster.nodes[0].put(
+        &format!("/{INDEX}"),
+        &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 1,
+                             "index.translog.retention.size": "0b"}}),
+    );
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    wait_for_green(&cluster.nodes[0]);
+    let settings = cluster.nodes[0].get(&format!("/{INDEX}/_settings")).body;
+    assert_eq!(
+        settings[INDEX]["settings"]["index"]["translog"]["retention"]["size"],
+        "0b"
+    );
+    let replica_on = shard_rows(&cluster.nodes[0])
+        .into_iter()
+        .find(|row| row["prirep"] == "r")
+        .and_then(|row| row["node"].as_str().map(str::to_string))
+        .expect("a replica");
+    let victim = index_of(&replica_on);
+    let observer = (victim + 1) % 3;
+    index_range(&cluster.nodes[observer], 0, 100);
+    cluster.nodes[victim].kill();
+    index_range(&cluster.nodes[observer], 100, 200);
+    // A flush reaches every started copy, from any node.
+    let flushed = cluster.nodes[observer].post(&format!("/{INDEX}/_flush"), &json!({}));
+    assert_eq!(flushed.status, 200, "{:?}", flushed.body);
+    assert_eq!(flushed.body["_shards"]["successful"], 1, "{:?}", flushed.body);
+    index_range(&cluster.nodes[observer], 200, 300);
+
+    cluster.nodes[victim].restart().expect("restart");
+    wait_for_green(&cluster.nodes[observer]);
+    let recoveries = cluster.nodes[observer]
+        .get(&format!("/_cat/recovery/{INDEX}?format=json"))
+        .body;
+    let row = recoveries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row["target_node"] == replica_on.as_str() && row["stage"] == "done")
+        .cloned()
+        .unwrap_or_else(|| panic!("no recovery onto {replica_on}: {recoveries}"));
+    assert_ne!(row["files"], "0", "rebuilt from files: {row}");
+    assert_eq!(row["translog_ops_recovered"], "0", "{row}");
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .any(|node| node.log_contains("history no longer holds every operation")),
+        "the primary said why"
+    );
+    let refreshed = cluster.nodes[observer].post(&format!("/{INDEX}/_refresh"), &json!({}));
+    assert_eq!(refreshed.status, 200, "{:?}", refreshed.body);
+    let local = cluster.nodes[victim].get(&format!("/{INDEX}/_count?preference=_local"));
+    assert_eq!(local.body["count"], 300, "{:?}", local.body);
+}
+
+#[test]
 fn a_hung_primary_node_is_replaced_and_rejoins_as_replicas() {
     let cluster = green_cluster();
     let victim = index_of(&busiest_primary_node(&cluster.nodes[0]));
