@@ -195,6 +195,14 @@ pub struct RecoveryTarget {
 pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()> {
     let (index, number, allocation_id) = (&target.index, target.shard, &target.allocation_id);
     let started = std::time::Instant::now();
+    // A node just back may learn of the primary's node from the cluster state before gossip
+    // has found it; give gossip a moment rather than failing the copy at once.
+    let gossip_deadline = started + std::time::Duration::from_secs(5);
+    while super::node_address(&node, &target.primary_node).is_none()
+        && std::time::Instant::now() < gossip_deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let result = copy_from_primary(&node, target).await;
     match &result {
         Ok(bytes) => {
@@ -217,7 +225,21 @@ pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()
             tracing::warn!(index, shard = number, copy = %allocation_id, error = %err, "recovery failed");
             node.copies.forget(index, number);
             if let Ok(service) = node.indices.get(index) {
-                let _ = blocking(move || service.remove_copy(number)).await;
+                // A copy of this term stays for the next attempt to catch up by operations
+                // (operations it applied came from the primary); a partial file copy goes.
+                let term = target.primary_term;
+                let _ = blocking(move || {
+                    let reusable = service
+                        .copy_marker(number)
+                        .is_some_and(|marker| marker.built_in_term(term));
+                    if reusable {
+                        service.close_copy(number);
+                        Ok(())
+                    } else {
+                        service.remove_copy(number)
+                    }
+                })
+                .await;
             }
         }
     }

@@ -304,7 +304,11 @@ fn a_returning_replica_the_history_no_longer_covers_is_rebuilt_from_files() {
     // A flush reaches every started copy, from any node.
     let flushed = cluster.nodes[observer].post(&format!("/{INDEX}/_flush"), &json!({}));
     assert_eq!(flushed.status, 200, "{:?}", flushed.body);
-    assert_eq!(flushed.body["_shards"]["successful"], 1, "{:?}", flushed.body);
+    assert_eq!(
+        flushed.body["_shards"]["successful"], 1,
+        "{:?}",
+        flushed.body
+    );
     index_range(&cluster.nodes[observer], 200, 300);
 
     cluster.nodes[victim].restart().expect("restart");
