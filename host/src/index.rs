@@ -409,6 +409,21 @@ impl CopyMarker {
 const COPY_MARKER: &str = "_copy.json";
 
 impl IndexService {
+    /// Takes the cluster's settings and mapping ([`IndexMeta::adopt_cluster_metadata`]) and
+    /// hands the open copies the settings they hold themselves.
+    pub fn adopt_cluster_metadata(
+        &self,
+        meta: &crate::cluster::state::IndexMetadata,
+        version: u64,
+    ) -> Result<()> {
+        self.meta.adopt_cluster_metadata(meta, version)?;
+        let retention = self.meta.settings().translog_retention_size;
+        for shard in self.local_shards() {
+            shard.set_translog_retention(retention);
+        }
+        Ok(())
+    }
+
     pub fn name(&self) -> &str {
         &self.meta.name
     }

@@ -83,7 +83,7 @@ impl Indices {
             && existing.meta.uuid == meta.uuid
         {
             let index = existing.clone();
-            index.meta.adopt_cluster_metadata(meta, version)?;
+            index.adopt_cluster_metadata(meta, version)?;
             return Ok(index);
         }
         let guard = self
@@ -114,7 +114,7 @@ impl Indices {
             )?
         };
         // An index opened from disk may hold older settings than the cluster's.
-        index.meta.adopt_cluster_metadata(meta, version)?;
+        index.adopt_cluster_metadata(meta, version)?;
         let index = Arc::new(index);
         tracing::info!(index = name, uuid = %meta.uuid, "laid out index");
         self.indices

@@ -183,8 +183,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Refreshes shards every `refresh_interval`, syncs `async`-durability translogs and hands
-/// shards their translog retention.
+/// Refreshes shards every `refresh_interval` and syncs `async`-durability translogs.
 async fn refresh_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut last_refresh: HashMap<(String, u32), Instant> = HashMap::new();
     let mut last_sync: HashMap<(String, u32), Instant> = HashMap::new();
@@ -201,8 +200,6 @@ async fn refresh_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             for index in state.indices.all() {
                 let settings = index.meta.settings();
                 for shard in index.local_shards() {
-                    // Dynamic: a settings update reaches the shard by its next roll.
-                    shard.set_translog_retention(settings.translog_retention_size);
                     let key = (index.meta.uuid.clone(), shard.id.shard);
                     let refresh_due = settings.refresh_interval.is_some_and(|interval| {
                         last_refresh

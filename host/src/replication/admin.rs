@@ -259,7 +259,7 @@ pub async fn put_mapping(
 fn adopt(node: &NodeState, index: &IndexService) -> Result<()> {
     let state = node.cluster.consensus.state();
     match state.indices.get(index.name()) {
-        Some(meta) => index.meta.adopt_cluster_metadata(meta, state.version),
+        Some(meta) => index.adopt_cluster_metadata(meta, state.version),
         None => Ok(()),
     }
 }

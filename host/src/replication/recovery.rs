@@ -99,15 +99,22 @@ pub async fn start(
                 copy.state_version,
             )?;
             let mut coverage = Coverage::new(after, history.up_to);
-            for (name, _) in &history.files {
-                for op in read_operations(&staging.join(name))? {
+            // Only generations holding something the copy lacks are sent.
+            let mut needed = Vec::new();
+            for (name, size) in history.files {
+                let mut holds_missed = false;
+                for op in read_operations(&staging.join(&name))? {
+                    holds_missed |= coverage.wants(op.seq_no);
                     coverage.note(op.seq_no);
+                }
+                if holds_missed {
+                    needed.push((name, size));
                 }
             }
             if coverage.complete() {
                 return Ok(DataResponse::RecoveryPlan {
                     meta_json: String::new(),
-                    files: history.files,
+                    files: needed,
                     history_up_to: Some(history.up_to),
                     global_checkpoint: history.global_checkpoint,
                 });
@@ -303,8 +310,8 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         allocation_id: allocation_id.to_string(),
         primary_term: target.primary_term,
     };
-    let (shard, copied, progress) = match (reused, history_after, history_up_to) {
-        (Some(shard), Some(after), Some(up_to)) => {
+    let (shard, copied, progress) = match (reused.zip(history_after), history_up_to) {
+        (Some((shard, after)), Some(up_to)) => {
             let progress = node.recoveries.begin(RecoveryPlan {
                 index,
                 shard: number,
@@ -350,7 +357,7 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
             );
             (shard, copied, progress)
         }
-        (reused, _, _) => {
+        (reused, _) => {
             if reused.is_some() {
                 drop(reused);
                 let service = service.clone();

@@ -1374,6 +1374,18 @@ mod tests {
         }
     }
 
+    fn shard_id() -> ShardId {
+        ShardId {
+            index: "logs".into(),
+            shard: 0,
+        }
+    }
+
+    /// A mapping that starts empty and grows dynamically.
+    fn no_mappings() -> Dynamic {
+        Dynamic(Mutex::new(Arc::new(Mapping::default())))
+    }
+
     fn op(seq_no: i64, id: &str) -> TranslogOp {
         TranslogOp {
             kind: OpKind::Index,
@@ -1388,12 +1400,8 @@ mod tests {
     #[test]
     fn a_delete_overtaking_the_index_it_follows_stays_deleted_across_a_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let id = ShardId {
-            index: "logs".into(),
-            shard: 0,
-        };
-        let mappings = Dynamic(Mutex::new(Arc::new(Mapping::default())));
-        let replica = Shard::open(id, dir.path(), 1, &mappings).expect("open");
+        let mappings = no_mappings();
+        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
         let durability = Durability::Request;
         let delete = TranslogOp {
             kind: OpKind::Delete,
@@ -1419,12 +1427,8 @@ mod tests {
     #[test]
     fn a_replica_restarted_after_out_of_order_batches_keeps_every_operation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let id = ShardId {
-            index: "logs".into(),
-            shard: 0,
-        };
-        let mappings = Dynamic(Mutex::new(Arc::new(Mapping::default())));
-        let replica = Shard::open(id.clone(), dir.path(), 1, &mappings).expect("open");
+        let mappings = no_mappings();
+        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
         let durability = Durability::Request;
         // The later batch arrives first, a commit happens, then the earlier batch arrives.
         let checkpoint = replica
@@ -1438,7 +1442,7 @@ mod tests {
         assert_eq!(checkpoint, 1);
         // A crash: the writer goes away without another commit.
         drop(replica);
-        let reopened = Shard::open(id, dir.path(), 1, &mappings).expect("reopen");
+        let reopened = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("reopen");
         reopened.refresh().expect("refresh");
         for id in ["a", "b"] {
             assert!(

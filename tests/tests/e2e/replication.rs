@@ -173,6 +173,26 @@ fn assert_checkpoints_agree(cluster: &Cluster) {
     }
 }
 
+/// The `_cat/recovery` row (as `node` lists it) of the finished peer recovery of `shard` onto
+/// the node named `target`.
+fn finished_recovery(node: &Node, shard: &str, target: &str) -> Value {
+    let recoveries = node
+        .get(&format!("/_cat/recovery/{INDEX}?format=json"))
+        .body;
+    recoveries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| {
+            row["shard"] == shard
+                && row["target_node"] == target
+                && row["type"] == "peer"
+                && row["stage"] == "done"
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no recovery of shard {shard} onto {target}: {recoveries}"))
+}
+
 /// Indexes documents `from..to` through `node` and checks every item was acknowledged.
 fn index_range(node: &Node, from: u32, to: u32) {
     let lines: Vec<Value> = (from..to)
@@ -220,25 +240,8 @@ fn a_returning_replica_catches_up_by_operations_and_a_replaced_primary_by_files(
 
     cluster.nodes[victim].restart().expect("restart");
     wait_for_green(&cluster.nodes[observer]);
-    let recoveries = cluster.nodes[observer]
-        .get(&format!("/_cat/recovery/{INDEX}?format=json"))
-        .body;
-    let onto_victim = |shard: &str| {
-        recoveries
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|row| {
-                row["shard"] == shard
-                    && row["target_node"] == victim_name.as_str()
-                    && row["type"] == "peer"
-                    && row["stage"] == "done"
-            })
-            .cloned()
-            .unwrap_or_else(|| {
-                panic!("no recovery of shard {shard} onto {victim_name}: {recoveries}")
-            })
-    };
+    let onto_victim =
+        |shard: &str| finished_recovery(&cluster.nodes[observer], shard, &victim_name);
     let number = |row: &Value, key: &str| row[key].as_str().and_then(|n| n.parse::<u64>().ok());
     for shard in &replicas {
         let row = onto_victim(shard);
@@ -313,16 +316,7 @@ fn a_returning_replica_the_history_no_longer_covers_is_rebuilt_from_files() {
 
     cluster.nodes[victim].restart().expect("restart");
     wait_for_green(&cluster.nodes[observer]);
-    let recoveries = cluster.nodes[observer]
-        .get(&format!("/_cat/recovery/{INDEX}?format=json"))
-        .body;
-    let row = recoveries
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|row| row["target_node"] == replica_on.as_str() && row["stage"] == "done")
-        .cloned()
-        .unwrap_or_else(|| panic!("no recovery onto {replica_on}: {recoveries}"));
+    let row = finished_recovery(&cluster.nodes[observer], "0", &replica_on);
     assert_ne!(row["files"], "0", "rebuilt from files: {row}");
     assert_eq!(row["translog_ops_recovered"], "0", "{row}");
     assert!(
