@@ -12,12 +12,13 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, Timer};
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, Timer};
 use rand::rngs::StdRng;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::codec::GossipCodec;
+use super::crash_probe::{self, CrashProbe};
 use super::identity::MemberId;
 use super::node_meta::{MetaBroadcasts, NodeMeta};
 use super::rpc::RpcClient;
@@ -132,6 +133,7 @@ impl Membership {
             metas: HashMap::new(),
             fetching: HashSet::new(),
             seeds,
+            crash_probe: CrashProbe::default(),
             commands: commands.clone(),
             leaving: false,
             view_changed: false,
@@ -192,6 +194,7 @@ struct MembershipTask {
     metas: HashMap<String, NodeMeta>,
     fetching: HashSet<MemberId>,
     seeds: Vec<String>,
+    crash_probe: CrashProbe,
     commands: mpsc::Sender<Command>,
     leaving: bool,
     /// Set when liveness or metadata changed since the view was last published.
@@ -207,6 +210,8 @@ impl MembershipTask {
     ) {
         let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
         announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut crash_probe = tokio::time::interval(crash_probe::PROBE_INTERVAL);
+        crash_probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
@@ -234,6 +239,7 @@ impl MembershipTask {
                     }
                 },
                 _ = announce.tick() => self.housekeeping().await,
+                _ = crash_probe.tick() => self.declare_crashed_peers_down(),
             }
             self.drain_runtime();
             // Most packets are probes that change nothing; the view is rebuilt only when
@@ -255,6 +261,23 @@ impl MembershipTask {
                 && let Err(err) = self.foca.handle_timer(timer, &mut self.runtime)
             {
                 tracing::debug!(error = %err, "gossip timer");
+            }
+        }
+    }
+
+    /// Declares down at once the peers whose process is gone (see [`crash_probe`]); foca
+    /// spreads the news like any other down member.
+    fn declare_crashed_peers_down(&mut self) {
+        // A test partition (the transport's fault filter) would stop the ICMP answer too.
+        let faults = self.transport.faults();
+        let reachable = self.alive.values().filter(|id| !faults.blocks(id.addr));
+        for id in self.crash_probe.round(reachable) {
+            tracing::warn!(peer = %id.addr, node_id = %id.node_id, "the peer's transport port refuses datagrams: its process is gone; declaring it down");
+            if let Err(err) =
+                self.foca
+                    .apply_many(std::iter::once(Member::down(id)), true, &mut self.runtime)
+            {
+                tracing::debug!(error = %err, "cannot declare a crashed peer down");
             }
         }
     }

@@ -5,6 +5,7 @@
 pub mod allocation;
 pub mod codec;
 pub mod consensus;
+pub mod crash_probe;
 pub mod identity;
 pub mod membership;
 pub mod node_meta;

@@ -9,6 +9,8 @@ use shoal_tests::{Cluster, Node, node_names, wait_for};
 use crate::{BIN, shoal};
 
 const ALL: [&str; 3] = ["node-0", "node-1", "node-2"];
+/// Logged by a node whose probes found a peer's transport port closed.
+const PROCESS_GONE: &str = "its process is gone";
 
 #[test]
 fn three_nodes_join_through_a_seed_and_a_killed_node_goes_down_and_comes_back() {
@@ -56,6 +58,11 @@ fn three_nodes_join_through_a_seed_and_a_killed_node_goes_down_and_comes_back() 
 
     cluster.nodes[2].kill();
     cluster.wait_for_view(&[0, 1], &["node-0", "node-1"]);
+    // A crashed process is noticed by its closed port, without waiting out SWIM's suspicion.
+    assert!(
+        cluster.nodes[0].logs_soon(PROCESS_GONE) || cluster.nodes[1].logs_soon(PROCESS_GONE),
+        "the survivors saw the killed node's port refuse their probes"
+    );
     let health = cluster.nodes[0].get("/_cluster/health");
     assert_eq!(health.body["number_of_nodes"], 2);
     // Waiting for a node count that is not reached times out with 408, as in Elasticsearch.
@@ -79,6 +86,11 @@ fn a_hung_node_is_dropped_and_taken_back_when_it_resumes() {
     assert!(
         cluster.nodes[1].logs_soon("rejoined under a new generation"),
         "a node declared down renews its identity to rejoin"
+    );
+    assert!(
+        !cluster.nodes[0].log_contains(PROCESS_GONE)
+            && !cluster.nodes[2].log_contains(PROCESS_GONE),
+        "a hung process still holds its port: only SWIM's suspicion may drop it"
     );
 }
 
