@@ -1,6 +1,6 @@
 //! The Shoal plugin SDK: write a Shoal plugin as one trait impl and one macro call.
 //!
-//! Shoal calls plugins through the versioned WIT package in `wit/` (`shoal:plugin@1.0.0`).
+//! Shoal calls plugins through the versioned WIT package in `wit/` (`shoal:plugin@1.1.0`).
 //! This crate generates the guest side of each plugin world and re-exports it under plain
 //! names: implement the kind's trait, export your type, build for `wasm32-wasip2`.
 //!
@@ -242,6 +242,16 @@ pub mod repository {
     pub use self::exports::shoal::plugin::repository::{
         BlobMeta, Guest as RepositoryPlugin, RepositoryError,
     };
+    /// An incremental SHA-256 the host computes at native speed (`shoal:plugin@1.1`): hash
+    /// the bytes you store with it to check them against the digest `put` announced, without
+    /// paying for SHA-256 in wasm (several times slower than the copy itself).
+    ///
+    /// ```no_run
+    /// let hasher = shoal_plugin_sdk::repository::Sha256::new();
+    /// hasher.update(b"shoal repository verification");
+    /// assert_eq!(hasher.hex_digest(), shoal_plugin_sdk::repository::PROBE_SHA256);
+    /// ```
+    pub use self::shoal::plugin::checksum::Sha256;
 
     /// The blob `verify` writes, reads back and deletes.
     pub const PROBE_NAME: &str = "tests-verify/probe";

@@ -34,9 +34,12 @@ pub mod repository {
     wasmtime::component::bindgen!({
         world: "repository-plugin",
         path: "../wit",
+        // A bad handle (a plugin bug) traps; the host reports it as the plugin's failure.
+        imports: { "shoal:plugin/checksum": trappable },
         with: {
             "shoal:plugin/types": crate::plugins::bindings::pruning::shoal::plugin::types,
             "shoal:plugin/host": crate::plugins::bindings::pruning::shoal::plugin::host,
+            "shoal:plugin/checksum.sha256": crate::plugins::checksum::Sha256Hasher,
         },
     });
 }

@@ -7,6 +7,7 @@
 
 pub mod bindings;
 pub mod check;
+pub mod checksum;
 pub mod grants;
 pub mod http_grant;
 pub mod isolation;
@@ -53,12 +54,12 @@ pub const SHIPPED: &[(&str, &str, &[u8])] = &[
     ),
     (
         "fs-repository",
-        "1.0.0",
+        "1.1.0",
         include_bytes!(concat!(env!("OUT_DIR"), "/fs-repository.wasm")),
     ),
     (
         "s3-repository",
-        "1.0.0",
+        "1.1.0",
         include_bytes!(concat!(env!("OUT_DIR"), "/s3-repository.wasm")),
     ),
 ];
@@ -320,6 +321,11 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(runtime)?;
         PruningPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(runtime)?;
+        bindings::repository::shoal::plugin::checksum::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(runtime)?;
         Ok(Runtime { engine, linker })
     }
 }

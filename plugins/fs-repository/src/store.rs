@@ -7,9 +7,8 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use shoal_plugin_sdk::host;
-use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin};
+use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin, Sha256};
 
 const ROOT: &str = "/repo";
 const PART_SUFFIX: &str = ".part";
@@ -55,10 +54,6 @@ fn blob_path(name: &str) -> Result<PathBuf, RepositoryError> {
         )));
     }
     Ok(Path::new(ROOT).join(relative))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A name no other upload uses, even one of another instance (the host runs several at once
@@ -160,7 +155,7 @@ fn finish(upload: u64) -> Result<(), RepositoryError> {
             "blob [{name}] has {written} bytes, {expected_length} were announced"
         )));
     }
-    let actual = hex(&hasher.finalize());
+    let actual = hasher.hex_digest();
     if actual != expected_sha256 {
         return discard(RepositoryError::Invalid(format!(
             "blob [{name}] has SHA-256 {actual}, {expected_sha256} was announced"

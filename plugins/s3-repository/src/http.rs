@@ -92,13 +92,21 @@ enum Attempt {
     Transient(String),
 }
 
+/// SHA-256 of a request body or blob, hashed by the host at native speed (bodies are parts
+/// of many megabytes; signing strings stay with `sigv4`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let hasher = shoal_plugin_sdk::repository::Sha256::new();
+    hasher.update(data);
+    hasher.hex_digest()
+}
+
 /// Sends `request`, retrying transient failures up to `max_retries` times.
 pub fn send(settings: &Settings, request: &Request<'_>) -> Result<Response, RepositoryError> {
     let computed;
     let payload_sha256 = match request.body_sha256 {
         Some(sha) => sha,
         None => {
-            computed = sigv4::sha256_hex(request.body);
+            computed = sha256_hex(request.body);
             &computed
         }
     };

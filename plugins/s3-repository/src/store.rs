@@ -4,14 +4,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
 use shoal_plugin_sdk::host;
-use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin};
+use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin, Sha256};
 use wasi::http::types::Method;
 
 use crate::http::{self, Request, Response};
 use crate::settings::{self, Settings};
-use crate::sigv4::hex;
 use crate::xml;
 
 /// An upload in progress: bytes are hashed as they arrive and sent in parts of
@@ -288,7 +286,7 @@ fn finish(id: u64) -> Result<(), RepositoryError> {
         ));
         return abandon(settings, upload, err);
     }
-    let actual = hex(&std::mem::take(&mut upload.hasher).finalize());
+    let actual = upload.hasher.hex_digest();
     if actual != upload.expected_sha256 {
         let err = RepositoryError::Invalid(format!(
             "blob [{}] has SHA-256 {actual}, {} was announced",
@@ -379,7 +377,7 @@ impl RepositoryPlugin for S3Repository {
     fn put(name: String, data: Vec<u8>, sha256_hex: String) -> Result<(), RepositoryError> {
         let settings = settings::current()?;
         check_name(&name)?;
-        let actual = hex(&Sha256::digest(&data));
+        let actual = crate::http::sha256_hex(&data);
         if !actual.eq_ignore_ascii_case(&sha256_hex) {
             return Err(RepositoryError::Invalid(format!(
                 "blob [{name}] has SHA-256 {actual}, {sha256_hex} was announced"

@@ -157,6 +157,23 @@ fn hostile_plugins_fail_only_their_call() {
 }
 
 #[test]
+fn a_plugin_built_against_the_first_wit_version_still_loads_and_runs() {
+    let (_dir, node) = fresh_node(&[]);
+    load_daily_indices(&node, 4);
+    let expected = sorted_ids(&search(&node, one_day()));
+    let uploaded = upload(&node, "veteran", "test-wit-1-0", "?kind=pruning");
+    assert_eq!(uploaded.status, 200, "{:?}", uploaded.body);
+    assert_eq!(uploaded.body["plugin"]["kind"], "pruning");
+    use_plugin(&node, "veteran");
+    assert_eq!(sorted_ids(&search(&node, one_day())), expected);
+    let veteran = node.get("/_plugins/veteran").body;
+    assert!(veteran["stats"]["calls"].as_u64() > Some(0), "{veteran}");
+    assert_eq!(veteran["stats"]["errors"], 0, "{veteran}");
+    assert_eq!(veteran["stats"]["traps"], 0, "{veteran}");
+    assert!(node.logs_soon("built against shoal:plugin@1.0.0, keeping"));
+}
+
+#[test]
 fn lifecycle_hot_replace_and_persistence() {
     let (dir, mut node) = fresh_node(&[]);
     load_daily_indices(&node, 4);
