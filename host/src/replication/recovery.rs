@@ -396,7 +396,7 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         let durability = meta.settings().translog_durability;
         blocking(move || {
             for (term, ops) in batches {
-                shard.apply_replicated(term, &ops, meta.as_ref(), durability)?;
+                shard.apply_replicated(term, &ops, None, meta.as_ref(), durability)?;
             }
             Ok(())
         })
@@ -466,6 +466,7 @@ fn replay_history(
         shard.apply_replicated(
             primary_term,
             &ops,
+            None,
             mappings,
             crate::shard::Durability::Async,
         )?;

@@ -57,6 +57,7 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
             primary_term,
             ops,
             global_checkpoint,
+            max_seq_no_of_updates,
         } => {
             match node
                 .copies
@@ -73,8 +74,13 @@ async fn answer(node: &Arc<NodeState>, request: DataRequest) -> Result<DataRespo
                     let meta = service.meta.clone();
                     let durability = meta.settings().translog_durability;
                     let local_checkpoint = blocking(move || {
-                        let applied =
-                            copy.apply_replicated(primary_term, &ops, meta.as_ref(), durability)?;
+                        let applied = copy.apply_replicated(
+                            primary_term,
+                            &ops,
+                            Some(max_seq_no_of_updates),
+                            meta.as_ref(),
+                            durability,
+                        )?;
                         copy.learn_global_checkpoint(global_checkpoint);
                         Ok(applied)
                     })

@@ -29,6 +29,9 @@ pub enum DataRequest {
         ops: Vec<TranslogOp>,
         /// The primary's global checkpoint when it sent the batch.
         global_checkpoint: i64,
+        /// The highest seq_no of an update or delete the primary had applied: an index
+        /// operation above it needs no lookup on the replica.
+        max_seq_no_of_updates: i64,
     },
     /// A recovering copy asks its primary to stage a commit and start replicating to it.
     StartRecovery {

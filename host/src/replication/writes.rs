@@ -151,6 +151,7 @@ async fn replicate(
             let outgoing = Outgoing {
                 primary_term: batch.primary_term,
                 global_checkpoint,
+                max_seq_no_of_updates: batch.max_seq_no_of_updates,
                 ops: &ops,
             };
             let result = send_to_copy(&node, &index, number, &target, outgoing).await;
@@ -189,6 +190,7 @@ async fn replicate(
 struct Outgoing<'a> {
     primary_term: u64,
     global_checkpoint: i64,
+    max_seq_no_of_updates: i64,
     ops: &'a [TranslogOp],
 }
 
@@ -207,6 +209,7 @@ async fn send_to_copy(
         primary_term: outgoing.primary_term,
         ops: outgoing.ops.to_vec(),
         global_checkpoint: outgoing.global_checkpoint,
+        max_seq_no_of_updates: outgoing.max_seq_no_of_updates,
     };
     match ask(node, &target.node_id, request).await? {
         DataResponse::Replicated { local_checkpoint } => Ok(local_checkpoint),

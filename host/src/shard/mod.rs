@@ -17,11 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value as _};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tantivy::{
+    DocAddress, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
+    TantivyDocument, Term,
+};
 use tokio::sync::watch;
 
 use self::schema::{DocMeta, ShardSchema};
@@ -229,6 +230,8 @@ pub struct ReplicaTarget {
 pub struct ReplicationBatch {
     pub primary_term: u64,
     pub ops: Vec<TranslogOp>,
+    /// The primary's [`WriteState::max_seq_no_of_updates`] after the batch.
+    pub max_seq_no_of_updates: i64,
     pub targets: Vec<ReplicaTarget>,
 }
 
@@ -276,6 +279,12 @@ struct WriteState {
     pending_ops: Vec<TranslogOp>,
     /// Set after an I/O failure mid-write: the copy refuses writes until restarted.
     failure: Option<String>,
+    /// The highest `_seq_no` of an operation that replaced or deleted a document: kept by a
+    /// primary, learned by a replica from its primary's batches, and never below what this
+    /// copy held when it opened, replayed or was promoted. An index operation above it cannot
+    /// meet a newer version of its document on a replica (that version would be an update,
+    /// counted here), so replicas skip the segment lookup for it, as Elasticsearch does.
+    max_seq_no_of_updates: i64,
     /// Only a primary assigns sequence numbers; a replica takes them from its primary.
     primary: bool,
     /// The copies a primary replicates to.
@@ -378,6 +387,7 @@ impl Shard {
                 live: HashMap::new(),
                 pending_ops: Vec::new(),
                 failure: None,
+                max_seq_no_of_updates: committed_max,
                 primary: false,
                 targets: Vec::new(),
                 recovery_targets: HashMap::new(),
@@ -427,6 +437,7 @@ impl Shard {
             }
             replayed += 1;
         }
+        state.max_seq_no_of_updates = state.max_seq_no_of_updates.max(state.max_seq_no);
         Ok(replayed)
     }
 
@@ -468,6 +479,7 @@ impl Shard {
             let mut batch = ReplicationBatch {
                 primary_term: state.primary_term,
                 ops: Vec::new(),
+                max_seq_no_of_updates: state.max_seq_no_of_updates,
                 targets: state.targets.clone(),
             };
             if !batch.targets.is_empty() {
@@ -503,10 +515,13 @@ impl Shard {
     /// primary are refused (fencing); a newer term is adopted. An operation older than what
     /// this copy holds for the same document is skipped, so batches may arrive in any order.
     /// Returns this copy's local checkpoint.
+    /// `updates_up_to` is the primary's max seq_no of updates sent with a live batch; `None`
+    /// (replayed history, buffered operations) looks every document up.
     pub fn apply_replicated(
         &self,
         primary_term: u64,
         ops: &[TranslogOp],
+        updates_up_to: Option<i64>,
         mappings: &dyn MappingSource,
         durability: Durability,
     ) -> Result<i64> {
@@ -532,13 +547,23 @@ impl Shard {
                 )));
             }
             state.primary_term = primary_term;
+            if let Some(updates_up_to) = updates_up_to {
+                state.max_seq_no_of_updates = state.max_seq_no_of_updates.max(updates_up_to);
+            }
             for op in ops {
-                if let Err(err) = self.apply_replicated_one(&mut state, op, mappings) {
+                let may_be_stale = updates_up_to.is_none()
+                    || op.kind == OpKind::Delete
+                    || op.seq_no <= state.max_seq_no_of_updates;
+                if let Err(err) = self.apply_replicated_one(&mut state, op, may_be_stale, mappings)
+                {
                     if matches!(err, Error::Io(_)) {
                         state.failure = Some(err.to_string());
                     }
                     return Err(err);
                 }
+            }
+            if updates_up_to.is_none() {
+                state.max_seq_no_of_updates = state.max_seq_no_of_updates.max(state.max_seq_no);
             }
             (state.translog.flush_buffer()?, state.local_checkpoint.get())
         };
@@ -549,16 +574,22 @@ impl Shard {
         Ok(local_checkpoint)
     }
 
+    /// Applies one replicated operation unless this copy holds a newer version of its
+    /// document; only a `may_be_stale` operation is looked up in the segments.
     fn apply_replicated_one(
         &self,
         state: &mut WriteState,
         op: &TranslogOp,
+        may_be_stale: bool,
         mappings: &dyn MappingSource,
     ) -> Result<()> {
         state.processed(op.seq_no);
-        if let Some(current) = self.current_version(state, &op.id)?
-            && current.seq_no >= op.seq_no
-        {
+        let newest_seq_no = match state.live.get(&op.id) {
+            Some(live) => Some(live.seq_no),
+            None if may_be_stale => self.current_version(state, &op.id)?.map(|c| c.seq_no),
+            None => None,
+        };
+        if newest_seq_no.is_some_and(|seq_no| seq_no >= op.seq_no) {
             return Ok(());
         }
         let id_term = Term::from_field_text(self.schema.id, &op.id);
@@ -634,6 +665,8 @@ impl Shard {
             tracing::info!(shard = %self.id, term = primary_term, "this copy is now the primary");
             let max_seq_no = state.max_seq_no;
             state.local_checkpoint.fill_to(max_seq_no);
+            // What it resyncs to the other replicas may include updates it only replayed.
+            state.max_seq_no_of_updates = state.max_seq_no_of_updates.max(max_seq_no);
         }
         state.primary = primary;
         state.primary_term = state.primary_term.max(primary_term);
@@ -851,6 +884,7 @@ impl Shard {
                     WriteResult::NotFound
                 };
                 let seq_no = state.max_seq_no + 1;
+                state.max_seq_no_of_updates = state.max_seq_no_of_updates.max(seq_no);
                 let primary_term = state.primary_term;
                 let record = OpRecord {
                     kind: OpKind::Delete,
@@ -918,6 +952,10 @@ impl Shard {
         }
         let version = current.map_or(1, |c| if c.source.is_some() { c.version + 1 } else { 1 });
         let seq_no = state.max_seq_no + 1;
+        if current.is_some() {
+            // It replaces a document or a tombstone of one.
+            state.max_seq_no_of_updates = state.max_seq_no_of_updates.max(seq_no);
+        }
         let primary_term = state.primary_term;
         let meta = DocMeta {
             seq_no,
@@ -1023,16 +1061,34 @@ impl Shard {
     }
 
     fn committed_doc(&self, searcher: &Searcher, id: &str) -> Result<Option<StoredDoc>> {
-        let query = TermQuery::new(
-            Term::from_field_text(self.schema.id, id),
-            IndexRecordOption::Basic,
-        );
-        let hits = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
-        let Some((_, address)) = hits.first() else {
+        let Some(address) = self.find_id(searcher, id)? else {
             return Ok(None);
         };
-        let doc: TantivyDocument = searcher.doc(*address)?;
+        let doc: TantivyDocument = searcher.doc(address)?;
         Ok(Some(self.stored_doc(&doc)))
+    }
+
+    /// Where the live document `id` is in `searcher`'s view. Every write to a known id asks
+    /// this, so it reads the `_id` postings of each segment directly: a scored term query
+    /// would also build BM25 statistics over every segment and a collector per call.
+    fn find_id(&self, searcher: &Searcher, id: &str) -> Result<Option<DocAddress>> {
+        let term = Term::from_field_text(self.schema.id, id);
+        for (ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+            let postings = segment
+                .inverted_index(self.schema.id)?
+                .read_postings(&term, IndexRecordOption::Basic)?;
+            let Some(mut postings) = postings else {
+                continue;
+            };
+            let mut doc = postings.doc();
+            while doc != TERMINATED {
+                if !segment.is_deleted(doc) {
+                    return Ok(Some(DocAddress::new(ordinal as u32, doc)));
+                }
+                doc = postings.advance();
+            }
+        }
+        Ok(None)
     }
 
     /// Reads the stored fields of a tantivy document.
@@ -1410,17 +1466,46 @@ mod tests {
             ..op(1, "a")
         };
         replica
-            .apply_replicated(1, &[delete], &mappings, durability)
+            .apply_replicated(1, &[delete], Some(1), &mappings, durability)
             .expect("the delete");
         replica.refresh().expect("commit");
         let checkpoint = replica
-            .apply_replicated(1, &[op(0, "a")], &mappings, durability)
+            .apply_replicated(1, &[op(0, "a")], Some(-1), &mappings, durability)
             .expect("the index it overtook");
         assert_eq!(checkpoint, 1);
         replica.refresh().expect("refresh");
         assert!(
             replica.get("a").expect("get").is_none(),
             "the older index operation must not bring the document back"
+        );
+    }
+
+    #[test]
+    fn an_update_overtaking_the_create_it_follows_keeps_the_newer_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mappings = no_mappings();
+        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
+        let durability = Durability::Request;
+        // The primary created `a` (seq 0, no update yet, so its batch says updates reach -1)
+        // and then updated it (seq 1): the update's batch arrives first.
+        let update = TranslogOp {
+            version: 2,
+            ..op(1, "a")
+        };
+        replica
+            .apply_replicated(1, &[update], Some(1), &mappings, durability)
+            .expect("the update");
+        // After a commit only the segments know the update.
+        replica.refresh().expect("commit");
+        replica
+            .apply_replicated(1, &[op(0, "a")], Some(-1), &mappings, durability)
+            .expect("the create it overtook");
+        replica.refresh().expect("refresh");
+        let doc = replica.get("a").expect("get").expect("the document exists");
+        assert_eq!(
+            (doc.seq_no, doc.version),
+            (1, 2),
+            "the replica remembers the update's seq_no, so the late create is looked up and dropped"
         );
     }
 
@@ -1432,12 +1517,12 @@ mod tests {
         let durability = Durability::Request;
         // The later batch arrives first, a commit happens, then the earlier batch arrives.
         let checkpoint = replica
-            .apply_replicated(1, &[op(1, "b")], &mappings, durability)
+            .apply_replicated(1, &[op(1, "b")], Some(-1), &mappings, durability)
             .expect("batch 1");
         assert_eq!(checkpoint, -1, "operation 0 is still missing");
         replica.refresh().expect("commit");
         let checkpoint = replica
-            .apply_replicated(1, &[op(0, "a")], &mappings, durability)
+            .apply_replicated(1, &[op(0, "a")], Some(-1), &mappings, durability)
             .expect("batch 0");
         assert_eq!(checkpoint, 1);
         // A crash: the writer goes away without another commit.
