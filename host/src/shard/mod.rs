@@ -1442,6 +1442,14 @@ mod tests {
         Dynamic(Mutex::new(Arc::new(Mapping::default())))
     }
 
+    /// A fresh copy (a replica until told otherwise), its directory and dynamic mappings.
+    fn replica_copy() -> (tempfile::TempDir, Dynamic, Shard) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mappings = no_mappings();
+        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
+        (dir, mappings, replica)
+    }
+
     fn op(seq_no: i64, id: &str) -> TranslogOp {
         TranslogOp {
             kind: OpKind::Index,
@@ -1455,9 +1463,7 @@ mod tests {
 
     #[test]
     fn a_delete_overtaking_the_index_it_follows_stays_deleted_across_a_commit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mappings = no_mappings();
-        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
+        let (_dir, mappings, replica) = replica_copy();
         let durability = Durability::Request;
         let delete = TranslogOp {
             kind: OpKind::Delete,
@@ -1482,9 +1488,7 @@ mod tests {
 
     #[test]
     fn an_update_overtaking_the_create_it_follows_keeps_the_newer_version() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mappings = no_mappings();
-        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
+        let (_dir, mappings, replica) = replica_copy();
         let durability = Durability::Request;
         // The primary created `a` (seq 0, no update yet, so its batch says updates reach -1)
         // and then updated it (seq 1): the update's batch arrives first.
@@ -1511,9 +1515,7 @@ mod tests {
 
     #[test]
     fn a_replica_restarted_after_out_of_order_batches_keeps_every_operation() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mappings = no_mappings();
-        let replica = Shard::open(shard_id(), dir.path(), 1, &mappings).expect("open");
+        let (dir, mappings, replica) = replica_copy();
         let durability = Durability::Request;
         // The later batch arrives first, a commit happens, then the earlier batch arrives.
         let checkpoint = replica
