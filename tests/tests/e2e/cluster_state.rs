@@ -95,6 +95,14 @@ fn one_master_commits_changes_and_a_new_one_takes_over_when_it_dies() {
     cluster.nodes[old].kill();
     let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
     let new_master = agreed_master_other_than(&cluster, &survivors, Some(&master));
+    // Each survivor's log tells the operator who took over.
+    let announced = format!(r#""message":"master changed","master":"{new_master}""#);
+    for &survivor in &survivors {
+        assert!(
+            cluster.nodes[survivor].logs_soon(&announced),
+            "node {survivor} logged the new master"
+        );
+    }
     let reply = cluster.nodes[survivors[0]].put(
         "/_cluster/settings",
         &json!({"transient": {ENABLE: "none"}}),

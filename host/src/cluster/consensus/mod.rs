@@ -174,6 +174,7 @@ impl Consensus {
         });
         tokio::spawn(reconcile_loop(Arc::downgrade(&consensus)));
         tokio::spawn(catch_up(Arc::downgrade(&consensus)));
+        tokio::spawn(log_master_changes(consensus.raft.metrics()));
         Ok(consensus)
     }
 
@@ -543,6 +544,39 @@ async fn reconcile_loop(consensus: std::sync::Weak<Consensus>) {
             return;
         };
         consensus.reconcile().await;
+    }
+}
+
+/// Logs each change of master as this node learns it (Elasticsearch's "master node changed"),
+/// so an operator can follow elections from any node's log.
+async fn log_master_changes(mut metrics: watch::Receiver<openraft::RaftMetrics<u64, RaftPeer>>) {
+    let mut known = None;
+    while metrics.changed().await.is_ok() {
+        let (leader, term, name) = {
+            let metrics = metrics.borrow();
+            let leader = metrics.current_leader;
+            let name = leader
+                .and_then(|id| {
+                    metrics
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .cloned()
+                })
+                .map(|peer| peer.name);
+            (leader, metrics.current_term, name)
+        };
+        if leader == known {
+            continue;
+        }
+        known = leader;
+        match (leader, name) {
+            (Some(_), Some(name)) => tracing::info!(master = %name, term, "master changed"),
+            (Some(raft_id), None) => {
+                tracing::info!(master_raft_id = raft_id, term, "master changed")
+            }
+            (None, _) => tracing::info!(term, "no master known"),
+        }
     }
 }
 
