@@ -175,10 +175,6 @@ impl Consensus {
         tokio::spawn(reconcile_loop(Arc::downgrade(&consensus)));
         tokio::spawn(catch_up(Arc::downgrade(&consensus)));
         tokio::spawn(log_master_changes(consensus.raft.metrics()));
-        tokio::spawn(elect_when_the_master_dies(
-            Arc::downgrade(&consensus),
-            consensus.membership.subscribe(),
-        ));
         Ok(consensus)
     }
 
@@ -243,24 +239,6 @@ impl Consensus {
             return false;
         };
         self.membership.transport_addr_of(&peer.node_id).is_some()
-    }
-
-    /// The master (Raft leader) as this node knows it, and the current term.
-    fn leader_and_term(&self) -> (Option<u64>, u64) {
-        let receiver = self.raft.metrics();
-        let metrics = receiver.borrow();
-        (metrics.current_leader, metrics.current_term)
-    }
-
-    /// Whether this node has a vote in the cluster-state quorum.
-    pub fn is_voter(&self) -> bool {
-        let receiver = self.raft.metrics();
-        let metrics = receiver.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|id| id == self.id)
     }
 
     /// Whether this node, as master, found `node_id` to belong to another cluster.
@@ -566,66 +544,6 @@ async fn reconcile_loop(consensus: std::sync::Weak<Consensus>) {
             return;
         };
         consensus.reconcile().await;
-    }
-}
-
-/// Election attempts a surviving voter makes when gossip declares the master's node down.
-const ELECTIONS_ON_MASTER_DEATH: u64 = 2;
-
-/// Starts an election as soon as this node's crash probe finds the master's process gone
-/// (about 150 ms, see `cluster::crash_probe`), instead of waiting for the election timer
-/// (500–1000 ms after the last heartbeat, then the other voters' leader leases).
-///
-/// The first attempt mostly fails, as voters still following the dead master keep its lease;
-/// but a candidate no longer holds a lease, so a second attempt, after a random pause, wins.
-/// A survivor that has meanwhile voted for another candidate stops campaigning, so the
-/// survivors do not unseat each other. Raft's safety does not depend on when elections start;
-/// a node cut off from a live master gains nothing it would not get from its own timer.
-async fn elect_when_the_master_dies(
-    consensus: std::sync::Weak<Consensus>,
-    mut events: tokio::sync::broadcast::Receiver<super::MembershipEvent>,
-) {
-    use rand::RngExt;
-    let mut rng = rand::make_rng::<rand::rngs::StdRng>();
-    loop {
-        let departed = match events.recv().await {
-            Ok(super::MembershipEvent::Down(meta)) => meta,
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let Some(consensus) = consensus.upgrade() else {
-            return;
-        };
-        let departed_id = raft_id(&departed.node_id);
-        let (leader, death_term) = consensus.leader_and_term();
-        if leader.is_some_and(|leader| leader != departed_id) || !consensus.is_voter() {
-            continue;
-        }
-        // Only a master whose process is certainly gone: one gossip merely stopped hearing
-        // from (a pause, a partition) may still lead, and is left to the election timer.
-        let gone = consensus.membership.crashed(&departed)
-            || super::crash_probe::port_refuses(departed.transport_addr).await;
-        if !gone {
-            continue;
-        }
-        tracing::info!(master = %departed.name, "the master's process is gone; starting an election");
-        for attempt in 0..ELECTIONS_ON_MASTER_DEATH {
-            let pause = attempt * 100 + rng.random_range(0..100);
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-            let (leader, term) = consensus.leader_and_term();
-            let voted_for_another = {
-                let receiver = consensus.raft.metrics();
-                let vote = receiver.borrow().vote;
-                term > death_term && vote.leader_id().voted_for() != Some(consensus.id)
-            };
-            if leader.is_some_and(|leader| leader != departed_id) || voted_for_another {
-                break;
-            }
-            if let Err(err) = consensus.raft.trigger().elect().await {
-                tracing::debug!(error = %err, "cannot start an election");
-                break;
-            }
-        }
     }
 }
 
