@@ -684,7 +684,11 @@ fn nodes_without_a_copy_forward_reads_and_writes_and_know_the_mapping() {
         &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}}),
     );
     assert_eq!(created.status, 200, "{:?}", created.body);
-    let holder = holders(&cluster.nodes[0], "solo");
+    // Node 0 may apply the new routing a moment after node 1 answered.
+    let holder = wait_for(Duration::from_secs(30), "the copy started", || {
+        let holder = holders(&cluster.nodes[0], "solo");
+        (!holder.is_empty()).then_some(holder)
+    });
     assert_eq!(holder.len(), 1);
     for node in &cluster.nodes {
         let id = node.base_url.replace(|c: char| !c.is_ascii_digit(), "");
