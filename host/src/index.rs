@@ -407,6 +407,8 @@ impl CopyMarker {
 }
 
 const COPY_MARKER: &str = "_copy.json";
+/// How long closing a copy waits for searches and writes in flight to let it go.
+const SHARD_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl IndexService {
     /// Takes the cluster's settings and mapping ([`IndexMeta::adopt_cluster_metadata`]) and
@@ -522,19 +524,61 @@ impl IndexService {
         Ok(shard)
     }
 
-    /// Closes copy `number`, leaving its files.
-    pub fn close_copy(&self, number: u32) {
+    /// Closes copy `number`, leaving its files. Waits until every holder of the copy
+    /// (searches, writes and recoveries in flight) has let it go and its writer has stopped,
+    /// so that the directory can be reused or deleted: Elasticsearch's shard lock. Fails,
+    /// leaving the copy to close when its last holder drops it, if that takes too long.
+    pub fn close_copy(&self, number: u32) -> Result<()> {
+        self.close_copy_within(number, SHARD_LOCK_TIMEOUT)
+    }
+
+    fn close_copy_within(&self, number: u32, limit: Duration) -> Result<()> {
         let removed = self
             .shards
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&number);
-        drop(removed);
+        let Some(mut shard) = removed else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match Arc::try_unwrap(shard) {
+                Ok(closed) => {
+                    drop(closed);
+                    return Ok(());
+                }
+                Err(held) if std::time::Instant::now() < deadline => {
+                    shard = held;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    return Err(Error::ShardNotAvailable(format!(
+                        "[{}][{number}] is still in use after {limit:?}; it closes when released",
+                        self.meta.name
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Closes every copy this node holds (see [`IndexService::close_copy`]).
+    pub fn close_all_copies(&self) -> Result<()> {
+        let numbers: Vec<u32> = self
+            .shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        numbers
+            .into_iter()
+            .try_for_each(|number| self.close_copy(number))
     }
 
     /// Closes copy `number` and deletes its files.
     pub fn remove_copy(&self, number: u32) -> Result<()> {
-        self.close_copy(number);
+        self.close_copy(number)?;
         let dir = self.copy_dir(number);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
@@ -714,6 +758,55 @@ mod tests {
             base.apply(&json!({"number_of_shards": 2}), false).is_err(),
             "static after creation"
         );
+    }
+
+    fn index_with_one_open_copy(dir: &Path) -> (IndexService, Arc<Shard>) {
+        let index = IndexService::create(
+            &dir.join("uuid"),
+            "locked",
+            0,
+            IndexSettings::default(),
+            Mapping::default(),
+        )
+        .expect("index");
+        let copy = index.open_copy(0).expect("copy opens");
+        (index, copy)
+    }
+
+    #[test]
+    fn closing_a_copy_waits_for_its_last_holder_before_its_files_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (index, held) = index_with_one_open_copy(dir.path());
+        let (released_tx, released_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            released_tx.send(()).expect("send");
+            drop(held);
+        });
+        index.remove_copy(0).expect("removed once released");
+        assert!(
+            released_rx.try_recv().is_ok(),
+            "the files went only after the holder let go"
+        );
+        assert!(!index.copy_dir(0).exists());
+        holder.join().expect("holder");
+    }
+
+    #[test]
+    fn a_copy_held_too_long_is_not_deleted_under_its_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (index, held) = index_with_one_open_copy(dir.path());
+        let closed = index.close_copy_within(0, Duration::from_millis(50));
+        assert!(
+            matches!(closed, Err(Error::ShardNotAvailable(_))),
+            "{closed:?}"
+        );
+        assert!(index.copy_dir(0).exists());
+        assert!(index.shard(0).is_none(), "closed to new users at once");
+        drop(held);
+        let reopened = index.open_copy(0).expect("reopens once released");
+        drop(reopened);
+        index.remove_copy(0).expect("removed");
     }
 
     #[test]

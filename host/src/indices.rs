@@ -142,6 +142,7 @@ impl Indices {
             .remove(name)
             .ok_or_else(|| Error::IndexNotFound(name.to_string()))?;
         let dir = self.dir.join(&removed.meta.uuid);
+        removed.close_all_copies()?;
         drop(removed);
         std::fs::remove_dir_all(&dir)?;
         tracing::info!(index = name, "deleted index");

@@ -372,8 +372,7 @@ impl Applier {
         let service = index.clone();
         blocking(move || {
             if reusable {
-                service.close_copy(number);
-                Ok(())
+                service.close_copy(number)
             } else {
                 service.remove_copy(number)
             }

@@ -240,8 +240,7 @@ pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()
                         .copy_marker(number)
                         .is_some_and(|marker| marker.built_in_term(term));
                     if reusable {
-                        service.close_copy(number);
-                        Ok(())
+                        service.close_copy(number)
                     } else {
                         service.remove_copy(number)
                     }

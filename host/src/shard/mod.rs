@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod schema;
 pub mod time_stats;
 pub mod translog;
+mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,13 +21,14 @@ use serde_json::Value;
 use tantivy::directory::MmapDirectory;
 use tantivy::schema::{IndexRecordOption, Value as _};
 use tantivy::{
-    DocAddress, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED,
-    TantivyDocument, Term,
+    DocAddress, DocSet, Index, IndexReader, ReloadPolicy, Searcher, TERMINATED, TantivyDocument,
+    Term,
 };
 use tokio::sync::watch;
 
 use self::schema::{DocMeta, ShardSchema};
 use self::translog::{LogPosition, OpKind, OpRecord, Translog, TranslogOp, TranslogSync};
+use self::writer::ShardWriter;
 use crate::error::{Error, Result};
 use crate::mapping::Mapping;
 use crate::mapping::document::parse_document;
@@ -264,7 +266,7 @@ pub struct Shard {
 }
 
 struct WriteState {
-    writer: IndexWriter<TantivyDocument>,
+    writer: ShardWriter,
     translog: Translog,
     max_seq_no: i64,
     local_checkpoint: checkpoint::LocalCheckpoint,
@@ -377,7 +379,7 @@ impl Shard {
             index,
             reader,
             state: Mutex::new(WriteState {
-                writer,
+                writer: ShardWriter::new(writer),
                 translog,
                 max_seq_no: committed_max,
                 local_checkpoint: committed.clone(),
