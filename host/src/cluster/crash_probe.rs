@@ -57,6 +57,25 @@ impl CrashProbe {
     }
 }
 
+/// Asks once, now, whether `peer`'s port refuses datagrams (three tries within ~150 ms): for a
+/// node that learned of a death from gossip before its own probe saw it.
+pub async fn port_refuses(peer: SocketAddr) -> bool {
+    let Ok(socket) = connect(peer).and_then(tokio::net::UdpSocket::from_std) else {
+        return false;
+    };
+    let mut buffer = [0u8; 1];
+    for _ in 0..3 {
+        if let Err(err) = socket.send(&[0]).await {
+            return err.kind() == ErrorKind::ConnectionRefused;
+        }
+        match tokio::time::timeout(Duration::from_millis(50), socket.recv(&mut buffer)).await {
+            Ok(Err(err)) if err.kind() == ErrorKind::ConnectionRefused => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 fn connect(peer: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = match peer {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -110,6 +129,16 @@ mod tests {
             rounds_until_refused(&mut probe, &[alive], 5).is_empty(),
             "a port with a process behind it is never reported"
         );
+    }
+
+    #[tokio::test]
+    async fn a_one_shot_check_tells_a_closed_port_from_a_listening_one() {
+        let listening = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let closed = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let closed_addr = closed.local_addr().expect("addr");
+        drop(closed);
+        assert!(port_refuses(closed_addr).await);
+        assert!(!port_refuses(listening.local_addr().expect("addr")).await);
     }
 
     #[test]

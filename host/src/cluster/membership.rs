@@ -78,6 +78,8 @@ enum Command {
 
 struct Shared {
     live: RwLock<BTreeMap<String, NodeMeta>>,
+    /// The lives (node id, generation) this node's crash probe found gone.
+    crashed: RwLock<HashSet<(String, u64)>>,
     local: RwLock<NodeMeta>,
     events: broadcast::Sender<MembershipEvent>,
 }
@@ -102,6 +104,7 @@ impl Membership {
         live.insert(local.node_id.clone(), local.clone());
         let shared = Arc::new(Shared {
             live: RwLock::new(live),
+            crashed: RwLock::default(),
             local: RwLock::new(local.clone()),
             events,
         });
@@ -153,6 +156,12 @@ impl Membership {
         read(&self.shared.live)
             .get(node_id)
             .map(|meta| meta.transport_addr)
+    }
+
+    /// Whether this node's crash probe found this life of `node` gone (its port refused):
+    /// certainly dead, unlike a node gossip merely stopped hearing from.
+    pub fn crashed(&self, node: &NodeMeta) -> bool {
+        read(&self.shared.crashed).contains(&(node.node_id.clone(), node.generation))
     }
 
     pub fn local(&self) -> NodeMeta {
@@ -273,6 +282,11 @@ impl MembershipTask {
         let reachable = self.alive.values().filter(|id| !faults.blocks(id.addr));
         for id in self.crash_probe.round(reachable) {
             tracing::warn!(peer = %id.addr, node_id = %id.node_id, "the peer's transport port refuses datagrams: its process is gone; declaring it down");
+            self.shared
+                .crashed
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((id.node_id.clone(), id.generation));
             if let Err(err) =
                 self.foca
                     .apply_many(std::iter::once(Member::down(id)), true, &mut self.runtime)

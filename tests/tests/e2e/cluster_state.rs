@@ -127,6 +127,47 @@ fn one_master_commits_changes_and_a_new_one_takes_over_when_it_dies() {
 }
 
 #[test]
+fn five_voters_elect_a_new_master_when_the_master_and_another_voter_die_together() {
+    // Three survivors of five: the smallest quorum, so every one of them must vote for the
+    // same candidate (the case where simultaneous candidates split the vote).
+    let mut cluster = Cluster::start(BIN, &["a", "a", "b", "b", "c"]).expect("cluster starts");
+    let names = ["node-0", "node-1", "node-2", "node-3", "node-4"];
+    cluster.wait_for_view(&[0, 1, 2, 3, 4], &names);
+    Cluster::wait_for_voters(&cluster.nodes[0], 5);
+    let master = agreed_master(&cluster, &[0, 1, 2, 3, 4]);
+    let old = index_of(&master);
+    let also_lost = (old + 1) % 5;
+    cluster.nodes[old].kill();
+    cluster.nodes[also_lost].kill();
+    let survivors: Vec<usize> = (0..5).filter(|&i| i != old && i != also_lost).collect();
+    let new_master = agreed_master_other_than(&cluster, &survivors, Some(&master));
+    assert_ne!(new_master, names[also_lost], "a dead node cannot be master");
+    // The crash was seen (the master's port refused), so the survivors did not wait for the
+    // election timer.
+    let campaigned = format!(
+        r#""message":"the master's process is gone; starting an election","master":"{master}""#
+    );
+    assert!(
+        survivors
+            .iter()
+            .any(|&i| cluster.nodes[i].log_contains(&campaigned)),
+        "a survivor campaigned at once"
+    );
+    let reply = cluster.nodes[survivors[0]].put(
+        "/_cluster/settings",
+        &json!({"transient": {ENABLE: "primaries"}}),
+    );
+    assert_eq!(
+        reply.status, 200,
+        "three of five voters are a quorum: {:?}",
+        reply.body
+    );
+    for &survivor in &survivors {
+        wait_for_setting(&cluster.nodes[survivor], "transient", ENABLE, "primaries");
+    }
+}
+
+#[test]
 fn a_node_cut_off_from_the_quorum_cannot_change_the_cluster_state() {
     let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
     cluster.wait_for_view(&[0, 1, 2], &ALL);

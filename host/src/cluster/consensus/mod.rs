@@ -175,6 +175,10 @@ impl Consensus {
         tokio::spawn(reconcile_loop(Arc::downgrade(&consensus)));
         tokio::spawn(catch_up(Arc::downgrade(&consensus)));
         tokio::spawn(log_master_changes(consensus.raft.metrics()));
+        tokio::spawn(elect_when_the_master_dies(
+            Arc::downgrade(&consensus),
+            consensus.membership.subscribe(),
+        ));
         Ok(consensus)
     }
 
@@ -239,6 +243,36 @@ impl Consensus {
             return false;
         };
         self.membership.transport_addr_of(&peer.node_id).is_some()
+    }
+
+    /// The master (Raft leader) as this node knows it.
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The Raft ids of the voters in the cluster-state quorum, ascending.
+    fn voter_ids(&self) -> Vec<u64> {
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
+        let mut voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        voters.sort_unstable();
+        voters
+    }
+
+    /// Whether this node has a vote in the cluster-state quorum.
+    fn is_voter(&self) -> bool {
+        self.voter_ids().contains(&self.id)
+    }
+
+    /// Whether a node campaigning to replace the dead master `departed` should go on: no
+    /// other master is known and this node has not voted for another candidate.
+    fn still_campaigning(&self, departed: u64) -> bool {
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
+        let other_leader = metrics.current_leader.is_some_and(|id| id != departed);
+        let voted_for = metrics.vote.leader_id().voted_for();
+        let voted_for_another = voted_for.is_some_and(|id| id != departed && id != self.id);
+        !other_leader && !voted_for_another
     }
 
     /// Whether this node, as master, found `node_id` to belong to another cluster.
@@ -544,6 +578,87 @@ async fn reconcile_loop(consensus: std::sync::Weak<Consensus>) {
             return;
         };
         consensus.reconcile().await;
+    }
+}
+
+/// How long each surviving voter waits for the one ranked before it to win an election.
+const CAMPAIGN_STAGGER: Duration = Duration::from_millis(150);
+/// Rounds of staggered campaigns before the survivors leave it to the election timer.
+const CAMPAIGN_ROUNDS: u32 = 3;
+
+/// Starts an election as soon as this node's crash probe finds the master's process gone
+/// (about 150 ms, see `cluster::crash_probe`), instead of waiting for the election timer
+/// (500–1000 ms after the last heartbeat, on top of the voters' 1 s leader lease).
+///
+/// Every surviving voter first campaigns once at once. That campaign cannot win (the others
+/// still hold the dead master's lease), but it gives up this node's own lease, so that it can
+/// vote for others. Then the survivors campaign again one at a time in the order of their
+/// Raft ids, each `CAMPAIGN_STAGGER` after the previous: simultaneous candidates would split
+/// the vote, which with three survivors of five voters elects no one. A node that sees a
+/// master, or a vote for another candidate, stops. Raft's safety does not depend on when
+/// elections start; only a certainly dead master is replaced early, so a paused or cut-off
+/// master (which may still lead) is left to the timer.
+async fn elect_when_the_master_dies(
+    consensus: std::sync::Weak<Consensus>,
+    mut events: tokio::sync::broadcast::Receiver<super::MembershipEvent>,
+) {
+    loop {
+        let departed = match events.recv().await {
+            Ok(super::MembershipEvent::Down(meta)) => meta,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(consensus) = consensus.upgrade() else {
+            return;
+        };
+        let departed_id = raft_id(&departed.node_id);
+        if consensus.leader() != Some(departed_id) || !consensus.is_voter() {
+            continue;
+        }
+        let gone = consensus.membership.crashed(&departed)
+            || super::crash_probe::port_refuses(departed.transport_addr).await;
+        if !gone {
+            continue;
+        }
+        tracing::info!(master = %departed.name, "the master's process is gone; starting an election");
+        campaign_in_turn(&consensus, departed_id).await;
+    }
+}
+
+/// This node's campaigns after the master `departed` died (see `elect_when_the_master_dies`).
+async fn campaign_in_turn(consensus: &Consensus, departed: u64) {
+    let live: BTreeSet<u64> = consensus
+        .membership
+        .live_nodes()
+        .iter()
+        .map(|meta| raft_id(&meta.node_id))
+        .collect();
+    let survivors: Vec<u64> = consensus
+        .voter_ids()
+        .into_iter()
+        .filter(|id| *id != departed && live.contains(id))
+        .collect();
+    let Some(rank) = survivors.iter().position(|id| *id == consensus.id) else {
+        return;
+    };
+    let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+    let rounds_apart = CAMPAIGN_STAGGER.saturating_mul(u32::try_from(survivors.len()).unwrap_or(1));
+    // The first campaign, at once, only gives up this node's lease.
+    let mut pause = Duration::ZERO;
+    for round in 0..=CAMPAIGN_ROUNDS {
+        tokio::time::sleep(pause).await;
+        if !consensus.still_campaigning(departed) {
+            return;
+        }
+        if let Err(err) = consensus.raft.trigger().elect().await {
+            tracing::debug!(error = %err, "cannot start an election");
+            return;
+        }
+        pause = if round == 0 {
+            CAMPAIGN_STAGGER / 2 + CAMPAIGN_STAGGER.saturating_mul(rank)
+        } else {
+            rounds_apart
+        };
     }
 }
 
