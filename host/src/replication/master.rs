@@ -23,15 +23,15 @@ const TICK: Duration = Duration::from_millis(250);
 /// restart gossip needs a moment) before its copies are failed.
 const UNSEEN_GRACE: Duration = Duration::from_secs(10);
 
-/// The live nodes that hold data, as allocation sees them (not one the master found to belong
-/// to another cluster).
+/// The live nodes that hold data, as allocation sees them: admitted to the cluster (so never
+/// one of another cluster that gossip happened to find), whichever node places the copies.
 pub fn data_nodes(node: &NodeState) -> Vec<DataNode> {
     let consensus = &node.cluster.consensus;
     node.cluster
         .membership
         .live_nodes()
         .into_iter()
-        .filter(|meta| meta.has_role(Role::Data) && !consensus.is_foreign(&meta.node_id))
+        .filter(|meta| meta.has_role(Role::Data) && consensus.is_member(&meta.node_id))
         .map(|meta| DataNode {
             node_id: meta.node_id,
             name: meta.name,

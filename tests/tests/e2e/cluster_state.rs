@@ -339,27 +339,28 @@ fn a_node_of_another_cluster_cannot_join_even_with_the_same_certificates_and_nam
         !voters.to_string().contains(&stray_id),
         "{voters} holds no foreign node"
     );
-    // Through the master, which found the stray node foreign (another node could place a copy
-    // there until the master's next reroute moves it off).
-    let master = master_of(&cluster.nodes[0]).expect("a master");
-    let master = &cluster.nodes[if master == "node-0" { 0 } else { 1 }];
-    let created = master.put(
-        "/spread",
-        &json!({"settings": {"number_of_shards": 6, "number_of_replicas": 0}}),
-    );
-    assert_eq!(created.status, 200, "{:?}", created.body);
-    let rows = cluster.nodes[0].get("/_cat/shards/spread?format=json").body;
-    let holders: Vec<Value> = rows
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|row| row["node"].clone())
-        .collect();
-    assert_eq!(holders.len(), 6, "{rows}");
-    assert!(
-        holders
+    // Whichever node places a new index's copies, only admitted nodes get them.
+    for (creator, index) in cluster.nodes.iter().zip(["spread-0", "spread-1"]) {
+        let created = creator.put(
+            &format!("/{index}"),
+            &json!({"settings": {"number_of_shards": 6, "number_of_replicas": 0}}),
+        );
+        assert_eq!(created.status, 200, "{:?}", created.body);
+        let rows = creator
+            .get(&format!("/_cat/shards/{index}?format=json"))
+            .body;
+        let holders: Vec<Value> = rows
+            .as_array()
+            .expect("rows")
             .iter()
-            .all(|name| name == "node-0" || name == "node-1"),
-        "{rows}"
-    );
+            .map(|row| row["node"].clone())
+            .collect();
+        assert_eq!(holders.len(), 6, "{rows}");
+        assert!(
+            holders
+                .iter()
+                .all(|name| name == "node-0" || name == "node-1"),
+            "{rows}"
+        );
+    }
 }

@@ -275,8 +275,22 @@ impl Consensus {
         !other_leader && !voted_for_another
     }
 
+    /// Whether `node_id` is in the committed cluster membership (a voter or a learner): the
+    /// nodes the master has admitted, which alone may be given shard copies. A node gossip
+    /// found is admitted a moment later, once the master has checked it belongs here.
+    pub fn is_member(&self, node_id: &str) -> bool {
+        let id = raft_id(node_id);
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(member, _)| *member == id)
+    }
+
     /// Whether this node, as master, found `node_id` to belong to another cluster.
-    pub fn is_foreign(&self, node_id: &str) -> bool {
+    fn is_foreign(&self, node_id: &str) -> bool {
         self.foreign_nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
