@@ -60,6 +60,12 @@ fn flat_setting(node: &Node, section: &str, key: &str) -> Value {
     node.get("/_cluster/settings?flat_settings=true").body[section][key].clone()
 }
 
+/// Sets `cluster.routing.allocation.enable` transiently through `node`, which must commit it.
+fn set_transient_enable(node: &Node, value: &str, why: &str) {
+    let reply = node.put("/_cluster/settings", &json!({"transient": {ENABLE: value}}));
+    assert_eq!(reply.status, 200, "{why}: {:?}", reply.body);
+}
+
 fn wait_for_setting(node: &Node, section: &str, key: &str, expected: &str) {
     wait_for(
         Duration::from_secs(30),
@@ -103,14 +109,10 @@ fn one_master_commits_changes_and_a_new_one_takes_over_when_it_dies() {
             "node {survivor} logged the new master"
         );
     }
-    let reply = cluster.nodes[survivors[0]].put(
-        "/_cluster/settings",
-        &json!({"transient": {ENABLE: "none"}}),
-    );
-    assert_eq!(
-        reply.status, 200,
-        "two of three voters are a quorum: {:?}",
-        reply.body
+    set_transient_enable(
+        &cluster.nodes[survivors[0]],
+        "none",
+        "two of three voters are a quorum",
     );
 
     cluster.nodes[old].restart().expect("restart");
@@ -153,14 +155,10 @@ fn five_voters_elect_a_new_master_when_the_master_and_another_voter_die_together
             .any(|&i| cluster.nodes[i].log_contains(&campaigned)),
         "a survivor campaigned at once"
     );
-    let reply = cluster.nodes[survivors[0]].put(
-        "/_cluster/settings",
-        &json!({"transient": {ENABLE: "primaries"}}),
-    );
-    assert_eq!(
-        reply.status, 200,
-        "three of five voters are a quorum: {:?}",
-        reply.body
+    set_transient_enable(
+        &cluster.nodes[survivors[0]],
+        "primaries",
+        "three of five voters are a quorum",
     );
     for &survivor in &survivors {
         wait_for_setting(&cluster.nodes[survivor], "transient", ENABLE, "primaries");
