@@ -599,7 +599,11 @@ impl Shard {
             OpKind::Index => {
                 let document = self.logged_document(op, mappings)?;
                 state.translog.append(op.record())?;
-                state.writer.delete_term(id_term);
+                // No version on this copy (none in the live map, none found in the segments,
+                // or, above the primary's max seq_no of updates, none possible): an append.
+                if newest_seq_no.is_some() {
+                    state.writer.delete_term(id_term);
+                }
                 state.writer.add_document(document)?;
                 self.counters.index_total.fetch_add(1, Ordering::Relaxed);
                 Some(Arc::new(op.source.clone()))
@@ -777,7 +781,7 @@ impl Shard {
                 source,
                 raw,
                 create,
-                auto_id,
+                auto_id: _,
                 condition,
             } => {
                 if create && let Some(existing) = live_doc {
@@ -800,16 +804,7 @@ impl Shard {
                 } else {
                     WriteResult::Created
                 };
-                self.index_document(
-                    state,
-                    id,
-                    source,
-                    raw,
-                    current.as_ref(),
-                    result,
-                    mappings,
-                    auto_id,
-                )
+                self.index_document(state, id, source, raw, current.as_ref(), result, mappings)
             }
             WriteOp::Update {
                 id,
@@ -840,7 +835,6 @@ impl Shard {
                         current.as_ref(),
                         WriteResult::Created,
                         mappings,
-                        false,
                     );
                 };
                 let existing_source = existing.source.clone().unwrap_or_default();
@@ -874,7 +868,6 @@ impl Shard {
                     current.as_ref(),
                     WriteResult::Updated,
                     mappings,
-                    false,
                 )
             }
             WriteOp::Delete { id, condition } => {
@@ -936,7 +929,6 @@ impl Shard {
         current: Option<&Current>,
         result: WriteResult,
         mappings: &dyn MappingSource,
-        append_only: bool,
     ) -> Result<WriteOutcome> {
         if id.is_empty() || id.len() > 512 {
             return Err(Error::IllegalArgument(format!(
@@ -978,9 +970,10 @@ impl Shard {
             state.pending_ops.push(record.to_owned_op());
         }
         state.processed(seq_no);
-        if !append_only {
-            // An auto-generated id cannot exist yet: skipping the delete spares tantivy a term
-            // lookup per document at commit time.
+        if current.is_some() {
+            // Only a document this copy holds needs deleting: a delete costs tantivy a term
+            // lookup in every segment at commit time. New documents (auto-generated ids, and
+            // explicit ones the lookup did not find) skip it.
             state
                 .writer
                 .delete_term(Term::from_field_text(self.schema.id, &id));
@@ -1413,6 +1406,7 @@ pub fn merge_json(target: &mut Value, partial: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A mapping that grows in memory only.
     struct Dynamic(Mutex<Arc<Mapping>>);
@@ -1513,6 +1507,73 @@ mod tests {
             (1, 2),
             "the replica remembers the update's seq_no, so the late create is looked up and dropped"
         );
+    }
+
+    fn live_docs(shard: &Shard) -> u64 {
+        shard.refresh().expect("refresh");
+        shard.searcher().num_docs()
+    }
+
+    #[test]
+    fn a_primary_replaces_a_document_it_holds_and_appends_new_ones() {
+        let (_dir, mappings, primary) = replica_copy();
+        primary.set_role(true, 1, Vec::new(), &Default::default(), 0);
+        let index = |id: &str, n: i64| WriteOp::Index {
+            id: id.to_string(),
+            source: json!({ "n": n }),
+            raw: None,
+            create: false,
+            auto_id: false,
+            condition: Condition::default(),
+        };
+        let apply = |op: WriteOp| {
+            primary
+                .apply(vec![op], &mappings, Durability::Request)
+                .expect("applied")
+        };
+        apply(index("a", 1));
+        apply(index("a", 2));
+        assert_eq!(
+            live_docs(&primary),
+            1,
+            "replaced while only the live map knew it"
+        );
+        apply(index("a", 3));
+        apply(index("b", 1));
+        assert_eq!(
+            live_docs(&primary),
+            2,
+            "replaced once only the segments knew it"
+        );
+        let doc = primary.get("a").expect("get").expect("a exists");
+        assert_eq!(doc.version, 3);
+    }
+
+    #[test]
+    fn a_replica_replaces_a_document_it_holds_even_above_the_updates_it_was_told_of() {
+        let (_dir, mappings, replica) = replica_copy();
+        let durability = Durability::Request;
+        replica
+            .apply_replicated(
+                1,
+                &[op(0, "a"), op(1, "b")],
+                Some(-1),
+                &mappings,
+                durability,
+            )
+            .expect("two creates");
+        assert_eq!(live_docs(&replica), 2);
+        // The update of `a` comes with the primary's max seq_no of updates: looked up, replaced.
+        let update = TranslogOp {
+            version: 2,
+            ..op(2, "a")
+        };
+        replica
+            .apply_replicated(1, &[update, op(3, "c")], Some(2), &mappings, durability)
+            .expect("an update and a create");
+        assert_eq!(live_docs(&replica), 3, "a replaced, c appended");
+        let doc = replica.get("a").expect("get").expect("a exists");
+        assert_eq!((doc.seq_no, doc.version), (2, 2));
     }
 
     #[test]
