@@ -212,12 +212,29 @@ impl Node {
         }
     }
 
-    /// SIGKILL: the process dies with no chance to flush.
+    /// SIGKILL: the process dies with no chance to flush. Fails the test if the process had
+    /// already exited on its own: no input, request or peer may crash a node, and a crash
+    /// that the cluster survived would otherwise go unnoticed.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(status) = self.stop_process() {
+            panic!(
+                "{} exited on its own ({status}) before the test stopped it",
+                self.data_dir.display()
+            );
         }
+    }
+
+    /// Kills the process; returns how it ended if it had already exited by itself.
+    fn stop_process(&mut self) -> Option<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        const SIGKILL: i32 = 9;
+        let mut child = self.child.take()?;
+        let exited = child.try_wait().ok().flatten();
+        let _ = child.kill();
+        let status = child.wait().ok();
+        // Our SIGKILL ends a running process; any other ending came before it (a process
+        // still tearing down is not yet seen as exited).
+        exited.or(status.filter(|status| status.signal() != Some(SIGKILL)))
     }
 
     /// SIGTERM and wait; returns the exit status code.
@@ -363,7 +380,14 @@ impl Drop for Node {
         // A stopped process cannot act on SIGKILL until it is continued on some systems'
         // tooling; continue it first so nothing is left behind.
         self.resume();
-        self.kill();
+        if let Some(status) = self.stop_process()
+            && !std::thread::panicking()
+        {
+            panic!(
+                "{} exited on its own ({status}) during the test",
+                self.data_dir.display()
+            );
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod cluster_state;
 mod compat;
 mod documents;
 mod durability;
+mod harness;
 mod indices;
 mod membership;
 mod plugin_crates;
