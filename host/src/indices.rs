@@ -16,6 +16,8 @@ pub struct Indices {
     indices: RwLock<BTreeMap<String, Arc<IndexService>>>,
     /// Serializes create and delete so two requests cannot race on one name.
     admin_lock: Mutex<()>,
+    /// The cluster-state version whose index metadata this node has laid out.
+    metadata_version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Indices {
@@ -45,7 +47,29 @@ impl Indices {
             dir,
             indices: RwLock::new(indices),
             admin_lock: Mutex::new(()),
+            metadata_version: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Records that the index metadata of cluster-state `version` is laid out here.
+    pub fn metadata_applied(&self, version: u64) {
+        self.metadata_version.send_if_modified(|applied| {
+            let newer = version > *applied;
+            *applied = (*applied).max(version);
+            newer
+        });
+    }
+
+    /// The cluster-state version whose index metadata this node has laid out.
+    pub fn metadata_version(&self) -> u64 {
+        *self.metadata_version.borrow()
+    }
+
+    /// Waits (up to `timeout`) until the index metadata of cluster-state `version` is laid
+    /// out here.
+    pub async fn wait_for_metadata(&self, version: u64, timeout: std::time::Duration) {
+        let mut applied = self.metadata_version.subscribe();
+        let _ = tokio::time::timeout(timeout, applied.wait_for(|v| *v >= version)).await;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<IndexService>>> {

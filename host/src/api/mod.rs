@@ -17,6 +17,7 @@ mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -46,6 +47,7 @@ struct AppState {
 }
 
 /// One incoming request, decoded.
+#[derive(Clone)]
 pub(crate) struct Request {
     pub node: Arc<NodeState>,
     pub method: Method,
@@ -179,7 +181,16 @@ async fn dispatch(
                 params,
                 body,
             };
-            route(request, &segments, &uri).await
+            match route(request.clone(), &segments, &uri).await {
+                // A failed request changed nothing, so it may run again once this node has
+                // caught up with a creation another node acknowledged a moment ago.
+                Err(err)
+                    if names_something_missing(&err) && caught_up_with_master(&app.node).await =>
+                {
+                    route(request, &segments, &uri).await
+                }
+                answer => answer,
+            }
         }
     };
     match reply {
@@ -220,6 +231,43 @@ async fn dispatch(
             }
         }
     }
+}
+
+/// How long a node that cannot find what a request names waits to catch up with the master.
+const CATCH_UP_ON_MISS: Duration = Duration::from_secs(2);
+
+/// Waits until this node has laid out every index the master knows of; returns whether its
+/// view moved on meanwhile. A request naming something this node does not find asks this
+/// before answering "missing": another node may have acknowledged creating it a moment ago
+/// (Elasticsearch acknowledges a change once every node applied it; here once a quorum holds
+/// it, so the others may lag a little).
+async fn caught_up_with_master(node: &NodeState) -> bool {
+    let before = (
+        node.cluster.consensus.state().version,
+        node.indices.metadata_version(),
+    );
+    let Some(wanted) = node
+        .cluster
+        .consensus
+        .master_state_version(CATCH_UP_ON_MISS)
+        .await
+    else {
+        return false;
+    };
+    node.indices
+        .wait_for_metadata(wanted, CATCH_UP_ON_MISS)
+        .await;
+    let after = (
+        node.cluster.consensus.state().version,
+        node.indices.metadata_version(),
+    );
+    after != before
+}
+
+/// Whether `err` says an index or repository the request named does not exist (as far as
+/// this node's copy of the cluster state knows).
+fn names_something_missing(err: &Error) -> bool {
+    matches!(err, Error::IndexNotFound(_) | Error::RepositoryMissing(_))
 }
 
 fn empty(status: u16) -> Response {

@@ -50,6 +50,9 @@ pub enum Request {
     Propose(StateCommand),
     /// A shard-level request of the data plane.
     Data(DataRequest),
+    /// The version of the cluster state the peer (the master) has applied: a node that
+    /// cannot find something a request names asks it before answering "missing".
+    StateVersion,
 }
 
 /// Raft's own messages.
@@ -70,6 +73,7 @@ pub enum Response {
     RaftInstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Proposed(Result<CommandOutcome, ProposeError>),
     Data(DataResponse),
+    StateVersion(u64),
     /// The peer could not serve the request.
     Failed {
         reason: String,
@@ -218,6 +222,9 @@ impl RpcServer {
             }
             (Request::Propose(command), Some(consensus)) => {
                 Response::Proposed(consensus.propose_as_master(command).await)
+            }
+            (Request::StateVersion, Some(consensus)) => {
+                Response::StateVersion(consensus.state().version)
             }
             (Request::Data(_), _) => Response::Failed {
                 reason: "unreachable: data requests are answered above".into(),

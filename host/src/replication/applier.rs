@@ -62,6 +62,7 @@ impl Applier {
         if self.metadata_version != state.version {
             self.apply_metadata(state).await?;
             self.metadata_version = state.version;
+            self.node.indices.metadata_applied(state.version);
         }
         for (name, routing) in &state.routing {
             let Ok(index) = self.node.indices.get(name) else {

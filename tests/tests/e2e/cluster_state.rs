@@ -166,6 +166,35 @@ fn five_voters_elect_a_new_master_when_the_master_and_another_voter_die_together
 }
 
 #[test]
+fn an_index_one_node_acknowledged_is_found_at_once_through_every_other() {
+    let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &ALL);
+    wait_for_three_voters(&cluster);
+    // Each acknowledgement means a quorum holds the change, not that every node applied it
+    // yet: a node that does not find the index asks the master before answering 404.
+    for round in 0..30 {
+        let creator = round % 3;
+        let name = format!("seen-{round}");
+        let created = cluster.nodes[creator].put(
+            &format!("/{name}"),
+            &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}}),
+        );
+        assert_eq!(created.status, 200, "{:?}", created.body);
+        for other in (0..3).filter(|&i| i != creator) {
+            let found = cluster.nodes[other].get(&format!("/{name}/_count"));
+            assert_eq!(
+                found.status, 200,
+                "node {other} finds [{name}] node {creator} created: {:?}",
+                found.body
+            );
+        }
+    }
+    let missing = cluster.nodes[1].get("/never-created/_count");
+    assert_eq!(missing.status, 404, "{:?}", missing.body);
+    assert_eq!(missing.body["error"]["type"], "index_not_found_exception");
+}
+
+#[test]
 fn a_node_cut_off_from_the_quorum_cannot_change_the_cluster_state() {
     let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
     cluster.wait_for_view(&[0, 1, 2], &ALL);

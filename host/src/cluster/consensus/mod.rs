@@ -353,6 +353,24 @@ impl Consensus {
         Ok(outcome)
     }
 
+    /// The cluster-state version the master has applied (this node's own, if it is the
+    /// master), if the master answers within `timeout`.
+    pub async fn master_state_version(&self, timeout: Duration) -> Option<u64> {
+        let master = self.master()?;
+        if raft_id(&master.node_id) == self.id {
+            return Some(self.state().version);
+        }
+        let address = self.address_of(&master);
+        match self
+            .rpc
+            .call(address, &Request::StateVersion, timeout)
+            .await
+        {
+            Ok(Response::StateVersion(version)) => Some(version),
+            _ => None,
+        }
+    }
+
     /// A proposal forwarded by another node: commit it if this node is the master.
     pub async fn propose_as_master(
         &self,
