@@ -73,11 +73,12 @@ pub enum Response {
     RaftInstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Proposed(Result<CommandOutcome, ProposeError>),
     Data(DataResponse),
-    StateVersion(u64),
     /// The peer could not serve the request.
     Failed {
         reason: String,
     },
+    /// Answers [`Request::StateVersion`]; last, so that older variants keep their place.
+    StateVersion(u64),
 }
 
 #[derive(Debug, thiserror::Error)]
