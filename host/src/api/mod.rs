@@ -242,10 +242,8 @@ const CATCH_UP_ON_MISS: Duration = Duration::from_secs(2);
 /// (Elasticsearch acknowledges a change once every node applied it; here once a quorum holds
 /// it, so the others may lag a little).
 async fn caught_up_with_master(node: &NodeState) -> bool {
-    let before = (
-        node.cluster.consensus.state().version,
-        node.indices.metadata_version(),
-    );
+    // The index layout follows the cluster state, so it tells when both moved on.
+    let before = node.indices.metadata_version();
     let Some(wanted) = node
         .cluster
         .consensus
@@ -257,11 +255,7 @@ async fn caught_up_with_master(node: &NodeState) -> bool {
     node.indices
         .wait_for_metadata(wanted, CATCH_UP_ON_MISS)
         .await;
-    let after = (
-        node.cluster.consensus.state().version,
-        node.indices.metadata_version(),
-    );
-    after != before
+    node.indices.metadata_version() > before
 }
 
 /// Whether `err` says an index or repository the request named does not exist (as far as

@@ -29,7 +29,6 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         node,
         reported: HashMap::new(),
         version: 0,
-        metadata_version: 0,
     };
     loop {
         let state = states.borrow_and_update().clone();
@@ -52,16 +51,13 @@ struct Applier {
     reported: HashMap<String, Instant>,
     /// The version of the state being applied.
     version: u64,
-    /// The last version whose index metadata was applied.
-    metadata_version: u64,
 }
 
 impl Applier {
     async fn apply(&mut self, state: &ClusterState) -> Result<()> {
         self.version = state.version;
-        if self.metadata_version != state.version {
+        if self.node.indices.metadata_version() != state.version {
             self.apply_metadata(state).await?;
-            self.metadata_version = state.version;
             self.node.indices.metadata_applied(state.version);
         }
         for (name, routing) in &state.routing {

@@ -1457,23 +1457,31 @@ mod tests {
         }
     }
 
+    /// Applies one batch from the primary of term 1, which says its updates reach
+    /// `updates_up_to`; returns the replica's local checkpoint.
+    fn replicate(
+        replica: &Shard,
+        mappings: &Dynamic,
+        ops: &[TranslogOp],
+        updates_up_to: i64,
+    ) -> i64 {
+        replica
+            .apply_replicated(1, ops, Some(updates_up_to), mappings, Durability::Request)
+            .expect("replicated")
+    }
+
     #[test]
     fn a_delete_overtaking_the_index_it_follows_stays_deleted_across_a_commit() {
         let (_dir, mappings, replica) = replica_copy();
-        let durability = Durability::Request;
         let delete = TranslogOp {
             kind: OpKind::Delete,
             source: Vec::new(),
             version: 2,
             ..op(1, "a")
         };
-        replica
-            .apply_replicated(1, &[delete], Some(1), &mappings, durability)
-            .expect("the delete");
+        replicate(&replica, &mappings, &[delete], 1);
         replica.refresh().expect("commit");
-        let checkpoint = replica
-            .apply_replicated(1, &[op(0, "a")], Some(-1), &mappings, durability)
-            .expect("the index it overtook");
+        let checkpoint = replicate(&replica, &mappings, &[op(0, "a")], -1);
         assert_eq!(checkpoint, 1);
         replica.refresh().expect("refresh");
         assert!(
@@ -1485,21 +1493,16 @@ mod tests {
     #[test]
     fn an_update_overtaking_the_create_it_follows_keeps_the_newer_version() {
         let (_dir, mappings, replica) = replica_copy();
-        let durability = Durability::Request;
         // The primary created `a` (seq 0, no update yet, so its batch says updates reach -1)
         // and then updated it (seq 1): the update's batch arrives first.
         let update = TranslogOp {
             version: 2,
             ..op(1, "a")
         };
-        replica
-            .apply_replicated(1, &[update], Some(1), &mappings, durability)
-            .expect("the update");
+        replicate(&replica, &mappings, &[update], 1);
         // After a commit only the segments know the update.
         replica.refresh().expect("commit");
-        replica
-            .apply_replicated(1, &[op(0, "a")], Some(-1), &mappings, durability)
-            .expect("the create it overtook");
+        replicate(&replica, &mappings, &[op(0, "a")], -1);
         replica.refresh().expect("refresh");
         let doc = replica.get("a").expect("get").expect("the document exists");
         assert_eq!(
@@ -1552,25 +1555,14 @@ mod tests {
     #[test]
     fn a_replica_replaces_a_document_it_holds_even_above_the_updates_it_was_told_of() {
         let (_dir, mappings, replica) = replica_copy();
-        let durability = Durability::Request;
-        replica
-            .apply_replicated(
-                1,
-                &[op(0, "a"), op(1, "b")],
-                Some(-1),
-                &mappings,
-                durability,
-            )
-            .expect("two creates");
+        replicate(&replica, &mappings, &[op(0, "a"), op(1, "b")], -1);
         assert_eq!(live_docs(&replica), 2);
         // The update of `a` comes with the primary's max seq_no of updates: looked up, replaced.
         let update = TranslogOp {
             version: 2,
             ..op(2, "a")
         };
-        replica
-            .apply_replicated(1, &[update, op(3, "c")], Some(2), &mappings, durability)
-            .expect("an update and a create");
+        replicate(&replica, &mappings, &[update, op(3, "c")], 2);
         assert_eq!(live_docs(&replica), 3, "a replaced, c appended");
         let doc = replica.get("a").expect("get").expect("a exists");
         assert_eq!((doc.seq_no, doc.version), (2, 2));
@@ -1579,16 +1571,11 @@ mod tests {
     #[test]
     fn a_replica_restarted_after_out_of_order_batches_keeps_every_operation() {
         let (dir, mappings, replica) = replica_copy();
-        let durability = Durability::Request;
         // The later batch arrives first, a commit happens, then the earlier batch arrives.
-        let checkpoint = replica
-            .apply_replicated(1, &[op(1, "b")], Some(-1), &mappings, durability)
-            .expect("batch 1");
+        let checkpoint = replicate(&replica, &mappings, &[op(1, "b")], -1);
         assert_eq!(checkpoint, -1, "operation 0 is still missing");
         replica.refresh().expect("commit");
-        let checkpoint = replica
-            .apply_replicated(1, &[op(0, "a")], Some(-1), &mappings, durability)
-            .expect("batch 0");
+        let checkpoint = replicate(&replica, &mappings, &[op(0, "a")], -1);
         assert_eq!(checkpoint, 1);
         // A crash: the writer goes away without another commit.
         drop(replica);
