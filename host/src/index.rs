@@ -13,6 +13,7 @@ use crate::error::{Error, Result, illegal};
 use crate::mapping::Mapping;
 use crate::routing::shard_for_routing;
 use crate::shard::{Durability, MappingSource, Shard, ShardId};
+use crate::shard_lock::ShardLocks;
 use crate::units::{format_time_value, parse_time_value};
 
 /// Index settings Shoal understands; anything else is refused rather than silently ignored.
@@ -386,6 +387,8 @@ impl MappingSource for IndexMeta {
 pub struct IndexService {
     pub meta: Arc<IndexMeta>,
     shards: RwLock<BTreeMap<u32, Arc<Shard>>>,
+    /// Copies taken out of service and still closing: their directories are not reused yet.
+    locks: ShardLocks,
 }
 
 /// What a shard copy's directory records about which copy it is.
@@ -457,6 +460,7 @@ impl IndexService {
         Ok(IndexService {
             meta: Arc::new(meta),
             shards: RwLock::new(BTreeMap::new()),
+            locks: ShardLocks::default(),
         })
     }
 
@@ -483,6 +487,7 @@ impl IndexService {
         let index = IndexService {
             meta: Arc::new(meta),
             shards: RwLock::new(BTreeMap::new()),
+            locks: ShardLocks::default(),
         };
         for number in 0..index.number_of_shards() {
             if index.copy_dir(number).join("index").exists() {
@@ -501,10 +506,17 @@ impl IndexService {
         self.meta.dir.join(number.to_string())
     }
 
-    /// Opens (or creates empty) the copy of shard `number` on disk.
+    /// Opens (or creates empty) the copy of shard `number` on disk. Refused while an earlier
+    /// copy of the shard is still closing: its writer may still touch the directory.
     pub fn open_copy(&self, number: u32) -> Result<Arc<Shard>> {
         if let Some(open) = self.shard(number) {
             return Ok(open);
+        }
+        if self.locks.is_locked(number) {
+            return Err(Error::ShardNotAvailable(format!(
+                "[{}][{number}] is still closing",
+                self.meta.name
+            )));
         }
         let id = ShardId {
             index: self.meta.name.clone(),
@@ -524,59 +536,63 @@ impl IndexService {
         Ok(shard)
     }
 
-    /// Closes copy `number`, leaving its files. Waits until every holder of the copy
+    /// Whether a copy of shard `number` is still closing (see [`ShardLocks`]).
+    pub fn is_closing(&self, number: u32) -> bool {
+        self.locks.is_locked(number)
+    }
+
+    /// Takes copy `number` out of service at once and closes it in the background once every
+    /// holder has let it go, then deletes its files if `delete_files`. Until then the shard
+    /// stays locked: [`IndexService::open_copy`] refuses it.
+    pub fn close_copy_in_background(&self, number: u32, delete_files: bool) {
+        let copy = self
+            .shards
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&number);
+        if copy.is_none() && !delete_files {
+            return;
+        }
+        let dir = self.copy_dir(number);
+        let label = format!("[{}][{number}]", self.meta.name);
+        let then = move || {
+            if delete_files {
+                remove_dir_logged(&dir);
+            }
+        };
+        self.locks
+            .close_in_background(label, vec![number], copy.into_iter().collect(), then);
+    }
+
+    /// Closes copy `number`, leaving its files, and waits until every holder of the copy
     /// (searches, writes and recoveries in flight) has let it go and its writer has stopped,
-    /// so that the directory can be reused or deleted: Elasticsearch's shard lock. Fails,
-    /// leaving the copy to close when its last holder drops it, if that takes too long.
+    /// so that the directory can be reused or deleted. Fails if that takes too long; the copy
+    /// then closes when its last holder drops it, and the shard stays locked until it does.
     pub fn close_copy(&self, number: u32) -> Result<()> {
         self.close_copy_within(number, SHARD_LOCK_TIMEOUT)
     }
 
     fn close_copy_within(&self, number: u32, limit: Duration) -> Result<()> {
-        let removed = self
-            .shards
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&number);
-        let Some(mut shard) = removed else {
-            return Ok(());
-        };
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            match Arc::try_unwrap(shard) {
-                Ok(closed) => {
-                    drop(closed);
-                    return Ok(());
-                }
-                Err(held) if std::time::Instant::now() < deadline => {
-                    shard = held;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => {
-                    return Err(Error::ShardNotAvailable(format!(
-                        "[{}][{number}] is still in use after {limit:?}; it closes when released",
-                        self.meta.name
-                    )));
-                }
-            }
+        self.close_copy_in_background(number, false);
+        if self.locks.wait_unlocked(number, limit) {
+            Ok(())
+        } else {
+            Err(Error::ShardNotAvailable(format!(
+                "[{}][{number}] is still in use after {limit:?}; it closes when released",
+                self.meta.name
+            )))
         }
     }
 
-    /// Closes every copy this node holds (see [`IndexService::close_copy`]).
-    pub fn close_all_copies(&self) -> Result<()> {
-        let numbers: Vec<u32> = self
-            .shards
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        numbers
-            .into_iter()
-            .try_for_each(|number| self.close_copy(number))
+    /// Takes every copy out of service; once all are closed (in the background), runs `then`.
+    pub fn close_all_copies_in_background(&self, then: impl FnOnce() + Send + 'static) {
+        let copies = std::mem::take(&mut *self.shards.write().unwrap_or_else(|p| p.into_inner()));
+        let (numbers, copies): (Vec<u32>, Vec<Arc<Shard>>) = copies.into_iter().unzip();
+        self.locks
+            .close_in_background(self.meta.name.clone(), numbers, copies, then);
     }
 
-    /// Closes copy `number` and deletes its files.
+    /// Closes copy `number` (see [`IndexService::close_copy`]) and deletes its files.
     pub fn remove_copy(&self, number: u32) -> Result<()> {
         self.close_copy(number)?;
         let dir = self.copy_dir(number);
@@ -654,6 +670,17 @@ impl IndexService {
 
     pub fn store_size(&self) -> u64 {
         self.local_shards().iter().map(|s| s.store_size()).sum()
+    }
+}
+
+/// Deletes a closed copy's or index's directory, logging (not failing) on error: nobody waits.
+pub fn remove_dir_logged(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(path = %dir.display(), error = %err, "could not delete a closed copy's files")
+        }
     }
 }
 
@@ -803,10 +830,36 @@ mod tests {
         );
         assert!(index.copy_dir(0).exists());
         assert!(index.shard(0).is_none(), "closed to new users at once");
+        let reopened = index.open_copy(0);
+        assert!(
+            matches!(reopened, Err(Error::ShardNotAvailable(_))),
+            "a new copy waits for the old one: {:?}",
+            reopened.map(|_| ())
+        );
         drop(held);
+        index
+            .close_copy(0)
+            .expect("the held copy closes once released");
         let reopened = index.open_copy(0).expect("reopens once released");
         drop(reopened);
         index.remove_copy(0).expect("removed");
+    }
+
+    #[test]
+    fn a_copy_removed_in_the_background_keeps_its_shard_locked_until_its_files_are_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (index, held) = index_with_one_open_copy(dir.path());
+        index.close_copy_in_background(0, true);
+        assert!(index.shard(0).is_none(), "out of service at once");
+        assert!(index.is_closing(0));
+        assert!(index.open_copy(0).is_err(), "locked while held");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(index.copy_dir(0).exists(), "files stay under their holder");
+        drop(held);
+        assert!(index.locks.wait_unlocked(0, Duration::from_secs(10)));
+        assert!(!index.copy_dir(0).exists(), "files gone once released");
+        let fresh = index.open_copy(0).expect("a new copy opens");
+        assert_eq!(fresh.max_seq_no(), -1, "and starts empty");
     }
 
     #[test]

@@ -165,10 +165,10 @@ impl Indices {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .ok_or_else(|| Error::IndexNotFound(name.to_string()))?;
+        // Searches still running on the index finish first; the files go after them, in the
+        // background (the index directory is never reused: it is named by the index's uuid).
         let dir = self.dir.join(&removed.meta.uuid);
-        removed.close_all_copies()?;
-        drop(removed);
-        std::fs::remove_dir_all(&dir)?;
+        removed.close_all_copies_in_background(move || crate::index::remove_dir_logged(&dir));
         tracing::info!(index = name, "deleted index");
         Ok(())
     }

@@ -34,6 +34,7 @@ pub mod routing;
 pub mod search;
 pub mod secure_settings;
 pub mod shard;
+pub mod shard_lock;
 pub mod snapshot;
 pub mod telemetry;
 pub mod transport;

@@ -152,7 +152,8 @@ impl Applier {
             if self.offer_lost_copy(index, number, routing) {
                 return Ok(());
             }
-            return self.drop_copy(index, number, routing).await;
+            self.drop_copy(index, number, routing);
+            return Ok(());
         };
         if self
             .node
@@ -162,6 +163,10 @@ impl Applier {
             return Ok(());
         }
         if self.node.copies.active(&name, number).as_deref() != Some(&copy.allocation_id) {
+            if index.is_closing(number) {
+                // An earlier copy still closes in this directory; a later pass opens this one.
+                return Ok(());
+            }
             let on_disk = index
                 .copy_marker(number)
                 .is_some_and(|marker| marker.allocation_id == copy.allocation_id);
@@ -340,16 +345,13 @@ impl Applier {
     /// Closes a copy the routing no longer places here and deletes its files, unless they may
     /// still serve: built in the shard's current primary term while the shard misses a copy,
     /// they let this node catch the copy up by operations should it be allocated here again.
-    async fn drop_copy(
-        &self,
-        index: &Arc<IndexService>,
-        number: u32,
-        routing: &ShardRouting,
-    ) -> Result<()> {
+    /// The copy leaves service at once and closes in the background, so a long search on it
+    /// does not hold up the rest of the cluster state.
+    fn drop_copy(&self, index: &Arc<IndexService>, number: u32, routing: &ShardRouting) {
         let name = index.name();
         let open = self.node.copies.active(name, number).is_some() || index.shard(number).is_some();
-        if !open && !index.copy_dir(number).exists() {
-            return Ok(());
+        if index.is_closing(number) || (!open && !index.copy_dir(number).exists()) {
+            return;
         }
         let wanted = index.meta.number_of_replicas() as usize + 1;
         let reusable = routing.copies.len() < wanted
@@ -357,7 +359,7 @@ impl Applier {
                 .copy_marker(number)
                 .is_some_and(|marker| marker.built_in_term(routing.primary_term));
         if reusable && !open {
-            return Ok(());
+            return;
         }
         let what = if reusable {
             "closing a copy the routing moved away; its files stay for a catch-up by operations"
@@ -366,15 +368,7 @@ impl Applier {
         };
         tracing::info!(index = name, shard = number, "{what}");
         self.node.copies.forget(name, number);
-        let service = index.clone();
-        blocking(move || {
-            if reusable {
-                service.close_copy(number)
-            } else {
-                service.remove_copy(number)
-            }
-        })
-        .await
+        index.close_copy_in_background(number, !reusable);
     }
 
     fn propose(&self, command: StateCommand) {

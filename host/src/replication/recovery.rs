@@ -234,18 +234,10 @@ pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()
             if let Ok(service) = node.indices.get(index) {
                 // A copy of this term stays for the next attempt to catch up by operations
                 // (operations it applied came from the primary); a partial file copy goes.
-                let term = target.primary_term;
-                let _ = blocking(move || {
-                    let reusable = service
-                        .copy_marker(number)
-                        .is_some_and(|marker| marker.built_in_term(term));
-                    if reusable {
-                        service.close_copy(number)
-                    } else {
-                        service.remove_copy(number)
-                    }
-                })
-                .await;
+                let reusable = service
+                    .copy_marker(number)
+                    .is_some_and(|marker| marker.built_in_term(target.primary_term));
+                service.close_copy_in_background(number, !reusable);
             }
         }
     }
