@@ -650,7 +650,7 @@ impl Shard {
             version: op.version,
             primary_term: op.primary_term,
         };
-        Ok(self.schema.document(&op.id, &op.source, meta, &parsed))
+        Ok(self.schema.document(&op.id, &op.source, meta, parsed))
     }
 
     /// Sets this copy's role from the routing table of cluster-state version `version`:
@@ -956,7 +956,7 @@ impl Shard {
             version,
             primary_term,
         };
-        let document = self.schema.document(&id, &raw, meta, &parsed);
+        let document = self.schema.document(&id, &raw, meta, parsed);
         let record = OpRecord {
             kind: OpKind::Index,
             seq_no,

@@ -94,13 +94,13 @@ impl ShardSchema {
             .unwrap_or(self.text[0].1)
     }
 
-    /// Builds the tantivy document for one indexed operation.
+    /// Builds the tantivy document for one indexed operation (moving the parsed values in).
     pub fn document(
         &self,
         id: &str,
         source: &[u8],
         meta: DocMeta,
-        parsed: &ParsedDocument,
+        parsed: ParsedDocument,
     ) -> TantivyDocument {
         let mut doc = TantivyDocument::new();
         doc.add_text(self.id, id);
@@ -114,26 +114,17 @@ impl ShardSchema {
         if !parsed.values.is_empty() {
             let entries = parsed
                 .values
-                .iter()
-                .map(|(path, values)| {
-                    (
-                        path.clone(),
-                        many(values.iter().map(to_owned_value).collect()),
-                    )
-                })
+                .into_iter()
+                .map(|(path, values)| (path, many(values.into_iter().map(to_owned_value))))
                 .collect();
             doc.add_field_value(self.values, &OwnedValue::Object(entries));
         }
+        let mut text = parsed.text;
         for (analyzer, field) in &self.text {
-            if let Some(fields) = parsed.text.get(analyzer.name()) {
+            if let Some(fields) = text.remove(analyzer.name()) {
                 let entries = fields
-                    .iter()
-                    .map(|(path, texts)| {
-                        (
-                            path.clone(),
-                            many(texts.iter().cloned().map(OwnedValue::Str).collect()),
-                        )
-                    })
+                    .into_iter()
+                    .map(|(path, texts)| (path, many(texts.into_iter().map(OwnedValue::Str))))
                     .collect();
                 doc.add_field_value(*field, &OwnedValue::Object(entries));
             }
@@ -150,21 +141,24 @@ pub struct DocMeta {
     pub primary_term: u64,
 }
 
-fn many(mut values: Vec<OwnedValue>) -> OwnedValue {
-    if values.len() == 1 {
-        values.swap_remove(0)
-    } else {
-        OwnedValue::Array(values)
+/// One value stays itself; several become an array.
+fn many(values: impl ExactSizeIterator<Item = OwnedValue>) -> OwnedValue {
+    let mut values = values;
+    if values.len() == 1
+        && let Some(single) = values.next()
+    {
+        return single;
     }
+    OwnedValue::Array(values.collect())
 }
 
-fn to_owned_value(value: &IndexedValue) -> OwnedValue {
+fn to_owned_value(value: IndexedValue) -> OwnedValue {
     match value {
-        IndexedValue::Str(text) => OwnedValue::Str(text.clone()),
-        IndexedValue::I64(number) => OwnedValue::I64(*number),
-        IndexedValue::F64(number) => OwnedValue::F64(*number),
-        IndexedValue::Bool(flag) => OwnedValue::Bool(*flag),
-        IndexedValue::Date(millis) => OwnedValue::Date(DateTime::from_timestamp_millis(*millis)),
+        IndexedValue::Str(text) => OwnedValue::Str(text),
+        IndexedValue::I64(number) => OwnedValue::I64(number),
+        IndexedValue::F64(number) => OwnedValue::F64(number),
+        IndexedValue::Bool(flag) => OwnedValue::Bool(flag),
+        IndexedValue::Date(millis) => OwnedValue::Date(DateTime::from_timestamp_millis(millis)),
     }
 }
 
