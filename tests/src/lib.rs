@@ -137,7 +137,8 @@ impl Node {
                 "json",
             ])
             .args(&self.extra_args)
-            .env("RUST_LOG", "info")
+            // The node's own default filter (info, quiet dependencies), whatever the caller's.
+            .env_remove("RUST_LOG")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
