@@ -69,11 +69,32 @@ fn temp_path(path: &Path, upload: u64) -> PathBuf {
     PathBuf::from(temp)
 }
 
+/// Makes a directory's entries (a renamed blob, a new subdirectory) survive power loss.
+fn sync_dir(dir: &Path) -> Result<(), RepositoryError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|err| io(&format!("syncing directory {}", dir.display()), err))
+}
+
+/// Creates the blob's directory if needed; a new one is made durable in its own parent, so
+/// the blobs published in it are reachable after a power loss.
 fn create_parent(path: &Path) -> Result<(), RepositoryError> {
-    match path.parent() {
-        Some(parent) => fs::create_dir_all(parent).map_err(|err| io("creating directory", err)),
-        None => Ok(()),
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    if parent.is_dir() {
+        return Ok(());
     }
+    fs::create_dir_all(parent).map_err(|err| io("creating directory", err))?;
+    let mut created = parent;
+    while let Some(above) = created.parent() {
+        sync_dir(above)?;
+        if above == Path::new(ROOT) {
+            break;
+        }
+        created = above;
+    }
+    Ok(())
 }
 
 fn start(
@@ -166,7 +187,13 @@ fn finish(upload: u64) -> Result<(), RepositoryError> {
     }
     drop(file);
     let path = blob_path(&name)?;
-    fs::rename(&temp, &path).map_err(|err| io("publishing blob", err))
+    fs::rename(&temp, &path).map_err(|err| io("publishing blob", err))?;
+    // The rename is durable only once its directory is: a snapshot's manifest (written last)
+    // must never outlive, after a power loss, the blobs it names.
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
 }
 
 /// Removes the temporary file of an upload cut short (a crash, a killed node) once it has not
