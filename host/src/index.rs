@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::durable::write_atomically;
 use crate::error::{Error, Result, illegal};
 use crate::mapping::Mapping;
 use crate::routing::shard_for_routing;
@@ -441,7 +442,7 @@ impl IndexService {
         settings: IndexSettings,
         mapping: Mapping,
     ) -> Result<IndexService> {
-        std::fs::create_dir_all(dir)?;
+        crate::durable::create_dir(dir)?;
         let uuid = dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -610,7 +611,7 @@ impl IndexService {
 
     pub fn write_copy_marker(&self, number: u32, marker: &CopyMarker) -> Result<()> {
         let dir = self.copy_dir(number);
-        std::fs::create_dir_all(&dir)?;
+        crate::durable::create_dir(&dir)?;
         let bytes = serde_json::to_vec(marker).map_err(|err| Error::Internal(err.to_string()))?;
         Ok(write_atomically(&dir.join(COPY_MARKER), &bytes)?)
     }
@@ -682,22 +683,6 @@ pub fn remove_dir_logged(dir: &Path) {
             tracing::warn!(path = %dir.display(), error = %err, "could not delete a closed copy's files")
         }
     }
-}
-
-/// Writes a file so that a crash leaves either the old or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Checks an index name against Elasticsearch's rules.

@@ -24,7 +24,7 @@ impl Indices {
     /// Opens every index under `data_dir/indices`, replaying translogs.
     pub fn load(data_dir: &std::path::Path) -> Result<Indices> {
         let dir = data_dir.join("indices");
-        std::fs::create_dir_all(&dir)?;
+        crate::durable::create_dir(&dir)?;
         let mut indices = BTreeMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();

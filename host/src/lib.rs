@@ -22,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod ids;
 pub mod index;

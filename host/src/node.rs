@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::durable::write_atomically;
 use crate::error::{Error, Result};
 use crate::ids::new_uuid;
-use crate::index::write_atomically;
 use crate::indices::Indices;
 use crate::plugins::PluginHost;
 use crate::shard::Durability;

@@ -58,7 +58,7 @@ pub fn next_generation(state_dir: &Path) -> std::io::Result<u64> {
         .unwrap_or(0);
     let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let generation = now.max(previous + 1_000);
-    crate::index::write_atomically(&path, generation.to_string().as_bytes())?;
+    crate::durable::write_atomically(&path, generation.to_string().as_bytes())?;
     Ok(generation)
 }
 

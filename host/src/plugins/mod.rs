@@ -425,7 +425,7 @@ impl PluginHost {
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         if let Some(wasm) = wasm {
-            crate::index::write_atomically(&dir.join("plugin.wasm"), wasm)
+            crate::durable::write_atomically(&dir.join("plugin.wasm"), wasm)
                 .map_err(|err| PluginError::Runtime(err.to_string()))?;
         }
         let saved = PersistedPlugin {
@@ -436,7 +436,7 @@ impl PluginHost {
         };
         let bytes = serde_json::to_vec_pretty(&saved)
             .map_err(|err| PluginError::Runtime(err.to_string()))?;
-        crate::index::write_atomically(&dir.join("plugin.json"), &bytes)
+        crate::durable::write_atomically(&dir.join("plugin.json"), &bytes)
             .map_err(|err| PluginError::Runtime(err.to_string()))
     }
 
@@ -625,7 +625,7 @@ impl PluginHost {
             .map_err(|err| err.to_string())
             .and_then(|()| component.serialize().map_err(|err| err.to_string()))
             .and_then(|code| {
-                crate::index::write_atomically(&path, &code).map_err(|err| err.to_string())
+                crate::durable::write_atomically(&path, &code).map_err(|err| err.to_string())
             });
         if let Err(err) = saved {
             tracing::warn!(path = %path.display(), error = err, "could not cache compiled plugin");

@@ -19,6 +19,7 @@ use super::progress::{RecoveryKind, RecoveryPlan};
 use super::wire::{DataRequest, DataResponse};
 use crate::api::blocking;
 use crate::cluster::state::StateCommand;
+use crate::durable::write_atomically;
 use crate::error::{Error, Result};
 use crate::index::{CopyMarker, IndexService};
 use crate::node::NodeState;
@@ -366,11 +367,11 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
             let copied = fetcher
                 .fetch_all(&files, &index_dir, Some(&progress))
                 .await?;
-            let mut meta = tokio::fs::File::create(index_dir.join("meta.json")).await?;
-            meta.write_all(meta_json.as_bytes()).await?;
-            meta.sync_all().await?;
             let service = service.clone();
             let shard = blocking(move || {
+                // The commit goes last, with the directory naming every copied file, so a
+                // commit that survives a power loss has its files too.
+                write_atomically(&index_dir.join("meta.json"), meta_json.as_bytes())?;
                 service.write_copy_marker(number, &marker)?;
                 service.open_copy(number)
             })

@@ -334,7 +334,7 @@ impl Shard {
         mappings: &dyn MappingSource,
     ) -> Result<Shard> {
         let index_dir = path.join("index");
-        std::fs::create_dir_all(&index_dir)?;
+        crate::durable::create_dir(&index_dir)?;
         let schema = ShardSchema::build();
         let directory = MmapDirectory::open(&index_dir)
             .map_err(|err| Error::Internal(format!("opening {}: {err}", index_dir.display())))?;

@@ -152,11 +152,6 @@ fn list_generations(dir: &Path) -> Result<Vec<u64>, Error> {
     Ok(generations)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 impl Translog {
     /// Opens the log in `dir`, reading every generation from `first_generation` on. Older
     /// generations are already covered by a tantivy commit: kept as history, not replayed.
@@ -165,7 +160,7 @@ impl Translog {
         first_generation: u64,
         shard: &str,
     ) -> Result<(Translog, RecoveryReport), Error> {
-        std::fs::create_dir_all(dir)?;
+        crate::durable::create_dir(dir)?;
         let generations = list_generations(dir)?;
         let mut report = RecoveryReport::default();
         let retained: Vec<u64> = generations
@@ -212,7 +207,7 @@ impl Translog {
             file.set_len(0)?;
             file.write_all(FILE_MAGIC)?;
             file.sync_all()?;
-            sync_dir(dir)?;
+            crate::durable::sync_dir(dir)?;
             offset = FILE_MAGIC.len() as u64;
         }
         let operations = report.operations.len() as u64;
@@ -318,7 +313,7 @@ impl Translog {
             .open(&path)?;
         file.write_all(FILE_MAGIC)?;
         file.sync_all()?;
-        sync_dir(&self.dir)?;
+        crate::durable::sync_dir(&self.dir)?;
         {
             let mut state = self
                 .sync

@@ -1274,7 +1274,7 @@ fn lay_out_shard(
     progress: &RecoveryProgress<'_>,
 ) -> Result<()> {
     let index_dir = shard_dir.join("index");
-    std::fs::create_dir_all(&index_dir)?;
+    crate::durable::create_dir(&index_dir)?;
     let mut managed = vec!["meta.json".to_string()];
     for file in &shard.files {
         download_verified(
@@ -1287,19 +1287,21 @@ fn lay_out_shard(
         progress.copied_file();
         managed.push(file.name.clone());
     }
-    std::fs::write(index_dir.join("meta.json"), &shard.commit_meta)?;
     // tantivy's record of the files it owns, so merges can later delete restored files.
     let mut listing =
         serde_json::to_vec(&managed).map_err(|err| Error::Internal(err.to_string()))?;
     listing.push(b'\n');
-    std::fs::write(index_dir.join(".managed.json"), listing)?;
+    crate::durable::write_atomically(&index_dir.join(".managed.json"), &listing)?;
+    // Written last and durably, with the directory naming every restored file: a copy whose
+    // commit survives a power loss has its files too.
+    crate::durable::write_atomically(&index_dir.join("meta.json"), shard.commit_meta.as_bytes())?;
     // A restored copy records no term: it is never caught up by operations.
     let marker = crate::index::CopyMarker {
         allocation_id: allocation_id.to_string(),
         primary_term: 0,
     };
     let bytes = serde_json::to_vec(&marker).map_err(|err| Error::Internal(err.to_string()))?;
-    crate::index::write_atomically(&shard_dir.join("_copy.json"), &bytes)?;
+    crate::durable::write_atomically(&shard_dir.join("_copy.json"), &bytes)?;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::{RaftPeer, TypeConfig};
 use crate::cluster::state::{ClusterState, CommandOutcome};
-use crate::index::write_atomically;
+use crate::durable::write_atomically;
 
 type Membership = StoredMembership<u64, RaftPeer>;
 
@@ -75,7 +75,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`, replaying the log file; a torn last record, left
     /// by a crash mid-write, is cut off.
     pub fn open(dir: &Path) -> std::io::Result<(Store, watch::Receiver<Arc<ClusterState>>)> {
-        std::fs::create_dir_all(dir)?;
+        crate::durable::create_dir(dir)?;
         let log_path = dir.join("log");
         let mut bytes = Vec::new();
         if log_path.exists() {
