@@ -293,7 +293,7 @@ impl IndexMeta {
 
     /// The persisted metadata (settings, mappings, primary terms) as JSON, for snapshots.
     pub fn persisted_json(&self) -> Result<Value> {
-        let bytes = std::fs::read(self.dir.join("_meta.json"))?;
+        let bytes = std::fs::read(self.dir.join(INDEX_METADATA))?;
         serde_json::from_slice(&bytes).map_err(|err| {
             Error::Internal(format!(
                 "index metadata of [{}] is unreadable: {err}",
@@ -324,7 +324,7 @@ impl IndexMeta {
         };
         let bytes = serde_json::to_vec_pretty(&persisted)
             .map_err(|err| Error::Internal(err.to_string()))?;
-        Ok(write_atomically(&self.dir.join("_meta.json"), &bytes)?)
+        Ok(write_atomically(&self.dir.join(INDEX_METADATA), &bytes)?)
     }
 
     /// Takes the cluster's settings and mapping for this index where they differ from the local
@@ -411,6 +411,8 @@ impl CopyMarker {
 }
 
 const COPY_MARKER: &str = "_copy.json";
+/// The file in an index's directory holding its name, settings and mappings.
+pub const INDEX_METADATA: &str = "_meta.json";
 /// How long closing a copy waits for searches and writes in flight to let it go.
 const SHARD_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -467,7 +469,7 @@ impl IndexService {
 
     /// Opens an index persisted under `dir` with every shard copy found there.
     pub fn open(dir: &Path) -> Result<IndexService> {
-        let bytes = std::fs::read(dir.join("_meta.json"))?;
+        let bytes = std::fs::read(dir.join(INDEX_METADATA))?;
         let persisted: PersistedIndex = serde_json::from_slice(&bytes).map_err(|err| {
             Error::Internal(format!(
                 "index metadata in {} is unreadable: {err}",

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cluster::state::IndexMetadata;
 use crate::error::{Error, Result};
-use crate::index::IndexService;
+use crate::index::{INDEX_METADATA, IndexService};
 use crate::mapping::Mapping;
 
 /// All indices this node holds.
@@ -28,9 +28,9 @@ impl Indices {
         let mut indices = BTreeMap::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            if !path.join("_meta.json").exists() {
-                // A crash during creation leaves a directory without metadata: nothing was
-                // acknowledged for it, so it is removed.
+            if !path.join(INDEX_METADATA).exists() {
+                // A crash during creation, or during a deletion, leaves a directory without
+                // metadata: nothing was acknowledged for it, or its deletion was, so it goes.
                 tracing::warn!(path = %path.display(), "removing half-created index directory");
                 std::fs::remove_dir_all(&path)?;
                 continue;
@@ -124,7 +124,7 @@ impl Indices {
             return self.ensure(name, meta, version);
         }
         let dir = self.dir.join(&meta.uuid);
-        let index = if dir.join("_meta.json").exists() {
+        let index = if dir.join(INDEX_METADATA).exists() {
             // Laid out before (a restore, or a restart that raced the state): open it.
             IndexService::open(&dir)?
         } else {
@@ -167,7 +167,14 @@ impl Indices {
             .ok_or_else(|| Error::IndexNotFound(name.to_string()))?;
         // Searches still running on the index finish first; the files go after them, in the
         // background (the index directory is never reused: it is named by the index's uuid).
+        // Its metadata goes at once, so a restart meanwhile finds a directory to clear, not an
+        // index to open.
         let dir = self.dir.join(&removed.meta.uuid);
+        let unlisted = std::fs::remove_file(dir.join(INDEX_METADATA))
+            .and_then(|()| crate::durable::sync_dir(&dir));
+        if let Err(err) = unlisted {
+            tracing::warn!(index = name, error = %err, "could not remove a deleted index's metadata first");
+        }
         removed.close_all_copies_in_background(move || crate::index::remove_dir_logged(&dir));
         tracing::info!(index = name, "deleted index");
         Ok(())
@@ -259,5 +266,33 @@ mod tests {
             "prefix and suffix may not overlap"
         );
         assert!(!wildcard_match("*ab*b", "ab"));
+    }
+
+    #[test]
+    fn a_deleted_index_still_in_use_stays_deleted_across_a_restart() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let indices = Indices::load(data.path()).expect("load");
+        let meta = IndexMetadata {
+            uuid: "deleted-uuid".into(),
+            creation_date: 0,
+            settings: Default::default(),
+            mappings: serde_json::json!({}),
+        };
+        let index = indices.ensure("gone", &meta, 1).expect("laid out");
+        let held = index.open_copy(0).expect("copy opens");
+        drop(index);
+        indices.delete("gone").expect("deleted");
+        assert!(matches!(indices.get("gone"), Err(Error::IndexNotFound(_))));
+        let dir = data.path().join("indices").join("deleted-uuid");
+        assert!(dir.exists(), "files stay while a search holds the copy");
+
+        // A restart before the search lets go: the index does not come back.
+        let restarted = Indices::load(data.path()).expect("reload");
+        assert!(matches!(
+            restarted.get("gone"),
+            Err(Error::IndexNotFound(_))
+        ));
+        assert!(!dir.exists(), "the half-deleted directory is cleared");
+        drop(held);
     }
 }
