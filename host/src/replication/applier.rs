@@ -315,7 +315,8 @@ impl Applier {
         number: u32,
         routing: &ShardRouting,
     ) -> bool {
-        if routing.primary().is_some() {
+        // A copy closing in the background may be on its way out with its files.
+        if routing.primary().is_some() || index.is_closing(number) {
             return false;
         }
         let Some(marker) = index.copy_marker(number) else {
