@@ -42,6 +42,13 @@ use self::state::PluginState;
 
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The least time an instantiation may take, whatever the plugin's call deadline.
+const INSTANTIATION_DEADLINE: Duration = Duration::from_secs(1);
+
+/// `duration` in epoch ticks, at least one.
+fn ticks(duration: Duration) -> u64 {
+    (duration.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+}
 /// Idle instances kept per plugin for reuse.
 const MAX_IDLE_INSTANCES: usize = 4;
 
@@ -773,8 +780,10 @@ impl Plugin {
         let mut store = Store::new(&engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
-        // Instantiation runs guest start code too: bound it like a call.
-        store.set_epoch_deadline(self.deadline_ticks());
+        // Instantiation runs guest start code too, so it is bounded; but its wall clock also
+        // counts the host's own setup, which a busy machine can stretch past a policy's
+        // few-millisecond call deadline.
+        store.set_epoch_deadline(self.deadline_ticks().max(ticks(INSTANTIATION_DEADLINE)));
         if let Some(fuel) = loaded.fuel {
             store
                 .set_fuel(fuel)
@@ -819,7 +828,7 @@ impl Plugin {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        (self.limits().deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+        ticks(self.limits().deadline)
     }
 
     /// Runs `call` on a pooled instance under the plugin's deadline and memory cap. A failed
