@@ -2,7 +2,7 @@
 //! breaks nodes and records exactly which documents the cluster acknowledged, and a check that
 //! the final state holds every acknowledged document exactly once (and nothing never sent).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,6 +23,20 @@ pub struct History {
     pub clean_bulks: Vec<(Instant, Instant)>,
     /// Items refused or lost with their request.
     pub failed_items: u64,
+    /// How each acknowledged id was acknowledged, to explain a loss.
+    pub receipts: BTreeMap<String, Receipt>,
+}
+
+/// Where and when the cluster acknowledged one document.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The node that coordinated the bulk.
+    pub via: String,
+    /// When the bulk was sent and when it returned, in ms since the writer started.
+    pub sent_ms: u128,
+    pub returned_ms: u128,
+    pub seq_no: i64,
+    pub primary_term: u64,
 }
 
 impl History {
@@ -144,6 +158,7 @@ fn write_loop(shared: &Shared, index: &str, batch: usize) {
         .unwrap_or_else(|_| reqwest::blocking::Client::new());
     let mut next_id = 0u64;
     let mut turn = 0usize;
+    let begun = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let target = {
             let Ok(targets) = targets.lock() else { return };
@@ -199,6 +214,14 @@ fn write_loop(shared: &Shared, index: &str, batch: usize) {
                     let status = item["index"]["status"].as_u64().unwrap_or(0);
                     if status == 200 || status == 201 {
                         h.acked.insert(id.clone());
+                        let receipt = Receipt {
+                            via: target.clone(),
+                            sent_ms: sent.duration_since(begun).as_millis(),
+                            returned_ms: begun.elapsed().as_millis(),
+                            seq_no: item["index"]["_seq_no"].as_i64().unwrap_or(-1),
+                            primary_term: item["index"]["_primary_term"].as_u64().unwrap_or(0),
+                        };
+                        h.receipts.insert(id.clone(), receipt);
                     } else {
                         clean = false;
                         h.failed_items += 1;
@@ -254,11 +277,7 @@ pub fn check(node: &Node, index: &str, history: &History) -> Result<(), String> 
     }
     let lost: Vec<&String> = history.acked.difference(&found).collect();
     if !lost.is_empty() {
-        return Err(format!(
-            "{} acknowledged documents are missing, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(10)]
-        ));
+        return Err(explain_loss(node, index, history, &lost));
     }
     // A copy that started moments ago (a relocation) may not have refreshed yet: counts
     // converge within a refresh interval, so the comparison is retried briefly.
@@ -283,4 +302,27 @@ pub fn check(node: &Node, index: &str, history: &History) -> Result<(), String> 
         std::thread::sleep(Duration::from_millis(500));
     }
     Ok(())
+}
+
+/// A loss report that helps find its cause: how the first missing documents were acknowledged
+/// (in the order they were sent) and where the shards' copies are now.
+fn explain_loss(node: &Node, index: &str, history: &History, lost: &[&String]) -> String {
+    let mut receipts: Vec<(&String, Option<&Receipt>)> = lost
+        .iter()
+        .map(|id| (*id, history.receipts.get(*id)))
+        .collect();
+    receipts.sort_by_key(|(_, receipt)| receipt.map(|r| r.sent_ms));
+    let mut report = format!(
+        "{} acknowledged documents are missing; the first sent:\n",
+        lost.len()
+    );
+    for (id, receipt) in receipts.iter().take(12) {
+        report.push_str(&format!("  {id}: {receipt:?}\n"));
+    }
+    report.push_str("shards now:\n");
+    let shards = node.get(&format!("/_cat/shards/{index}?format=json"));
+    for row in shards.body.as_array().into_iter().flatten() {
+        report.push_str(&format!("  {row}\n"));
+    }
+    report
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::down_check::{ASK_TIMEOUT, DownChecks};
 use crate::cluster::allocation::{
     self, AllocationSettings, DataNode, IndexRouting, Move, ShardCopy, Waiting,
 };
@@ -62,15 +63,24 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut states = node.cluster.consensus.watch();
     let mut events = node.cluster.membership.subscribe();
     let mut departures = Departures::default();
+    let mut down_checks = DownChecks::default();
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
     loop {
         tokio::select! {
             _ = states.changed() => {}
             _ = events.recv() => {}
+            Some((node_id, answered)) = answers.recv() => {
+                down_checks.record(&node_id, answered, Instant::now());
+            }
             _ = tokio::time::sleep(TICK) => {}
             _ = stop.changed() => return,
         }
         let nodes = data_nodes(&node);
         seen.extend(nodes.iter().map(|n| n.node_id.clone()));
+        // Every node keeps the last life it saw of each node, to ask it should it become master.
+        down_checks.update(&node.cluster.membership.live_nodes(), None::<&str>, |_| {
+            false
+        });
         let is_master = node
             .cluster
             .consensus
@@ -86,10 +96,12 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         if state.cluster_uuid.is_none() || state.routing.is_empty() {
             continue;
         }
+        ask_lost_holders(&node, &state, &mut down_checks, &answers_tx);
         let waiting = departures.waiting(&state, &nodes);
         publish_delayed(&node, &state, &waiting.delayed).await;
+        let now = Instant::now();
         let Some(routing) = decide(&state, &nodes, &waiting, |id| {
-            in_grace && !seen.contains(id)
+            (in_grace && !seen.contains(id)) || down_checks.vouches_for(id, now)
         }) else {
             continue;
         };
@@ -98,6 +110,36 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             routing,
         };
         propose_decision(&node, command, "reroute").await;
+    }
+}
+
+/// Asks each node that holds a copy but that gossip lost whether it is still there (see
+/// [`DownChecks`]); the answers come back on `answers`.
+fn ask_lost_holders(
+    node: &Arc<NodeState>,
+    state: &ClusterState,
+    checks: &mut DownChecks,
+    answers: &tokio::sync::mpsc::UnboundedSender<(String, bool)>,
+) {
+    let membership = &node.cluster.membership;
+    let holders = state
+        .routing
+        .values()
+        .flat_map(|index| &index.shards)
+        .flat_map(|shard| &shard.copies)
+        .map(|copy| copy.node_id.as_str());
+    let to_ask = checks.update(&membership.live_nodes(), holders, |meta| {
+        membership.crashed(meta)
+    });
+    for lost in to_ask {
+        let rpc = node.cluster.rpc.clone();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let answer = rpc.node_info(lost.transport_addr, ASK_TIMEOUT).await;
+            let answered = answer.is_ok_and(|meta| meta.node_id == lost.node_id);
+            tracing::info!(node = %lost.name, node_id = %lost.node_id, answered, "gossip lost a node holding copies; asked it directly");
+            let _ = answers.send((lost.node_id, answered));
+        });
     }
 }
 

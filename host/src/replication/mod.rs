@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod applier;
+mod down_check;
 pub mod master;
 pub mod progress;
 pub mod reads;

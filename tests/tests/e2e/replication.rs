@@ -2,7 +2,7 @@
 //! primaries is killed, hung or cut off; writes resume on every shard, the cluster heals back to
 //! green, and the history checker finds every acknowledged document exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -469,6 +469,102 @@ fn a_primary_cut_off_from_the_majority_acknowledges_nothing_and_is_resynced() {
     history::check(&cluster.nodes[victim], INDEX, &history).expect("the healed node agrees");
 }
 
+/// Every copy of the index as `(node id, allocation id)`.
+type CopyIds = BTreeSet<(String, String)>;
+
+/// The copies of the index's routing table, and each shard's primary node and term.
+fn routing_view(node: &Node) -> (CopyIds, Vec<(String, u64)>) {
+    let state = node.get("/_cluster/state").body;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let shards = &state["routing_table"]["indices"][INDEX]["shards"];
+    let terms = state["metadata"]["indices"][INDEX]["primary_terms"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut copies = BTreeSet::new();
+    let mut primaries = Vec::new();
+    for (number, term) in terms.iter().enumerate() {
+        let shard_copies = shards[number.to_string()]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let primary = shard_copies
+            .iter()
+            .find(|copy| copy["primary"] == true)
+            .map(|copy| text(&copy["node"]))
+            .unwrap_or_default();
+        primaries.push((primary, term.as_u64().unwrap_or(0)));
+        copies.extend(
+            shard_copies
+                .iter()
+                .map(|copy| (text(&copy["node"]), text(&copy["allocation_id"]["id"]))),
+        );
+    }
+    (copies, primaries)
+}
+
+/// A node cut off from the others declares them down and, once the network heals, tells
+/// them so; they rejoin under new generations. The master must not take that for a failure:
+/// the nodes that stayed connected keep every copy they had and their primaries keep their
+/// term.
+#[test]
+fn a_healed_partition_leaves_the_copies_of_connected_nodes_alone() {
+    let cluster = green_cluster();
+    let victim = 2;
+    let victim_id = cluster.nodes[0].get("/_nodes").body["nodes"]
+        .as_object()
+        .and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|(_, node)| node["name"] == format!("node-{victim}").as_str())
+                .map(|(id, _)| id.clone())
+        })
+        .expect("the node's id");
+    let (copies_before, primaries_before) = routing_view(&cluster.nodes[0]);
+    let kept: CopyIds = copies_before
+        .into_iter()
+        .filter(|(node, _)| *node != victim_id)
+        .collect();
+    assert!(kept.len() >= 3, "{kept:?}");
+
+    let addr = |i: usize| cluster.nodes[i].transport_addr.clone();
+    let cut = |node: &Node, peers: Vec<String>| {
+        let reply = node.put("/_test/faults", &json!({ "blocked": peers }));
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    };
+    cut(&cluster.nodes[victim], vec![addr(0), addr(1)]);
+    cut(&cluster.nodes[0], vec![addr(victim)]);
+    cut(&cluster.nodes[1], vec![addr(victim)]);
+    // Long past failure detection on both sides of the cut.
+    wait_for_primaries_off(&cluster.nodes[0], &format!("node-{victim}"));
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &cluster.nodes {
+        cut(node, vec![]);
+    }
+    wait_for_green(&cluster.nodes[0]);
+
+    let rejoined: Vec<usize> = (0..2)
+        .filter(|&i| cluster.nodes[i].log_contains("rejoined under a new generation"))
+        .collect();
+    eprintln!("connected nodes that rejoined under a new generation: {rejoined:?}");
+    let (copies_after, primaries_after) = routing_view(&cluster.nodes[0]);
+    let failed: Vec<&(String, String)> = kept.difference(&copies_after).collect();
+    assert!(
+        failed.is_empty(),
+        "copies on nodes that never lost the master were failed: {failed:?} (now {copies_after:?})"
+    );
+    for (shard, ((node, before), (_, after))) in
+        primaries_before.iter().zip(&primaries_after).enumerate()
+    {
+        if *node != victim_id {
+            assert_eq!(
+                before, after,
+                "shard {shard}'s primary on {node} was replaced"
+            );
+        }
+    }
+}
+
 /// One fault of the randomized run.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -510,12 +606,21 @@ fn run_fault_schedule(seed: u64) {
     let mut cluster = green_cluster();
     let mut schedule = Schedule(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let writer = Writer::start(urls(&cluster), INDEX, 30);
+    // Times in the log line up with the writer's receipts should a write be lost.
+    let begun = Instant::now();
+    let at = || begun.elapsed().as_millis();
     let addr = |cluster: &Cluster, i: usize| cluster.nodes[i].transport_addr.clone();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        eprintln!("seed {seed}: node-{i} is {}", node.base_url);
+    }
     for step in 0..4 {
         let victim = schedule.next(3) as usize;
         let fault = [Fault::Kill, Fault::Pause, Fault::Partition][schedule.next(3) as usize];
         let hold = Duration::from_millis(500 + schedule.next(2500));
-        eprintln!("seed {seed} step {step}: {fault:?} node-{victim} for {hold:?}");
+        eprintln!(
+            "seed {seed} step {step} at {} ms: {fault:?} node-{victim} for {hold:?}",
+            at()
+        );
         let survivor = (victim + 1) % 3;
         writer.avoid(&cluster.nodes[victim].base_url);
         match fault {
@@ -548,7 +653,9 @@ fn run_fault_schedule(seed: u64) {
             }
         }
         writer.include(&cluster.nodes[victim].base_url);
+        eprintln!("seed {seed} step {step}: healed at {} ms", at());
         wait_for_green(&cluster.nodes[survivor]);
+        eprintln!("seed {seed} step {step}: green at {} ms", at());
     }
     let history = writer.finish();
     assert!(
