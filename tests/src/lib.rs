@@ -105,8 +105,13 @@ impl Node {
             // request the node gives up on comes back with the node's error, not a timeout.
             .timeout(Duration::from_secs(120))
             .build()?;
+        // `SHOAL_TEST_NODE_BIN` runs another build of the node, e.g. a copy that a long soak
+        // keeps using while the tree is rebuilt.
+        let binary = std::env::var_os("SHOAL_TEST_NODE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(binary));
         let mut node = Node {
-            binary: PathBuf::from(binary),
+            binary,
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             envs: envs

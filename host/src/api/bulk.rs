@@ -176,7 +176,7 @@ impl Serialize for ItemBody<'_, '_> {
                 map.serialize_entry("_id", &outcome.id)?;
                 map.serialize_entry("_version", &outcome.version)?;
                 map.serialize_entry("result", outcome.result.as_str())?;
-                map.serialize_entry("_shards", &shards_header(index))?;
+                map.serialize_entry("_shards", &shards_header(index, outcome))?;
                 map.serialize_entry("_seq_no", &outcome.seq_no)?;
                 map.serialize_entry("_primary_term", &outcome.primary_term)?;
                 map.serialize_entry("status", &status)?;

@@ -54,9 +54,18 @@ pub(super) fn condition(request: &Request) -> Result<Condition> {
 }
 
 /// The `_shards` header of a write response: replicas are not assigned on one node.
-pub(super) fn shards_header(index: &IndexService) -> Value {
+/// `_shards` of a write's reply: the copies the index should have, and those the write reached
+/// (none for a no-op, as Elasticsearch).
+pub(super) fn shards_header(index: &IndexService, outcome: &WriteOutcome) -> Value {
+    if outcome.result == WriteResult::Noop {
+        return json!({ "total": 0, "successful": 0, "failed": 0 });
+    }
     let replicas = index.meta.number_of_replicas();
-    json!({ "total": 1 + replicas, "successful": 1, "failed": 0 })
+    json!({
+        "total": 1 + replicas,
+        "successful": outcome.copies.successful,
+        "failed": outcome.copies.failed,
+    })
 }
 
 pub(super) fn outcome_json(index: &IndexService, outcome: &WriteOutcome) -> Value {
@@ -65,7 +74,7 @@ pub(super) fn outcome_json(index: &IndexService, outcome: &WriteOutcome) -> Valu
         "_id": outcome.id,
         "_version": outcome.version,
         "result": outcome.result.as_str(),
-        "_shards": shards_header(index),
+        "_shards": shards_header(index, outcome),
         "_seq_no": outcome.seq_no,
         "_primary_term": outcome.primary_term,
     })

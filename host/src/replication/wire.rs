@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result, WireError};
 use crate::shard::translog::TranslogOp;
-use crate::shard::{Condition, StoredDoc, WriteOp, WriteOutcome, WriteResult};
+use crate::shard::{Condition, CopiesWritten, StoredDoc, WriteOp, WriteOutcome, WriteResult};
 
 /// What one node asks another about shards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,6 +296,13 @@ pub struct WireOutcome {
     pub version: i64,
     #[serde(with = "serde_bytes")]
     pub source: Option<Vec<u8>>,
+    /// Absent from nodes that predate it: they did not count.
+    #[serde(default = "primary_only")]
+    pub copies: CopiesWritten,
+}
+
+fn primary_only() -> CopiesWritten {
+    CopiesWritten::PRIMARY
 }
 
 impl From<&WriteOutcome> for WireOutcome {
@@ -307,6 +314,7 @@ impl From<&WriteOutcome> for WireOutcome {
             primary_term: o.primary_term,
             version: o.version,
             source: o.source.as_ref().map(|s| s.to_vec()),
+            copies: o.copies,
         }
     }
 }
@@ -327,6 +335,7 @@ impl From<WireOutcome> for WriteOutcome {
             primary_term: o.primary_term,
             version: o.version,
             source: o.source.map(Arc::new),
+            copies: o.copies,
         }
     }
 }
@@ -363,5 +372,35 @@ impl From<WireDoc> for StoredDoc {
             version: d.version,
             source: Arc::new(d.source),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::rpc::{decode, encode};
+
+    #[test]
+    fn an_outcome_from_a_node_that_did_not_count_copies_counts_the_primary() {
+        #[derive(Serialize)]
+        struct OutcomeBeforeCopies {
+            id: String,
+            result: String,
+            seq_no: i64,
+            primary_term: u64,
+            version: i64,
+            source: Option<()>,
+        }
+        let old = OutcomeBeforeCopies {
+            id: "1".into(),
+            result: "created".into(),
+            seq_no: 4,
+            primary_term: 2,
+            version: 1,
+            source: None,
+        };
+        let decoded: WireOutcome = decode(&encode(&old).expect("encodes")).expect("decodes");
+        assert_eq!(decoded.copies, CopiesWritten::PRIMARY);
+        assert_eq!(WriteOutcome::from(decoded).seq_no, 4);
     }
 }

@@ -17,7 +17,7 @@ use crate::cluster::state::StateCommand;
 use crate::error::{Error, Result};
 use crate::node::NodeState;
 use crate::shard::translog::TranslogOp;
-use crate::shard::{ReplicaTarget, ReplicationBatch, WriteOp, WriteOutcome};
+use crate::shard::{CopiesWritten, ReplicaTarget, ReplicationBatch, WriteOp, WriteOutcome};
 
 /// How long a primary waits for the master to remove a copy that missed a write.
 const FAIL_COPY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,21 +124,27 @@ pub async fn write_on_primary(
             .await
             .map_err(|err| Error::Internal(format!("translog sync task failed: {err}")))??;
     }
-    replicated?;
-    Ok(applied.outcomes)
+    let copies = replicated?;
+    let mut outcomes = applied.outcomes;
+    for outcome in outcomes.iter_mut().flatten() {
+        outcome.copies = copies;
+    }
+    Ok(outcomes)
 }
 
 /// Sends a batch to every target; a target that fails is removed through the master before
-/// the batch counts as replicated.
+/// the batch counts as replicated. Returns the copies that took the batch, the primary's
+/// included, and those removed.
 async fn replicate(
     node: &Arc<NodeState>,
     index: &str,
     number: u32,
     shard: &crate::shard::Shard,
     batch: ReplicationBatch,
-) -> Result<()> {
+) -> Result<CopiesWritten> {
+    let mut copies = CopiesWritten::PRIMARY;
     if batch.ops.is_empty() || batch.targets.is_empty() {
-        return Ok(());
+        return Ok(copies);
     }
     let ops = Arc::new(batch.ops);
     let global_checkpoint = shard.global_checkpoint();
@@ -165,6 +171,7 @@ async fn replicate(
         let err = match result {
             Ok(local_checkpoint) => {
                 shard.copy_reported(&target.allocation_id, local_checkpoint);
+                copies.successful += 1;
                 continue;
             }
             Err(err) => err,
@@ -177,12 +184,13 @@ async fn replicate(
         tracing::warn!(index, shard = number, copy = %target.allocation_id, node = %target.node_id, error = %err, "replica missed a write; failing it");
         fail_copy(node, index, number, &target, batch.primary_term, &err).await?;
         shard.drop_target(&target.allocation_id);
+        copies.failed += 1;
     }
     match fenced {
         Some(err) => Err(Error::ShardNotAvailable(format!(
             "[{index}][{number}] this primary was replaced: {err}"
         ))),
-        None => Ok(()),
+        None => Ok(copies),
     }
 }
 

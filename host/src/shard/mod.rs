@@ -144,6 +144,25 @@ pub struct WriteOutcome {
     pub version: i64,
     /// The document after an update (for `_source` in update responses).
     pub source: Option<Arc<Vec<u8>>>,
+    /// The copies of the shard the write reached before it was acknowledged.
+    pub copies: CopiesWritten,
+}
+
+/// How many copies of its shard a write reached (`_shards` in a write's reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopiesWritten {
+    /// The primary and every replica that took the write.
+    pub successful: u32,
+    /// Replicas that missed it and were removed from the in-sync set.
+    pub failed: u32,
+}
+
+impl CopiesWritten {
+    /// A write the primary has applied, before it is replicated.
+    pub const PRIMARY: CopiesWritten = CopiesWritten {
+        successful: 1,
+        failed: 0,
+    };
 }
 
 /// A stored document as GET returns it.
@@ -856,6 +875,7 @@ impl Shard {
                         primary_term: existing.primary_term,
                         version: existing.version,
                         source: Some(existing_source),
+                        copies: CopiesWritten::PRIMARY,
                     });
                 }
                 let raw =
@@ -914,6 +934,7 @@ impl Shard {
                     primary_term,
                     version,
                     source: None,
+                    copies: CopiesWritten::PRIMARY,
                 })
             }
         }
@@ -997,6 +1018,7 @@ impl Shard {
             primary_term,
             version,
             source: Some(source),
+            copies: CopiesWritten::PRIMARY,
         })
     }
 

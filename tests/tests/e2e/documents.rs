@@ -131,6 +131,11 @@ fn optimistic_concurrency_and_updates() {
     );
     let noop = node.post("/cc/_update/1", &json!({"doc": {"count": 2}}));
     assert_eq!(noop.body["result"], "noop");
+    assert_eq!(
+        noop.body["_shards"],
+        json!({"total": 0, "successful": 0, "failed": 0}),
+        "a no-op reaches no copy"
+    );
 
     let missing = node.post("/cc/_update/2", &json!({"doc": {"count": 1}}));
     assert_eq!(missing.status, 404);

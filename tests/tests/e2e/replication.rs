@@ -332,11 +332,54 @@ fn a_returning_replica_the_history_no_longer_covers_is_rebuilt_from_files() {
     assert_eq!(local.body["count"], 300, "{:?}", local.body);
 }
 
+/// Writes 10 documents in one bulk to the one-shard index `trio` (two replicas) through
+/// `node`; returns the distinct `_shards.successful` of the items, checking that each counts
+/// 3 copies in all.
+fn copies_reached(node: &Node, tag: &str) -> BTreeSet<u64> {
+    let lines: Vec<Value> = (0..10)
+        .flat_map(|i| {
+            [
+                json!({"index": {"_id": format!("{tag}-{i}")}}),
+                json!({"n": i}),
+            ]
+        })
+        .collect();
+    let reply = node.bulk("/trio/_bulk", &lines);
+    assert_eq!(reply.body["errors"], false, "{:?}", reply.body);
+    let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 10);
+    items
+        .iter()
+        .map(|item| {
+            let shards = &item["index"]["_shards"];
+            assert_eq!(shards["total"], 3, "{item}");
+            // A primary that learns of a failed copy only by writing to it counts it failed.
+            let successful = shards["successful"].as_u64().unwrap_or(0);
+            assert!(
+                successful + shards["failed"].as_u64().unwrap_or(9) <= 3,
+                "{item}"
+            );
+            successful
+        })
+        .collect()
+}
+
 #[test]
 fn a_hung_primary_node_is_replaced_and_rejoins_as_replicas() {
     let cluster = green_cluster();
     let victim = index_of(&busiest_primary_node(&cluster.nodes[0]));
     let observer = (victim + 1) % 3;
+    let trio = cluster.nodes[0].put(
+        "/trio",
+        &json!({"settings": {"number_of_shards": 1, "number_of_replicas": 2}}),
+    );
+    assert_eq!(trio.status, 200, "{:?}", trio.body);
+    wait_for_green(&cluster.nodes[0]);
+    assert_eq!(
+        copies_reached(&cluster.nodes[observer], "before"),
+        BTreeSet::from([3]),
+        "with every copy started, a write reaches all three"
+    );
     let writer = Writer::start(urls(&cluster), INDEX, 50);
     std::thread::sleep(Duration::from_secs(2));
 
@@ -348,6 +391,11 @@ fn a_hung_primary_node_is_replaced_and_rejoins_as_replicas() {
     eprintln!(
         "writes resumed on every shard {:?} after SIGSTOP",
         resumed - paused_at
+    );
+    assert_eq!(
+        copies_reached(&cluster.nodes[observer], "during"),
+        BTreeSet::from([2]),
+        "with the hung node's copy failed, a write reaches the other two and says so"
     );
 
     cluster.nodes[victim].resume();
