@@ -6,8 +6,9 @@
 //! copies for nothing, and a shard whose only in-sync copy sat there would go without a
 //! primary for seconds. So the master asks such a node itself, once, with a short timeout, and
 //! leaves its copies alone while the node answers and rejoins. A node whose process is known
-//! to be gone (its port refused) is not asked, and one that does not answer is failed as
-//! before: a hung or cut-off node costs at most [`ASK_TIMEOUT`] more.
+//! to be gone (its port refused) is not asked, a question to one whose port refuses meanwhile
+//! ends at once, and a node that does not answer is failed as before: a hung or cut-off node
+//! costs at most [`ASK_TIMEOUT`] more.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -13,6 +13,7 @@ use super::down_check::{ASK_TIMEOUT, DownChecks};
 use crate::cluster::allocation::{
     self, AllocationSettings, DataNode, IndexRouting, Move, ShardCopy, Waiting,
 };
+use crate::cluster::crash_probe::port_refuses;
 use crate::cluster::state::{ClusterState, StateCommand};
 use crate::config::Role;
 use crate::ids::new_uuid;
@@ -135,8 +136,13 @@ fn ask_lost_holders(
         let rpc = node.cluster.rpc.clone();
         let answers = answers.clone();
         tokio::spawn(async move {
-            let answer = rpc.node_info(lost.transport_addr, ASK_TIMEOUT).await;
-            let answered = answer.is_ok_and(|meta| meta.node_id == lost.node_id);
+            // A dead process's port refuses at once, where the question would wait it out.
+            let answered = tokio::select! {
+                answer = rpc.node_info(lost.transport_addr, ASK_TIMEOUT) => {
+                    answer.is_ok_and(|meta| meta.node_id == lost.node_id)
+                }
+                true = port_refuses(lost.transport_addr) => false,
+            };
             tracing::info!(node = %lost.name, node_id = %lost.node_id, answered, "gossip lost a node holding copies; asked it directly");
             let _ = answers.send((lost.node_id, answered));
         });
