@@ -47,7 +47,8 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
 
 struct Applier {
     node: Arc<NodeState>,
-    /// Copies reported started, and when (re-proposed if the state has not caught up).
+    /// Proposals made, by what they are about (a copy started, `mapping:` an index's mapping,
+    /// `offer:` a lost copy offered), and when: re-proposed if the state has not caught up.
     reported: HashMap<String, Instant>,
     /// The version of the state being applied.
     version: u64,
@@ -325,14 +326,16 @@ impl Applier {
         if !routing.in_sync.contains(&marker.allocation_id) {
             return false;
         }
+        // Keyed apart from the copy's started report, which must follow an accepted offer at
+        // once rather than wait out this one's resend delay.
+        let key = format!("offer:{}", marker.allocation_id);
         let due = self
             .reported
-            .get(&marker.allocation_id)
+            .get(&key)
             .is_none_or(|at| at.elapsed() > Duration::from_secs(5));
         if due {
             tracing::info!(index = index.name(), shard = number, copy = %marker.allocation_id, "offering the in-sync copy on disk to the master");
-            self.reported
-                .insert(marker.allocation_id.clone(), Instant::now());
+            self.reported.insert(key, Instant::now());
             self.propose(StateCommand::ShardFound {
                 index: index.name().to_string(),
                 shard: number as usize,

@@ -21,11 +21,16 @@ pub const ASK_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long a node that answered may take to rejoin gossip before its copies are failed.
 pub const REJOIN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a node that did not answer counts as gone before, still holding copies and still
+/// lost to gossip, it is asked again (a node back from a cut may offer its copy to the master
+/// before gossip has found it).
+pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Check {
     Asking,
     Answered(Instant),
-    Silent,
+    Silent(Instant),
 }
 
 /// What the master learned of the nodes gossip lost, until they are live again.
@@ -45,6 +50,7 @@ impl DownChecks {
         live: &[NodeMeta],
         holders: impl IntoIterator<Item = &'a str>,
         crashed: impl Fn(&NodeMeta) -> bool,
+        now: Instant,
     ) -> Vec<NodeMeta> {
         for meta in live {
             self.checks.remove(&meta.node_id);
@@ -52,14 +58,19 @@ impl DownChecks {
         }
         let mut to_ask = Vec::new();
         for node_id in holders {
-            if self.checks.contains_key(node_id) || live.iter().any(|m| m.node_id == node_id) {
+            let settled = match self.checks.get(node_id) {
+                None => false,
+                Some(Check::Silent(at)) => now.duration_since(*at) < ASK_AGAIN_AFTER,
+                Some(Check::Asking | Check::Answered(_)) => true,
+            };
+            if settled || live.iter().any(|m| m.node_id == node_id) {
                 continue;
             }
             let Some(meta) = self.last_seen.get(node_id) else {
                 continue;
             };
             if crashed(meta) {
-                self.checks.insert(node_id.to_string(), Check::Silent);
+                self.checks.insert(node_id.to_string(), Check::Silent(now));
             } else {
                 self.checks.insert(node_id.to_string(), Check::Asking);
                 to_ask.push(meta.clone());
@@ -76,7 +87,7 @@ impl DownChecks {
             *check = if answered {
                 Check::Answered(now)
             } else {
-                Check::Silent
+                Check::Silent(now)
             };
         }
     }
@@ -87,7 +98,7 @@ impl DownChecks {
         match self.checks.get(node_id) {
             Some(Check::Asking) => true,
             Some(Check::Answered(at)) => now.duration_since(*at) < REJOIN_GRACE,
-            Some(Check::Silent) | None => false,
+            Some(Check::Silent(_)) | None => false,
         }
     }
 }
@@ -114,21 +125,23 @@ mod tests {
     fn a_lost_node_is_asked_once_and_kept_only_while_it_answers() {
         let mut checks = DownChecks::default();
         let never_crashed = |_: &NodeMeta| false;
+        let now = Instant::now();
+        let both = [meta("a", 1), meta("b", 1)];
         assert!(
             checks
-                .update(&[meta("a", 1), meta("b", 1)], ["a", "b"], never_crashed)
+                .update(&both, ["a", "b"], never_crashed, now)
                 .is_empty()
         );
-        let asked = checks.update(&[meta("a", 1)], ["a", "b"], never_crashed);
+        let asked = checks.update(&[meta("a", 1)], ["a", "b"], never_crashed, now);
         assert_eq!(asked.len(), 1);
         assert_eq!(asked[0].node_id, "b");
-        let now = Instant::now();
         assert!(checks.vouches_for("b", now), "kept while being asked");
+        let later = now + ASK_AGAIN_AFTER * 2;
         assert!(
             checks
-                .update(&[meta("a", 1)], ["a", "b"], never_crashed)
+                .update(&[meta("a", 1)], ["a", "b"], never_crashed, later)
                 .is_empty(),
-            "asked only once"
+            "asked once while the question is open"
         );
         checks.record("b", true, now);
         assert!(checks.vouches_for("b", now + Duration::from_secs(1)));
@@ -138,31 +151,45 @@ mod tests {
         );
 
         // Back under a new generation, then lost again: asked again, and failed when silent.
-        checks.update(&[meta("a", 1), meta("b", 2)], ["a", "b"], never_crashed);
-        assert!(!checks.vouches_for("b", now));
-        assert_eq!(
-            checks
-                .update(&[meta("a", 1)], ["a", "b"], never_crashed)
-                .len(),
-            1
+        checks.update(
+            &[meta("a", 1), meta("b", 2)],
+            ["a", "b"],
+            never_crashed,
+            now,
         );
+        assert!(!checks.vouches_for("b", now));
+        let asked = checks.update(&[meta("a", 1)], ["a", "b"], never_crashed, now);
+        assert_eq!(asked.len(), 1);
         checks.record("b", false, now);
         assert!(!checks.vouches_for("b", now));
+        assert!(
+            checks
+                .update(&[meta("a", 1)], ["a", "b"], never_crashed, now)
+                .is_empty(),
+            "a silent node is not asked again at once"
+        );
+        let asked = checks.update(&[meta("a", 1)], ["a", "b"], never_crashed, later);
+        assert_eq!(
+            asked.len(),
+            1,
+            "a silent node still holding copies is asked again a moment later"
+        );
+        assert!(checks.vouches_for("b", later));
     }
 
     #[test]
     fn a_crashed_or_unknown_node_is_not_asked() {
         let mut checks = DownChecks::default();
-        checks.update(&[meta("a", 1), meta("b", 7)], ["a", "b"], |_| false);
-        let asked = checks.update(&[meta("a", 1)], ["a", "b", "c"], |m| {
-            m.node_id == "b" && m.generation == 7
-        });
+        let now = Instant::now();
+        checks.update(&[meta("a", 1), meta("b", 7)], ["a", "b"], |_| false, now);
+        let crashed = |m: &NodeMeta| m.node_id == "b" && m.generation == 7;
+        let asked = checks.update(&[meta("a", 1)], ["a", "b", "c"], crashed, now);
         assert!(asked.is_empty(), "{asked:?}");
-        assert!(!checks.vouches_for("b", Instant::now()));
-        assert!(!checks.vouches_for("c", Instant::now()));
-        checks.record("b", true, Instant::now());
+        assert!(!checks.vouches_for("b", now));
+        assert!(!checks.vouches_for("c", now));
+        checks.record("b", true, now);
         assert!(
-            !checks.vouches_for("b", Instant::now()),
+            !checks.vouches_for("b", now),
             "an answer nobody asked for counts for nothing"
         );
     }

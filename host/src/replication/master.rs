@@ -79,9 +79,8 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         let nodes = data_nodes(&node);
         seen.extend(nodes.iter().map(|n| n.node_id.clone()));
         // Every node keeps the last life it saw of each node, to ask it should it become master.
-        down_checks.update(&node.cluster.membership.live_nodes(), None::<&str>, |_| {
-            false
-        });
+        let live = node.cluster.membership.live_nodes();
+        down_checks.update(&live, None::<&str>, |_| false, Instant::now());
         let is_master = node
             .cluster
             .consensus
@@ -129,9 +128,8 @@ fn ask_lost_holders(
         .flat_map(|index| &index.shards)
         .flat_map(|shard| &shard.copies)
         .map(|copy| copy.node_id.as_str());
-    let to_ask = checks.update(&membership.live_nodes(), holders, |meta| {
-        membership.crashed(meta)
-    });
+    let crashed = |meta: &_| membership.crashed(meta);
+    let to_ask = checks.update(&membership.live_nodes(), holders, crashed, Instant::now());
     for lost in to_ask {
         let rpc = node.cluster.rpc.clone();
         let answers = answers.clone();
