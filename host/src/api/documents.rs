@@ -53,7 +53,6 @@ pub(super) fn condition(request: &Request) -> Result<Condition> {
     })
 }
 
-/// The `_shards` header of a write response: replicas are not assigned on one node.
 /// `_shards` of a write's reply: the copies the index should have, and those the write reached
 /// (none for a no-op, as Elasticsearch).
 pub(super) fn shards_header(index: &IndexService, outcome: &WriteOutcome) -> Value {

@@ -44,13 +44,13 @@ use self::state::PluginState;
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// The least time an instantiation may take, whatever the plugin's call deadline.
 const INSTANTIATION_DEADLINE: Duration = Duration::from_secs(1);
+/// Idle instances kept per plugin for reuse.
+const MAX_IDLE_INSTANCES: usize = 4;
 
 /// `duration` in epoch ticks, at least one.
 fn ticks(duration: Duration) -> u64 {
     (duration.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
 }
-/// Idle instances kept per plugin for reuse.
-const MAX_IDLE_INSTANCES: usize = 4;
 
 /// The plugins Shoal ships, built from `plugins/` by `host/build.rs` and embedded.
 pub const SHIPPED: &[(&str, &str, &[u8])] = &[
