@@ -283,12 +283,19 @@ impl Applier {
             primary_term: routing.primary_term,
             state_version: self.version,
         };
+        // A recovery of an earlier copy of this shard may still run (its copy was replaced
+        // meanwhile); a later pass starts this one once it has stopped.
+        let Some(slot) = self.node.copies.claim_recovery(&target.index, number) else {
+            return;
+        };
         // Registered before the task starts, so the next pass does not start a second one.
         self.node
             .copies
             .start_recovering(&target.index, number, &target.allocation_id);
         tokio::spawn(async move {
-            if recovery::recover(node.clone(), &target).await.is_err() {
+            let recovered = recovery::recover(node.clone(), &target).await;
+            drop(slot);
+            if recovered.is_err() {
                 // Give the primary a moment before the master allocates the copy again.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let command = StateCommand::ShardFailed {

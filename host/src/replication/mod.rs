@@ -21,9 +21,9 @@ pub mod server;
 pub mod wire;
 pub mod writes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cluster::allocation::{ShardCopy, ShardRouting};
@@ -42,13 +42,16 @@ pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(60);
 /// How long one shard-level request to a peer may take.
 pub const SHARD_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A replicated batch with the primary term it was sent in.
+type TermBatch = (u64, Vec<TranslogOp>);
+
 /// What this node is doing with its copy of a shard.
 #[derive(Debug)]
 enum CopyStatus {
     /// Copying files from the primary; replicated operations wait in `buffer`.
     Recovering {
         allocation_id: String,
-        buffer: Vec<(u64, Vec<TranslogOp>)>,
+        buffer: Vec<TermBatch>,
     },
     /// Open and serving as `allocation_id`.
     Active { allocation_id: String },
@@ -58,6 +61,24 @@ enum CopyStatus {
 #[derive(Debug, Default)]
 pub struct LocalCopies {
     copies: Mutex<HashMap<(String, u32), CopyStatus>>,
+    /// Shards with a recovery task running here: one at a time, as both would work in the
+    /// shard's one directory.
+    recovering: Arc<Mutex<HashSet<(String, u32)>>>,
+}
+
+/// A shard's recovery slot on this node, given back when the task ends (however it ends).
+pub struct RecoverySlot {
+    running: Arc<Mutex<HashSet<(String, u32)>>>,
+    key: (String, u32),
+}
+
+impl Drop for RecoverySlot {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Where a replicated batch goes on this node.
@@ -97,6 +118,26 @@ impl LocalCopies {
         );
     }
 
+    /// Claims the shard's recovery slot for a new task; `None` while an earlier recovery of
+    /// the shard still runs here. That one is told it is superseded, so it stops at its next
+    /// step instead of finishing a copy nobody wants.
+    fn claim_recovery(&self, index: &str, shard: u32) -> Option<RecoverySlot> {
+        let key = (index.to_string(), shard);
+        let claimed = self
+            .recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        if !claimed {
+            self.forget(index, shard);
+            return None;
+        }
+        Some(RecoverySlot {
+            running: self.recovering.clone(),
+            key,
+        })
+    }
+
     fn start_recovering(&self, index: &str, shard: u32, allocation_id: &str) {
         self.lock().insert(
             (index.to_string(), shard),
@@ -109,18 +150,25 @@ impl LocalCopies {
 
     /// Takes what was buffered, or, when nothing was, makes the copy active (atomically, so no
     /// batch slips between the last drain and activation).
+    /// Fails when the recovery was superseded (its copy replaced or dropped here meanwhile).
     fn drain_or_activate(
         &self,
         index: &str,
         shard: u32,
         allocation_id: &str,
-    ) -> Option<Vec<(u64, Vec<TranslogOp>)>> {
+    ) -> Result<Option<Vec<TermBatch>>> {
         let mut copies = self.lock();
         let key = (index.to_string(), shard);
-        if let Some(CopyStatus::Recovering { buffer, .. }) = copies.get_mut(&key)
-            && !buffer.is_empty()
-        {
-            return Some(std::mem::take(buffer));
+        match copies.get_mut(&key) {
+            Some(CopyStatus::Recovering {
+                allocation_id: a,
+                buffer,
+            }) if a == allocation_id => {
+                if !buffer.is_empty() {
+                    return Ok(Some(std::mem::take(buffer)));
+                }
+            }
+            _ => return Err(superseded(index, shard, allocation_id)),
         }
         copies.insert(
             key,
@@ -128,7 +176,7 @@ impl LocalCopies {
                 allocation_id: allocation_id.to_string(),
             },
         );
-        None
+        Ok(None)
     }
 
     fn forget(&self, index: &str, shard: u32) {
@@ -271,6 +319,13 @@ fn is_retryable(err: &Error) -> bool {
 }
 
 /// A failed call to a peer, as a retryable error.
+/// A recovery whose copy was replaced or dropped on this node while it ran.
+fn superseded(index: &str, shard: u32, allocation_id: &str) -> Error {
+    Error::ShardNotAvailable(format!(
+        "[{index}][{shard}] copy [{allocation_id}] was superseded on this node"
+    ))
+}
+
 pub fn unreachable(node_id: &str, reason: impl std::fmt::Display) -> Error {
     Error::Remote {
         status: 503,
@@ -278,5 +333,44 @@ pub fn unreachable(node_id: &str, reason: impl std::fmt::Display) -> Error {
             "type": "node_not_connected_exception",
             "reason": format!("node [{node_id}] is not reachable: {reason}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_recovery_per_shard_runs_and_a_superseded_one_cannot_activate_its_copy() {
+        let copies = LocalCopies::default();
+        let first = copies.claim_recovery("logs", 0).expect("a free slot");
+        copies.start_recovering("logs", 0, "old");
+        assert!(
+            copies.claim_recovery("logs", 1).is_some(),
+            "other shards recover meanwhile"
+        );
+
+        assert!(
+            copies.claim_recovery("logs", 0).is_none(),
+            "a second recovery of the shard waits for the first"
+        );
+        assert!(!copies.is_recovering("logs", 0, "old"), "the first is told");
+        assert!(copies.drain_or_activate("logs", 0, "old").is_err());
+        assert_eq!(copies.active("logs", 0), None);
+
+        drop(first);
+        let _second = copies.claim_recovery("logs", 0).expect("free again");
+        copies.start_recovering("logs", 0, "new");
+        assert!(matches!(
+            copies.route_replicated("logs", 0, "new", 1, &[]),
+            Ok(ReplicaSlot::Buffered)
+        ));
+        let drained = copies.drain_or_activate("logs", 0, "new").expect("current");
+        assert_eq!(drained.map(|batches| batches.len()), Some(1));
+        assert!(matches!(
+            copies.drain_or_activate("logs", 0, "new"),
+            Ok(None)
+        ));
+        assert_eq!(copies.active("logs", 0).as_deref(), Some("new"));
     }
 }

@@ -208,6 +208,7 @@ pub async fn recover(node: Arc<NodeState>, target: &RecoveryTarget) -> Result<()
     let gossip_deadline = started + std::time::Duration::from_secs(5);
     while super::node_address(&node, &target.primary_node).is_none()
         && std::time::Instant::now() < gossip_deadline
+        && node.copies.is_recovering(index, number, allocation_id)
     {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -251,6 +252,9 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
         target.shard,
         target.allocation_id.as_str(),
     );
+    if !node.copies.is_recovering(index, number, allocation_id) {
+        return Err(super::superseded(index, number, allocation_id));
+    }
     let service = node.indices.get(index)?;
     let reused = {
         let service = service.clone();
@@ -382,7 +386,10 @@ async fn copy_from_primary(node: &Arc<NodeState>, target: &RecoveryTarget) -> Re
     };
     // Apply what the primary replicated while the files were copied, until nothing is left;
     // the copy turns active atomically with the last drain.
-    while let Some(batches) = node.copies.drain_or_activate(index, number, allocation_id) {
+    while let Some(batches) = node
+        .copies
+        .drain_or_activate(index, number, allocation_id)?
+    {
         let shard = shard.clone();
         let meta = service.meta.clone();
         let durability = meta.settings().translog_durability;
