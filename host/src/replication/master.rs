@@ -14,6 +14,7 @@ use crate::cluster::allocation::{
     self, AllocationSettings, DataNode, IndexRouting, Move, ShardCopy, Waiting,
 };
 use crate::cluster::crash_probe::port_refuses;
+use crate::cluster::node_meta::NodeMeta;
 use crate::cluster::state::{ClusterState, StateCommand};
 use crate::config::Role;
 use crate::ids::new_uuid;
@@ -96,7 +97,7 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         if state.cluster_uuid.is_none() || state.routing.is_empty() {
             continue;
         }
-        ask_lost_holders(&node, &state, &mut down_checks, &answers_tx);
+        ask_lost_holders(&node, &state, &live, &mut down_checks, &answers_tx);
         let waiting = departures.waiting(&state, &nodes);
         publish_delayed(&node, &state, &waiting.delayed).await;
         let now = Instant::now();
@@ -118,6 +119,7 @@ pub async fn run(node: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
 fn ask_lost_holders(
     node: &Arc<NodeState>,
     state: &ClusterState,
+    live: &[NodeMeta],
     checks: &mut DownChecks,
     answers: &tokio::sync::mpsc::UnboundedSender<(String, bool)>,
 ) {
@@ -129,7 +131,7 @@ fn ask_lost_holders(
         .flat_map(|shard| &shard.copies)
         .map(|copy| copy.node_id.as_str());
     let crashed = |meta: &_| membership.crashed(meta);
-    let to_ask = checks.update(&membership.live_nodes(), holders, crashed, Instant::now());
+    let to_ask = checks.update(live, holders, crashed, Instant::now());
     for lost in to_ask {
         let rpc = node.cluster.rpc.clone();
         let answers = answers.clone();

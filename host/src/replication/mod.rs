@@ -149,8 +149,8 @@ impl LocalCopies {
     }
 
     /// Takes what was buffered, or, when nothing was, makes the copy active (atomically, so no
-    /// batch slips between the last drain and activation).
-    /// Fails when the recovery was superseded (its copy replaced or dropped here meanwhile).
+    /// batch slips between the last drain and activation). Fails when the recovery was
+    /// superseded (its copy replaced or dropped here meanwhile).
     fn drain_or_activate(
         &self,
         index: &str,
@@ -318,7 +318,6 @@ fn is_retryable(err: &Error) -> bool {
     }
 }
 
-/// A failed call to a peer, as a retryable error.
 /// A recovery whose copy was replaced or dropped on this node while it ran.
 fn superseded(index: &str, shard: u32, allocation_id: &str) -> Error {
     Error::ShardNotAvailable(format!(
@@ -326,6 +325,7 @@ fn superseded(index: &str, shard: u32, allocation_id: &str) -> Error {
     ))
 }
 
+/// A failed call to a peer, as a retryable error.
 pub fn unreachable(node_id: &str, reason: impl std::fmt::Display) -> Error {
     Error::Remote {
         status: 503,
