@@ -4,7 +4,7 @@
 //! snapshot of the unchanged index, and snapshot and restore throughput to the
 //! `s3-repository` plugin on a local S3 server (s3s-fs, on the same disk).
 //!
-//! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 1000000).
+//! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 3000000: about 300 MiB of index files).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,11 +47,58 @@ fn shard_index_dirs(indices: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The files (and their sizes) under `dir`.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(listing(&path));
+        } else {
+            let size = entry.metadata().map_or(0, |meta| meta.len());
+            files.push((path, size));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Waits (up to two minutes) until no file under `dir` has changed for two seconds: the merges
+/// a flush starts would otherwise share the cores with what is measured.
+fn wait_until_quiet(dir: &Path) {
+    let mut before = listing(dir);
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = listing(dir);
+        if now == before {
+            return;
+        }
+        before = now;
+    }
+}
+
+/// Makes every file and directory under `dir` durable.
+fn fsync_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            fsync_tree(&path);
+        } else {
+            std::fs::File::open(&path)
+                .and_then(|file| file.sync_all())
+                .expect("fsync file");
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .expect("fsync dir");
+}
+
 fn main() {
     let doc_count: usize = std::env::var("SHOAL_BENCH_DOCS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(3_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let repos = dir.path().join("repos");
@@ -85,6 +132,7 @@ fn main() {
     // Baseline: copy the shards' index files (what a snapshot stores; not the translogs) on
     // the same disk.
     let indices = data.join("indices");
+    wait_until_quiet(&indices);
     let index_dirs = shard_index_dirs(&indices);
     let index_bytes: u64 = index_dirs.iter().map(|d| dir_size(&indices.join(d))).sum();
     let copy = dir.path().join("copy");
@@ -94,16 +142,18 @@ fn main() {
         .current_dir(&indices)
         .arg("-r")
         .arg("--parents")
+        // Index directories are uuids, which may start with '-'.
+        .arg("--")
         .args(&index_dirs)
         .arg(&copy)
         .status()
         .expect("cp runs");
     let cp_took = started.elapsed();
     assert!(status.success());
-    // Snapshots and restores fsync what they write; so does this second baseline.
-    let status = Command::new("sync").status().expect("sync runs");
+    // Snapshots and restores fsync what they write; so does this second baseline, file by
+    // file (a machine-wide `sync` would also flush whatever else is dirty).
+    fsync_tree(&copy);
     let durable_cp_took = started.elapsed();
-    assert!(status.success());
 
     shoal_tests::register_fs_repository(&node, "r", "r");
     let (snap_took, first) = timed(
@@ -170,15 +220,15 @@ fn main() {
         index_bytes as f64 / (1 << 20) as f64
     );
     println!("  cp -r of the shard files:   {cp:>8.1} MiB/s ({cp_took:?})");
-    println!("  cp -r, then sync:           {durable_cp:>8.1} MiB/s ({durable_cp_took:?})");
+    println!("  cp -r, then fsync:          {durable_cp:>8.1} MiB/s ({durable_cp_took:?})");
     println!(
-        "  snapshot to fs-repository:  {snap:>8.1} MiB/s ({snap_took:?}, {:.1} MiB uploaded)  = {:.2}x cp -r, {:.2}x cp -r + sync",
+        "  snapshot to fs-repository:  {snap:>8.1} MiB/s ({snap_took:?}, {:.1} MiB uploaded)  = {:.2}x cp -r, {:.2}x cp -r + fsync",
         uploaded as f64 / (1 << 20) as f64,
         snap / cp,
         snap / durable_cp
     );
     println!(
-        "  restore from fs-repository: {restore:>8.1} MiB/s ({restore_took:?})  = {:.2}x cp -r, {:.2}x cp -r + sync",
+        "  restore from fs-repository: {restore:>8.1} MiB/s ({restore_took:?})  = {:.2}x cp -r, {:.2}x cp -r + fsync",
         restore / cp,
         restore / durable_cp
     );

@@ -25,7 +25,7 @@ impl HostSha256 for PluginState {
 
     fn hex_digest(&mut self, hasher: Resource<Sha256Hasher>) -> wasmtime::Result<String> {
         let digest = self.table.get(&hasher)?.0.clone().finalize();
-        Ok(digest.iter().map(|byte| format!("{byte:02x}")).collect())
+        Ok(super::hex(&digest))
     }
 
     fn drop(&mut self, hasher: Resource<Sha256Hasher>) -> wasmtime::Result<()> {

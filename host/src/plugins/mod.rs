@@ -705,7 +705,8 @@ fn load_precompiled(engine: &Engine, path: &std::path::Path) -> wasmtime::Result
     unsafe { Component::deserialize_file(engine, path) }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as digests are written everywhere Shoal shows or stores them.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -11,13 +11,14 @@
 //! staged and uploaded by the node holding its started primary, asked over the data plane
 //! when that is another node ([`snapshot_shard_here`]).
 
+pub mod file_hashes;
 pub mod format;
 pub mod lease;
 pub mod lifecycle;
 pub mod slm;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -29,9 +30,9 @@ use crate::error::{Error, Result};
 use crate::ids::new_uuid;
 use crate::indices::wildcard_match;
 use crate::node::NodeState;
-use crate::plugins::PluginKind;
 use crate::plugins::grants::{Grants, grant_repository_dir};
 use crate::plugins::repository::{CHUNK_BYTES, RepositoryError, RepositorySession};
+use crate::plugins::{PluginKind, hex};
 use crate::replication::progress::{RecoveryKind, RecoveryPlan, RecoveryProgress};
 use format::{
     BLOB_PREFIX, FORMAT_VERSION, FileRef, IndexSnapshot, MANIFEST_PREFIX, ShardSnapshot,
@@ -50,6 +51,8 @@ pub struct SnapshotActivity {
     failed: Mutex<BTreeMap<(String, String), (i64, Value)>>,
     /// Index names restores running from this node will create.
     restoring: std::sync::Arc<Mutex<BTreeSet<String>>>,
+    /// Hashes of the shard files snapshots read here, so the next snapshot skips them.
+    file_hashes: file_hashes::FileHashes,
 }
 
 /// Failed snapshots without a manifest remembered per node.
@@ -747,9 +750,17 @@ fn upload_local_primary(
         .join(&index.meta.uuid)
         .join(number.to_string());
     let mut stats = TransferStats::default();
-    let outcome = shard
-        .stage_commit(&staging)
-        .and_then(|staged| upload_shard(session, repository, &staging, staged, known, &mut stats));
+    let outcome = shard.stage_commit(&staging).and_then(|staged| {
+        let hashes = &node.snapshot_activity.file_hashes;
+        upload_shard(
+            session,
+            repository,
+            (&staging, staged),
+            hashes,
+            known,
+            &mut stats,
+        )
+    });
     if let Some(root) = staging.parent().and_then(Path::parent)
         && let Err(err) = std::fs::remove_dir_all(root)
         && err.kind() != std::io::ErrorKind::NotFound
@@ -763,15 +774,15 @@ fn upload_local_primary(
 fn upload_shard(
     session: &mut RepositorySession,
     repository: &str,
-    staging: &Path,
-    staged: crate::shard::StagedCommit,
+    (staging, staged): (&Path, crate::shard::StagedCommit),
+    hashes: &file_hashes::FileHashes,
     known: &KnownBlobs,
     stats: &mut TransferStats,
 ) -> Result<ShardSnapshot> {
     let mut files = Vec::with_capacity(staged.files.len());
     for name in staged.files {
         let path = staging.join(&name);
-        let (sha256, size) = hash_file(&path)?;
+        let (sha256, size) = hashes.sha256(&path)?;
         let blob = blob_name(&sha256);
         stats.total_files += 1;
         stats.total_bytes += size;
@@ -796,26 +807,6 @@ fn upload_shard(
         commit_meta: staged.meta_json,
         files,
     })
-}
-
-fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        size += read as u64;
-    }
-    Ok((hex(&hasher.finalize()), size))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn validate_snapshot_name(repository: &str, snapshot: &str) -> Result<()> {
