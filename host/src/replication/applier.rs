@@ -364,6 +364,13 @@ impl Applier {
         if index.is_closing(number) || (!open && !index.copy_dir(number).exists()) {
             return;
         }
+        // A recovery still writing into the copy's directory stops at its next step and
+        // cleans up after itself; deleting the directory under it only made it fail with
+        // missing files. A later pass finishes the drop once the recovery has let go.
+        if self.node.copies.recovery_running(name, number) {
+            self.node.copies.forget(name, number);
+            return;
+        }
         let wanted = index.meta.number_of_replicas() as usize + 1;
         let reusable = routing.copies.len() < wanted
             && index

@@ -138,6 +138,14 @@ impl LocalCopies {
         })
     }
 
+    /// Whether a recovery task of the shard runs here (whatever copy it recovers).
+    fn recovery_running(&self, index: &str, shard: u32) -> bool {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(index.to_string(), shard))
+    }
+
     fn start_recovering(&self, index: &str, shard: u32, allocation_id: &str) {
         self.lock().insert(
             (index.to_string(), shard),
@@ -345,6 +353,7 @@ mod tests {
         let copies = LocalCopies::default();
         let first = copies.claim_recovery("logs", 0).expect("a free slot");
         copies.start_recovering("logs", 0, "old");
+        assert!(copies.recovery_running("logs", 0));
         assert!(
             copies.claim_recovery("logs", 1).is_some(),
             "other shards recover meanwhile"
@@ -359,6 +368,10 @@ mod tests {
         assert_eq!(copies.active("logs", 0), None);
 
         drop(first);
+        assert!(
+            !copies.recovery_running("logs", 0),
+            "the slot is given back"
+        );
         let _second = copies.claim_recovery("logs", 0).expect("free again");
         copies.start_recovering("logs", 0, "new");
         assert!(matches!(
