@@ -269,6 +269,14 @@ impl Node {
         self.launch()
     }
 
+    /// Starts the process again on the same data directory with a new transport port too,
+    /// as a node moved to another host would come back: peers cannot find it where it was.
+    pub fn restart_on_a_new_transport_port(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.transport_addr = "127.0.0.1:0".to_string();
+        self.launch()
+    }
+
     /// Whether the node logs `needle` within 10 s: its stderr is read by another thread, so a
     /// line written just before an HTTP answer may not be there yet when the answer arrives.
     pub fn logs_soon(&self, needle: &str) -> bool {

@@ -6,7 +6,7 @@
 //! the metadata of that same life (by broadcast, or fetched over RPC when the node comes up).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, RwLock};
@@ -82,7 +82,13 @@ struct Shared {
     crashed: RwLock<HashSet<(String, u64)>>,
     local: RwLock<NodeMeta>,
     events: broadcast::Sender<MembershipEvent>,
+    /// Where the cluster's other nodes were last known to listen (the cluster state's own
+    /// record), announced to like seeds while this node has no peers.
+    known_peers: RwLock<Option<PeerSource>>,
 }
+
+/// Lists transport addresses of nodes this one knew to be in its cluster.
+pub type PeerSource = Arc<dyn Fn() -> Vec<std::net::SocketAddr> + Send + Sync>;
 
 /// Handle on the membership task. Cheap to clone.
 #[derive(Clone)]
@@ -107,6 +113,7 @@ impl Membership {
             crashed: RwLock::default(),
             local: RwLock::new(local.clone()),
             events,
+            known_peers: RwLock::default(),
         });
         let (commands, command_rx) = mpsc::channel(64);
         let (meta_tx, meta_rx) = mpsc::unbounded_channel();
@@ -166,6 +173,17 @@ impl Membership {
 
     pub fn local(&self) -> NodeMeta {
         read(&self.shared.local).clone()
+    }
+
+    /// Adds the nodes `source` lists to those a node with no peers announces itself to: a
+    /// node restarted without seeds (the one that founded the cluster, say) finds its peers
+    /// at once instead of waiting for one of them to try it.
+    pub fn announce_also_to(&self, source: PeerSource) {
+        *self
+            .shared
+            .known_peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {
@@ -299,19 +317,19 @@ impl MembershipTask {
     /// Re-announces to seeds while alone and retries metadata fetches that failed.
     async fn housekeeping(&mut self) {
         if self.foca.num_members() == 0 {
-            let own = self.transport.local_addr();
+            let mut targets = BTreeSet::new();
             for seed in &self.seeds {
                 match tokio::net::lookup_host(seed.as_str()).await {
-                    Ok(addrs) => {
-                        for addr in addrs.filter(|addr| *addr != own) {
-                            if let Err(err) =
-                                self.foca.announce(MemberId::seed(addr), &mut self.runtime)
-                            {
-                                tracing::debug!(seed = %addr, error = %err, "announce failed");
-                            }
-                        }
-                    }
+                    Ok(addrs) => targets.extend(addrs),
                     Err(err) => tracing::warn!(seed = %seed, error = %err, "cannot resolve seed"),
+                }
+            }
+            let known_peers = read(&self.shared.known_peers).clone();
+            targets.extend(known_peers.map(|list| list()).unwrap_or_default());
+            targets.remove(&self.transport.local_addr());
+            for addr in targets {
+                if let Err(err) = self.foca.announce(MemberId::seed(addr), &mut self.runtime) {
+                    tracing::debug!(peer = %addr, error = %err, "announce failed");
                 }
             }
         }

@@ -98,6 +98,13 @@ impl Cluster {
         )
         .await?;
         server.set_consensus(consensus.clone());
+        let peers = Arc::downgrade(&consensus);
+        membership.announce_also_to(Arc::new(move || {
+            peers
+                .upgrade()
+                .map(|consensus| consensus.peer_addresses())
+                .unwrap_or_default()
+        }));
         if found && !consensus.wait_for_bootstrap(Duration::from_secs(10)).await {
             tracing::warn!("the founding node has not committed the cluster identity yet");
         }

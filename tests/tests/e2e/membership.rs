@@ -75,6 +75,23 @@ fn three_nodes_join_through_a_seed_and_a_killed_node_goes_down_and_comes_back() 
 }
 
 #[test]
+fn a_founding_node_without_seeds_finds_its_peers_after_a_restart_elsewhere() {
+    let mut cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
+    cluster.wait_for_view(&[0, 1, 2], &ALL);
+
+    // node-0 founded the cluster and has no seeds; back on another port, no peer knows
+    // where it is, so it must reach them at the addresses its cluster state recorded.
+    cluster.nodes[0].kill();
+    cluster.wait_for_view(&[1, 2], &["node-1", "node-2"]);
+    let old_transport = cluster.nodes[0].transport_addr.clone();
+    cluster.nodes[0]
+        .restart_on_a_new_transport_port()
+        .expect("restart");
+    assert_ne!(cluster.nodes[0].transport_addr, old_transport);
+    cluster.wait_for_view(&[0, 1, 2], &ALL);
+}
+
+#[test]
 fn a_hung_node_is_dropped_and_taken_back_when_it_resumes() {
     let cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
     cluster.wait_for_view(&[0, 1, 2], &ALL);

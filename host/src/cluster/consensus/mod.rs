@@ -297,6 +297,20 @@ impl Consensus {
             .contains(node_id)
     }
 
+    /// The transport addresses the other members of the Raft group last had (as persisted
+    /// with the log, so known right after a restart).
+    pub fn peer_addresses(&self) -> Vec<SocketAddr> {
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, peer)| peer.transport_addr)
+            .collect()
+    }
+
     /// The current Raft term and the voting configuration (node ids).
     pub fn coordination(&self) -> (u64, Vec<String>) {
         let receiver = self.raft.metrics();
