@@ -280,13 +280,14 @@ impl Consensus {
     /// found is admitted a moment later, once the master has checked it belongs here.
     pub fn is_member(&self, node_id: &str) -> bool {
         let id = raft_id(node_id);
+        self.with_members(|members| members.nodes().any(|(member, _)| *member == id))
+    }
+
+    /// Reads the Raft membership as this node last applied it.
+    fn with_members<T>(&self, read: impl FnOnce(&openraft::Membership<u64, RaftPeer>) -> T) -> T {
         let receiver = self.raft.metrics();
         let metrics = receiver.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(member, _)| *member == id)
+        read(metrics.membership_config.membership())
     }
 
     /// Whether this node, as master, found `node_id` to belong to another cluster.
@@ -300,15 +301,13 @@ impl Consensus {
     /// The transport addresses the other members of the Raft group last had (as persisted
     /// with the log, so known right after a restart).
     pub fn peer_addresses(&self) -> Vec<SocketAddr> {
-        let receiver = self.raft.metrics();
-        let metrics = receiver.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(_, peer)| peer.transport_addr)
-            .collect()
+        self.with_members(|members| {
+            members
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(_, peer)| peer.transport_addr)
+                .collect()
+        })
     }
 
     /// The current Raft term and the voting configuration (node ids).
