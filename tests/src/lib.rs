@@ -142,8 +142,10 @@ impl Node {
                 "json",
             ])
             .args(&self.extra_args)
-            // The node's own default filter (info, quiet dependencies), whatever the caller's.
+            // The node's own default filter (info, quiet dependencies), whatever the caller's;
+            // `SHOAL_TEST_RUST_LOG` sets another, for debugging a failure.
             .env_remove("RUST_LOG")
+            .envs(std::env::var("SHOAL_TEST_RUST_LOG").map(|filter| ("RUST_LOG", filter)))
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -384,6 +384,10 @@ impl MembershipTask {
             OwnedNotification::MemberDown(id) => {
                 if self.alive.get(&id.addr) == Some(&id) {
                     self.alive.remove(&id.addr);
+                    // A process restarted at the address must get a new connection, not
+                    // requests stuck on the old one until its idle timeout; a peer declared
+                    // down while alive just dials again.
+                    self.transport.drop_connection(id.addr);
                 }
             }
             OwnedNotification::Rename(old, new) => {

@@ -39,8 +39,9 @@ pub enum ClusterError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Consensus(#[from] ConsensusError),
-    #[error("cannot persist the gossip generation in {path}: {source}")]
-    Generation {
+    #[error("cannot persist the {what} in {path}: {source}")]
+    NodeState {
+        what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -67,9 +68,19 @@ impl Cluster {
         let tls_files = resolve_tls(config, &state_dir)?;
         let alpn = format!("shoal/1/{}", config.cluster_name);
         let configs = tls::quic_configs(&tls_files, alpn.as_bytes())?;
-        let (transport, datagrams) = Transport::bind(config.transport_addr, configs)?;
+        let endpoint_config =
+            crate::transport::reset_key::endpoint_config(&state_dir).map_err(|source| {
+                ClusterError::NodeState {
+                    what: "transport reset key",
+                    path: state_dir.clone(),
+                    source,
+                }
+            })?;
+        let (transport, datagrams) =
+            Transport::bind(config.transport_addr, configs, endpoint_config)?;
         let generation =
-            identity::next_generation(&state_dir).map_err(|source| ClusterError::Generation {
+            identity::next_generation(&state_dir).map_err(|source| ClusterError::NodeState {
+                what: "gossip generation",
                 path: state_dir.clone(),
                 source,
             })?;

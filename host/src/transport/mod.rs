@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod faults;
+pub mod reset_key;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -93,9 +94,17 @@ impl Transport {
     pub fn bind(
         addr: SocketAddr,
         configs: QuicConfigs,
+        endpoint_config: quinn::EndpointConfig,
     ) -> Result<(Transport, mpsc::Receiver<Datagram>), TransportError> {
-        let mut endpoint = quinn::Endpoint::server(configs.server, addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+        let bind_error = |source| TransportError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+        let mut endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(configs.server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         endpoint.set_default_client_config(configs.client);
         let local_addr = endpoint
             .local_addr()
@@ -187,6 +196,13 @@ impl Transport {
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::TimedOut { peer: to, timeout }),
+        }
+    }
+
+    /// Closes and forgets the cached connection to `peer` (its process is known gone).
+    pub fn drop_connection(&self, peer: SocketAddr) {
+        if let Some(PeerSlot::Connected(conn)) = self.lock_peers().remove(&peer) {
+            conn.close(0u32.into(), b"peer process gone");
         }
     }
 
