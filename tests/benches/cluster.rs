@@ -100,6 +100,7 @@ fn real_processes(rounds: usize) {
     let mut cluster = Cluster::start(BIN, &["a", "b", "c"]).expect("cluster starts");
     wait_for_all(&cluster);
     let mut killed = Vec::new();
+    let mut rejoined = Vec::new();
     let mut paused = Vec::new();
     for _ in 0..rounds {
         // Let probes settle on the restarted or resumed node before the next fault.
@@ -107,8 +108,10 @@ fn real_processes(rounds: usize) {
         let started = Instant::now();
         cluster.nodes[2].kill();
         killed.push(time_until_dropped(&cluster, started));
+        let started = Instant::now();
         cluster.nodes[2].restart().expect("restart");
         wait_for_all(&cluster);
+        rejoined.push(started.elapsed());
 
         std::thread::sleep(Duration::from_secs(2));
         let started = Instant::now();
@@ -126,6 +129,10 @@ fn real_processes(rounds: usize) {
     println!(
         "  kill -9 -> dropped by both survivors: {}",
         summary(killed)
+    );
+    println!(
+        "  restart after kill -9 -> listed by every node: {}",
+        summary(rejoined)
     );
     println!(
         "  SIGSTOP -> dropped by both survivors: {}",
