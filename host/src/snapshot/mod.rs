@@ -750,15 +750,10 @@ fn upload_local_primary(
         .join(&index.meta.uuid)
         .join(number.to_string());
     let mut stats = TransferStats::default();
+    let hashes = &node.snapshot_activity.file_hashes;
     let outcome = shard.stage_commit(&staging).and_then(|staged| {
-        let hashes = &node.snapshot_activity.file_hashes;
         upload_shard(
-            session,
-            repository,
-            (&staging, staged),
-            hashes,
-            known,
-            &mut stats,
+            session, repository, &staging, staged, hashes, known, &mut stats,
         )
     });
     if let Some(root) = staging.parent().and_then(Path::parent)
@@ -774,7 +769,8 @@ fn upload_local_primary(
 fn upload_shard(
     session: &mut RepositorySession,
     repository: &str,
-    (staging, staged): (&Path, crate::shard::StagedCommit),
+    staging: &Path,
+    staged: crate::shard::StagedCommit,
     hashes: &file_hashes::FileHashes,
     known: &KnownBlobs,
     stats: &mut TransferStats,
