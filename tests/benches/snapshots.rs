@@ -4,7 +4,8 @@
 //! snapshot of the unchanged index, and snapshot and restore throughput to the
 //! `s3-repository` plugin on a local S3 server (s3s-fs, on the same disk).
 //!
-//! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 3000000: about 300 MiB of index files).
+//! `cargo bench -p shoal-tests --bench snapshots` (`SHOAL_BENCH_DOCS`, default 3000000: about 300 MiB of index files;
+//! `SHOAL_BENCH_ROUNDS`, default 3).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,61 @@ const S3_BIN: &str = env!("CARGO_BIN_EXE_s3-server");
 
 fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
+}
+
+/// The middle duration (sorts `rounds`).
+fn median(rounds: &mut [Duration]) -> Duration {
+    rounds.sort();
+    rounds[rounds.len() / 2]
+}
+
+/// "min .. max" of the rounds, so a reader sees how noisy the machine was.
+fn spread(rounds: &[Duration]) -> String {
+    let min = rounds.iter().min().copied().unwrap_or_default();
+    let max = rounds.iter().max().copied().unwrap_or_default();
+    format!("{min:.2?} .. {max:.2?}")
+}
+
+/// Flushes every dirty page on the machine, so the next measurement starts from the same state.
+fn sync() {
+    let status = Command::new("sync").status().expect("sync runs");
+    assert!(status.success());
+}
+
+fn wait_for_green(node: &Node) {
+    let health = node.get("/_cluster/health?wait_for_status=green&timeout=60s");
+    assert_eq!(health.body["status"], "green", "{:?}", health.body);
+}
+
+/// Copies the shard index directories (what a snapshot stores; not the translogs) to a new
+/// directory under `scratch`; returns how long `cp -r` took, and how long until the copy was
+/// also durable (fsynced file by file: a machine-wide `sync` would also flush whatever else is
+/// dirty). The copy is removed again.
+fn copy_shard_files(
+    indices: &Path,
+    index_dirs: &[PathBuf],
+    scratch: &Path,
+) -> (Duration, Duration) {
+    let copy = scratch.join("copy");
+    std::fs::create_dir_all(&copy).expect("copy dir");
+    sync();
+    let started = Instant::now();
+    let status = Command::new("cp")
+        .current_dir(indices)
+        .arg("-r")
+        .arg("--parents")
+        // Index directories are uuids, which may start with '-'.
+        .arg("--")
+        .args(index_dirs)
+        .arg(&copy)
+        .status()
+        .expect("cp runs");
+    let cp_took = started.elapsed();
+    assert!(status.success());
+    fsync_tree(&copy);
+    let durable_took = started.elapsed();
+    std::fs::remove_dir_all(&copy).expect("remove the copy");
+    (cp_took, durable_took)
 }
 
 fn timed(node: &Node, method: &str, path: &str, body: &Value) -> (Duration, Value) {
@@ -99,12 +155,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3_000_000);
+    let rounds: usize = std::env::var("SHOAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let repos = dir.path().join("repos");
     std::fs::create_dir_all(&repos).expect("repos");
     let repos = repos.display().to_string();
-    let node = Node::start_with_env(
+    let mut node = Node::start_with_env(
         BIN,
         &data,
         &["--path-repo", &repos],
@@ -129,61 +190,65 @@ fn main() {
     }
     assert_eq!(node.post("/logs/_flush", &json!({})).status, 200);
 
-    // Baseline: copy the shards' index files (what a snapshot stores; not the translogs) on
-    // the same disk.
     let indices = data.join("indices");
     wait_until_quiet(&indices);
     let index_dirs = shard_index_dirs(&indices);
     let index_bytes: u64 = index_dirs.iter().map(|d| dir_size(&indices.join(d))).sum();
-    let copy = dir.path().join("copy");
-    std::fs::create_dir_all(&copy).expect("copy dir");
-    let started = Instant::now();
-    let status = Command::new("cp")
-        .current_dir(&indices)
-        .arg("-r")
-        .arg("--parents")
-        // Index directories are uuids, which may start with '-'.
-        .arg("--")
-        .args(&index_dirs)
-        .arg(&copy)
-        .status()
-        .expect("cp runs");
-    let cp_took = started.elapsed();
-    assert!(status.success());
-    // Snapshots and restores fsync what they write; so does this second baseline, file by
-    // file (a machine-wide `sync` would also flush whatever else is dirty).
-    fsync_tree(&copy);
-    let durable_cp_took = started.elapsed();
 
-    shoal_tests::register_fs_repository(&node, "r", "r");
-    let (snap_took, first) = timed(
-        &node,
-        "PUT",
-        "/_snapshot/r/s1?wait_for_completion=true",
-        &json!({"indices": "logs"}),
-    );
-    let uploaded = first["snapshot"]["stats"]["incremental"]["size_in_bytes"]
-        .as_u64()
-        .unwrap_or(0);
+    // The disk and the page cache are shared with other work, so each contender runs several
+    // rounds, interleaved (a disturbance hits both alike), each after a `sync` (so no round pays
+    // for dirty pages another left), and the medians are compared.
+    let mut cp_rounds = Vec::new();
+    let mut durable_cp_rounds = Vec::new();
+    let mut snapshot_rounds = Vec::new();
+    let mut uploaded = 0;
+    for round in 0..rounds {
+        let (cp_took, durable_cp_took) = copy_shard_files(&indices, &index_dirs, dir.path());
+        cp_rounds.push(cp_took);
+        durable_cp_rounds.push(durable_cp_took);
+
+        // A node that has not hashed the files yet (hashes are remembered in memory), into a
+        // new repository: the first snapshot an operator takes.
+        node.restart().expect("node restarts");
+        wait_for_green(&node);
+        let repository = format!("r{round}");
+        shoal_tests::register_fs_repository(&node, &repository, &repository);
+        sync();
+        let (took, first) = timed(
+            &node,
+            "PUT",
+            &format!("/_snapshot/{repository}/s1?wait_for_completion=true"),
+            &json!({"indices": "logs"}),
+        );
+        snapshot_rounds.push(took);
+        uploaded = first["snapshot"]["stats"]["incremental"]["size_in_bytes"]
+            .as_u64()
+            .unwrap_or(0);
+    }
     let (again_took, second) = timed(
         &node,
         "PUT",
-        "/_snapshot/r/s2?wait_for_completion=true",
+        "/_snapshot/r0/s2?wait_for_completion=true",
         &json!({"indices": "logs"}),
     );
     let again_bytes = second["snapshot"]["stats"]["incremental"]["size_in_bytes"]
         .as_u64()
         .unwrap_or(u64::MAX);
 
-    assert_eq!(node.delete("/logs").status, 200);
-    let (restore_took, _) = timed(
-        &node,
-        "POST",
-        "/_snapshot/r/s1/_restore?wait_for_completion=true",
-        &json!({"indices": "logs"}),
-    );
-    let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
-    assert_eq!(count as usize, doc_count, "the restore is complete");
+    let mut restore_rounds = Vec::new();
+    for round in 0..rounds {
+        assert_eq!(node.delete("/logs").status, 200);
+        sync();
+        let (took, _) = timed(
+            &node,
+            "POST",
+            &format!("/_snapshot/r{round}/s1/_restore?wait_for_completion=true"),
+            &json!({"indices": "logs"}),
+        );
+        restore_rounds.push(took);
+        let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
+        assert_eq!(count as usize, doc_count, "the restore is complete");
+    }
 
     let server = S3Server::start(S3_BIN, &dir.path().join("s3")).expect("S3 server starts");
     server.create_bucket("bench").expect("bucket");
@@ -211,24 +276,32 @@ fn main() {
     let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
     assert_eq!(count as usize, doc_count, "the S3 restore is complete");
 
-    let cp = mb_per_s(index_bytes, cp_took);
-    let durable_cp = mb_per_s(index_bytes, durable_cp_took);
-    let snap = mb_per_s(uploaded, snap_took);
-    let restore = mb_per_s(uploaded, restore_took);
+    let cp = mb_per_s(index_bytes, median(&mut cp_rounds));
+    let durable_cp = mb_per_s(index_bytes, median(&mut durable_cp_rounds));
+    let snap = mb_per_s(uploaded, median(&mut snapshot_rounds));
+    let restore = mb_per_s(uploaded, median(&mut restore_rounds));
     println!(
-        "snapshot benchmark: {doc_count} http_logs docs, 2 shards, index files {:.1} MiB on disk",
+        "snapshot benchmark: {doc_count} http_logs docs, 2 shards, index files {:.1} MiB on disk, median of {rounds} rounds",
         index_bytes as f64 / (1 << 20) as f64
     );
-    println!("  cp -r of the shard files:   {cp:>8.1} MiB/s ({cp_took:?})");
-    println!("  cp -r, then fsync:          {durable_cp:>8.1} MiB/s ({durable_cp_took:?})");
     println!(
-        "  snapshot to fs-repository:  {snap:>8.1} MiB/s ({snap_took:?}, {:.1} MiB uploaded)  = {:.2}x cp -r, {:.2}x cp -r + fsync",
+        "  cp -r of the shard files:   {cp:>8.1} MiB/s ({})",
+        spread(&cp_rounds)
+    );
+    println!(
+        "  cp -r, then fsync:          {durable_cp:>8.1} MiB/s ({})",
+        spread(&durable_cp_rounds)
+    );
+    println!(
+        "  snapshot to fs-repository:  {snap:>8.1} MiB/s ({}, {:.1} MiB uploaded)  = {:.2}x cp -r, {:.2}x cp -r + fsync",
+        spread(&snapshot_rounds),
         uploaded as f64 / (1 << 20) as f64,
         snap / cp,
         snap / durable_cp
     );
     println!(
-        "  restore from fs-repository: {restore:>8.1} MiB/s ({restore_took:?})  = {:.2}x cp -r, {:.2}x cp -r + fsync",
+        "  restore from fs-repository: {restore:>8.1} MiB/s ({})  = {:.2}x cp -r, {:.2}x cp -r + fsync",
+        spread(&restore_rounds),
         restore / cp,
         restore / durable_cp
     );
