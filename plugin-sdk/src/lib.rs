@@ -30,7 +30,8 @@
 //!
 //! `Cargo.toml` needs `crate-type = ["cdylib"]`; `cargo build --release --target wasm32-wasip2`
 //! then writes a component to `target/wasm32-wasip2/release/<name>.wasm`, and
-//! `GET /_plugins/{name}` shows it once installed. `plugins/time-series-pruning` is a complete,
+//! `GET /_plugins/{name}` shows it once installed. A plugin granted a directory writes large
+//! files fastest with [`files::ChunkedFile`]. `plugins/time-series-pruning` is a complete,
 //! shipped example.
 
 #![allow(missing_docs, clippy::all)]
@@ -274,6 +275,8 @@ pub mod repository {
         Ok(())
     }
 }
+
+pub mod files;
 
 /// Logging through the host (lines are tagged with the plugin's name).
 pub mod log {

@@ -4,9 +4,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
+use shoal_plugin_sdk::files::ChunkedFile;
 use shoal_plugin_sdk::host;
 use shoal_plugin_sdk::repository::{BlobMeta, RepositoryError, RepositoryPlugin, Sha256};
 
@@ -19,7 +19,7 @@ const ABANDONED_AFTER_MS: i64 = 60 * 60 * 1000;
 struct Upload {
     name: String,
     temp: PathBuf,
-    file: File,
+    file: ChunkedFile,
     expected_length: u64,
     expected_sha256: String,
     written: u64,
@@ -111,7 +111,8 @@ fn start(
         id
     });
     let temp = temp_path(&path, id);
-    let file = File::create(&temp).map_err(|err| io("creating blob", err))?;
+    let file =
+        ChunkedFile::create(&temp.to_string_lossy()).map_err(|err| io("creating blob", err))?;
     UPLOADS.with(|uploads| {
         uploads.borrow_mut().insert(
             id,
@@ -304,17 +305,10 @@ impl RepositoryPlugin for FsRepository {
 
     fn get(name: String, offset: u64, length: Option<u64>) -> Result<Vec<u8>, RepositoryError> {
         let path = blob_path(&name)?;
-        let mut file =
-            File::open(&path).map_err(|err| io(&format!("reading blob [{name}]"), err))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|err| io("seeking in blob", err))?;
-        let mut data = Vec::new();
-        match length {
-            Some(length) => file.take(length).read_to_end(&mut data),
-            None => file.read_to_end(&mut data),
-        }
-        .map_err(|err| io("reading blob", err))?;
-        Ok(data)
+        ChunkedFile::open(&path.to_string_lossy())
+            .map_err(|err| io(&format!("reading blob [{name}]"), err))?
+            .read(offset, length)
+            .map_err(|err| io("reading blob", err))
     }
 
     fn exists(name: String) -> Result<bool, RepositoryError> {
