@@ -16,6 +16,7 @@ pub mod format;
 pub mod lease;
 pub mod lifecycle;
 pub mod slm;
+mod workers;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
@@ -495,17 +496,16 @@ fn take_snapshot(
         .flat_map(|(position, index)| (0..index.number_of_shards()).map(move |n| (position, n)))
         .collect();
     let stats = Mutex::new(TransferStats::default());
-    let runs = on_workers(
-        node,
-        repository,
-        meta,
+    let runs = workers::on_threads(
         &jobs,
-        |session, &(position, number)| {
+        workers::shard_workers(),
+        || (),
+        |(), &(position, number)| {
             let outcome = snapshot_shard(
                 node,
                 &runtime,
-                session,
                 repository,
+                meta,
                 &indices[position],
                 number,
                 &known,
@@ -589,56 +589,6 @@ fn take_snapshot(
 /// Blobs the repository holds, shared by the workers of one snapshot.
 type KnownBlobs = Mutex<HashSet<String>>;
 
-/// Shards snapshotted at once by one coordinator: half the cores, at least 2, at most 4
-/// (Elasticsearch's snapshot pool is similar), so queries keep cores while a snapshot runs.
-fn snapshot_workers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |cores| cores.get() / 2)
-        .clamp(2, 4)
-}
-
-/// Runs `work` on every job with up to [`snapshot_workers`] threads, each with its own session
-/// on the repository (its own plugin instance); the outcomes come back in job order.
-fn on_workers<J: Sync, T: Send>(
-    node: &NodeState,
-    repository: &str,
-    meta: &RepositoryMeta,
-    jobs: &[J],
-    work: impl Fn(&mut RepositorySession, &J) -> Result<T> + Sync,
-) -> Vec<Result<T>> {
-    let next_job = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Mutex<BTreeMap<usize, Result<T>>> = Mutex::default();
-    std::thread::scope(|scope| {
-        for _ in 0..snapshot_workers().min(jobs.len()) {
-            scope.spawn(|| {
-                let mut session = open(node, repository, meta);
-                loop {
-                    let position = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(job) = jobs.get(position) else {
-                        return;
-                    };
-                    let outcome = match session.as_mut() {
-                        Ok(session) => work(session, job),
-                        Err(err) => Err(Error::Repository {
-                            repository: repository.to_string(),
-                            reason: err.to_string(),
-                        }),
-                    };
-                    outcomes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(position, outcome);
-                }
-            });
-        }
-    });
-    outcomes
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_values()
-        .collect()
-}
-
 /// How long a coordinator waits for another node to snapshot one shard.
 const REMOTE_SHARD_SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -664,8 +614,8 @@ fn known_blobs(session: &mut RepositorySession, repository: &str) -> Result<Hash
 fn snapshot_shard(
     node: &NodeState,
     runtime: &tokio::runtime::Handle,
-    session: &mut RepositorySession,
     repository: &str,
+    meta: &RepositoryMeta,
     index: &crate::index::IndexService,
     number: u32,
     known: &KnownBlobs,
@@ -678,7 +628,7 @@ fn snapshot_shard(
             .clone()
     };
     if primary_node == node.identity.node_id {
-        return upload_local_primary(node, session, repository, index, number, known);
+        return upload_local_primary(node, repository, meta, index, number, known);
     }
     let request = DataRequest::SnapshotShard {
         repository: repository.to_string(),
@@ -717,18 +667,20 @@ pub fn snapshot_shard_here(
     shard: u32,
 ) -> Result<ShardUpload> {
     let meta = writable(node, repository, "create a snapshot in")?;
-    let mut session = open(node, repository, &meta)?;
-    let known = Mutex::new(known_blobs(&mut session, repository)?);
+    let known = Mutex::new(known_blobs(
+        &mut open(node, repository, &meta)?,
+        repository,
+    )?);
     let service = node.indices.get(index)?;
-    upload_local_primary(node, &mut session, repository, &service, shard, &known)
+    upload_local_primary(node, repository, &meta, &service, shard, &known)
 }
 
 /// Stages the commit of this node's primary of a shard (the point in time; writes go on) and
 /// uploads the files the repository lacks.
 fn upload_local_primary(
     node: &NodeState,
-    session: &mut RepositorySession,
     repository: &str,
+    meta: &RepositoryMeta,
     index: &crate::index::IndexService,
     number: u32,
     known: &KnownBlobs,
@@ -750,11 +702,8 @@ fn upload_local_primary(
         .join(&index.meta.uuid)
         .join(number.to_string());
     let mut stats = TransferStats::default();
-    let hashes = &node.snapshot_activity.file_hashes;
     let outcome = shard.stage_commit(&staging).and_then(|staged| {
-        upload_shard(
-            session, repository, &staging, staged, hashes, known, &mut stats,
-        )
+        upload_shard(node, repository, meta, &staging, staged, known, &mut stats)
     });
     if let Some(root) = staging.parent().and_then(Path::parent)
         && let Err(err) = std::fs::remove_dir_all(root)
@@ -767,42 +716,71 @@ fn upload_local_primary(
 
 /// Hashes a shard's staged files and uploads those the repository lacks.
 fn upload_shard(
-    session: &mut RepositorySession,
+    node: &NodeState,
     repository: &str,
+    meta: &RepositoryMeta,
     staging: &Path,
     staged: crate::shard::StagedCommit,
-    hashes: &file_hashes::FileHashes,
     known: &KnownBlobs,
     stats: &mut TransferStats,
 ) -> Result<ShardSnapshot> {
-    let mut files = Vec::with_capacity(staged.files.len());
-    for name in staged.files {
-        let path = staging.join(&name);
-        let (sha256, size) = hashes.sha256(&path)?;
-        let blob = blob_name(&sha256);
+    let hashes = &node.snapshot_activity.file_hashes;
+    let outcomes = workers::on_threads(
+        &staged.files,
+        workers::FILE_WORKERS_PER_SHARD,
+        || workers::LazySession::new(node, repository, meta),
+        |session, name| upload_file(session, repository, staging, name, hashes, known),
+    );
+    let mut files = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let (file, uploaded) = outcome?;
         stats.total_files += 1;
-        stats.total_bytes += size;
-        let missing = !known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&blob);
-        // Two workers may upload one blob at once (the same file in two shards): harmless,
-        // as a blob's name is its content.
-        if missing {
-            let file = std::fs::File::open(&path)?;
-            session
-                .put_streamed(&blob, size, &sha256, std::io::BufReader::new(file))
-                .map_err(repo_error(repository))?;
+        stats.total_bytes += file.size;
+        if uploaded {
             stats.uploaded_files += 1;
-            stats.uploaded_bytes += size;
-            known.lock().unwrap_or_else(|p| p.into_inner()).insert(blob);
+            stats.uploaded_bytes += file.size;
         }
-        files.push(FileRef { name, sha256, size });
+        files.push(file);
     }
     Ok(ShardSnapshot {
         commit_meta: staged.meta_json,
         files,
     })
+}
+
+/// Hashes one staged file and uploads it unless the repository holds it; says whether it
+/// was uploaded.
+fn upload_file(
+    session: &mut workers::LazySession<'_>,
+    repository: &str,
+    staging: &Path,
+    name: &str,
+    hashes: &file_hashes::FileHashes,
+    known: &KnownBlobs,
+) -> Result<(FileRef, bool)> {
+    let path = staging.join(name);
+    let (sha256, size) = hashes.sha256(&path)?;
+    let blob = blob_name(&sha256);
+    let missing = !known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&blob);
+    // Two workers may upload one blob at once (the same file in two shards): harmless, as a
+    // blob's name is its content.
+    if missing {
+        let file = std::fs::File::open(&path)?;
+        session
+            .get()?
+            .put_streamed(&blob, size, &sha256, std::io::BufReader::new(file))
+            .map_err(repo_error(repository))?;
+        known.lock().unwrap_or_else(|p| p.into_inner()).insert(blob);
+    }
+    let file = FileRef {
+        name: name.to_string(),
+        sha256,
+        size,
+    };
+    Ok((file, missing))
 }
 
 fn validate_snapshot_name(repository: &str, snapshot: &str) -> Result<()> {
@@ -1130,22 +1108,27 @@ fn restore_index(
         }
     }
     // Each primary's node downloads its shard; the shards go in parallel.
-    let runs = on_workers(node, repository, meta, &jobs, |session, (holder, job)| {
-        if *holder == node.identity.node_id {
-            return restore_shard(node, session, job);
-        }
-        let request = crate::replication::wire::DataRequest::RestoreShard(
-            serde_json::to_string(job).map_err(|err| Error::Internal(err.to_string()))?,
-        );
-        runtime
-            .block_on(crate::replication::ask_within(
-                node,
-                holder,
-                request,
-                REMOTE_SHARD_SNAPSHOT_TIMEOUT,
-            ))
-            .map(drop)
-    });
+    let runs = workers::on_threads(
+        &jobs,
+        workers::shard_workers(),
+        || (),
+        |(), (holder, job)| {
+            if *holder == node.identity.node_id {
+                return restore_shard(node, meta, job);
+            }
+            let request = crate::replication::wire::DataRequest::RestoreShard(
+                serde_json::to_string(job).map_err(|err| Error::Internal(err.to_string()))?,
+            );
+            runtime
+                .block_on(crate::replication::ask_within(
+                    node,
+                    holder,
+                    request,
+                    REMOTE_SHARD_SNAPSHOT_TIMEOUT,
+                ))
+                .map(drop)
+        },
+    );
     runs.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(RestoredIndex {
         name: target.to_string(),
@@ -1180,17 +1163,12 @@ pub struct ShardRestore {
 /// Restores one shard onto this node, for the coordinator of a restore on another node.
 pub fn restore_shard_here(node: &NodeState, job: &ShardRestore) -> Result<()> {
     let meta = registered(node, &job.repository)?;
-    let mut session = open(node, &job.repository, &meta)?;
-    restore_shard(node, &mut session, job)
+    restore_shard(node, &meta, job)
 }
 
 /// Downloads and verifies a shard as this node's copy of the restored index (nothing is left
 /// behind on failure), and lists it in `_cat/recovery`.
-fn restore_shard(
-    node: &NodeState,
-    session: &mut RepositorySession,
-    job: &ShardRestore,
-) -> Result<()> {
+fn restore_shard(node: &NodeState, meta: &RepositoryMeta, job: &ShardRestore) -> Result<()> {
     let dir = node
         .indices
         .index_dir(&job.index_uuid)
@@ -1204,7 +1182,8 @@ fn restore_shard(
         bytes: job.files.files.iter().map(|file| file.size).sum(),
     });
     let laid_out = lay_out_shard(
-        session,
+        node,
+        meta,
         &job.repository,
         &dir,
         &job.files,
@@ -1253,7 +1232,8 @@ fn rename(name: &str, pattern: Option<&str>, replacement: Option<&str>) -> Resul
 /// ([`crate::indices::Indices::ensure`]); a directory left without it by a crash is removed at
 /// the next start.
 fn lay_out_shard(
-    session: &mut RepositorySession,
+    node: &NodeState,
+    meta: &RepositoryMeta,
     repository: &str,
     shard_dir: &Path,
     shard: &ShardSnapshot,
@@ -1262,18 +1242,25 @@ fn lay_out_shard(
 ) -> Result<()> {
     let index_dir = shard_dir.join("index");
     crate::durable::create_dir(&index_dir)?;
+    let downloads = workers::on_threads(
+        &shard.files,
+        workers::FILE_WORKERS_PER_SHARD,
+        || workers::LazySession::new(node, repository, meta),
+        |session, file| {
+            download_verified(
+                session.get()?,
+                repository,
+                file,
+                &index_dir.join(&file.name),
+                progress,
+            )?;
+            progress.copied_file();
+            Ok(())
+        },
+    );
+    downloads.into_iter().collect::<Result<Vec<()>>>()?;
     let mut managed = vec!["meta.json".to_string()];
-    for file in &shard.files {
-        download_verified(
-            session,
-            repository,
-            file,
-            &index_dir.join(&file.name),
-            progress,
-        )?;
-        progress.copied_file();
-        managed.push(file.name.clone());
-    }
+    managed.extend(shard.files.iter().map(|file| file.name.clone()));
     // tantivy's record of the files it owns, so merges can later delete restored files.
     let mut listing =
         serde_json::to_vec(&managed).map_err(|err| Error::Internal(err.to_string()))?;
