@@ -209,8 +209,15 @@ fn main() {
 
         // A node that has not hashed the files yet (hashes are remembered in memory), into a
         // new repository: the first snapshot an operator takes.
+        let before_restart = listing(&indices);
         node.restart().expect("node restarts");
         wait_for_green(&node);
+        wait_until_quiet(&indices);
+        if listing(&indices) != before_restart {
+            println!(
+                "  (round {round}: the restarted node changed its index files before the snapshot)"
+            );
+        }
         let repository = format!("r{round}");
         shoal_tests::register_fs_repository(&node, &repository, &repository);
         sync();
