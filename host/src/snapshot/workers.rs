@@ -84,3 +84,47 @@ impl<'a> LazySession<'a> {
         Ok(self.session.insert(session))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use super::on_threads;
+
+    #[test]
+    fn outcomes_come_back_in_job_order_from_at_most_the_threads_asked_for() {
+        let jobs: Vec<u64> = (0..40).collect();
+        let threads_seen = Mutex::new(HashSet::new());
+        let outcomes = on_threads(
+            &jobs,
+            3,
+            || std::thread::current().id(),
+            |thread, job| {
+                threads_seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(*thread);
+                // Later jobs finish sooner, so completion order differs from job order.
+                std::thread::sleep(std::time::Duration::from_micros(40 - job));
+                job * 2
+            },
+        );
+        assert_eq!(outcomes, jobs.iter().map(|job| job * 2).collect::<Vec<_>>());
+        let threads = threads_seen.into_inner().unwrap_or_default().len();
+        assert!((1..=3).contains(&threads), "{threads} threads");
+    }
+
+    #[test]
+    fn no_jobs_start_no_threads() {
+        let started = Mutex::new(0);
+        let outcomes: Vec<()> = on_threads(
+            &[] as &[u8],
+            4,
+            || *started.lock().unwrap_or_else(|p| p.into_inner()) += 1,
+            |_, _| (),
+        );
+        assert!(outcomes.is_empty());
+        assert_eq!(*started.lock().unwrap_or_else(|p| p.into_inner()), 0);
+    }
+}
