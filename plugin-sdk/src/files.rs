@@ -1,7 +1,7 @@
 //! Files in a plugin's granted directory, written and read one whole chunk per host call.
 //!
 //! `std::fs` works in a plugin, but on `wasm32-wasip2` it writes through WASI output streams:
-//! the host takes each write in pieces of at most 128 KiB and performs every piece on a
+//! the host takes each write in pieces of at most 64 KiB and performs every piece on a
 //! thread pool, handing the result back. For a repository storing hundreds of MiB that
 //! hand-off, not the disk, set the pace (the snapshots bench spent more time waiting on it
 //! than in `fsync`). [`ChunkedFile`] calls `wasi:filesystem` directly, so a 4 MiB chunk is
