@@ -21,16 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shoal::cluster::simulation::{Network, detection_time, dissemination_time};
-use shoal_tests::{Cluster, node_names};
+use shoal_tests::{Cluster, env_usize, node_names};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn summary(mut samples: Vec<Duration>) -> String {
     if samples.is_empty() {

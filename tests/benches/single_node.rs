@@ -10,18 +10,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shoal_tests::http_logs;
-use shoal_tests::{Node, dir_size};
+use shoal_tests::{Node, dir_size, env_usize};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{FAST, INDEXED, IndexRecordOption, STORED, STRING, Schema, TEXT};
 use tantivy::{Index, TantivyDocument, Term};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shoal_tests::s3::S3Server;
-use shoal_tests::{Node, dir_size, http_logs};
+use shoal_tests::{Node, dir_size, env_usize, http_logs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-node");
 const S3_BIN: &str = env!("CARGO_BIN_EXE_s3-server");
@@ -85,6 +85,41 @@ fn timed(node: &Node, method: &str, path: &str, body: &Value) -> (Duration, Valu
     (took, reply.body)
 }
 
+/// Snapshots the `logs` index into `repository`: how long it took and how many bytes it
+/// uploaded.
+fn snapshot_logs(node: &Node, repository: &str, snapshot: &str) -> (Duration, u64) {
+    let (took, reply) = timed(
+        node,
+        "PUT",
+        &format!("/_snapshot/{repository}/{snapshot}?wait_for_completion=true"),
+        &json!({"indices": "logs"}),
+    );
+    let uploaded = reply["snapshot"]["stats"]["incremental"]["size_in_bytes"].as_u64();
+    (
+        took,
+        uploaded.expect("the snapshot reports its uploaded bytes"),
+    )
+}
+
+/// Deletes `logs` and restores it from snapshot `s1` of `repository`, checking that every
+/// document came back; returns how long the restore took.
+fn restore_logs(node: &Node, repository: &str, doc_count: usize) -> Duration {
+    assert_eq!(node.delete("/logs").status, 200);
+    sync();
+    let (took, _) = timed(
+        node,
+        "POST",
+        &format!("/_snapshot/{repository}/s1/_restore?wait_for_completion=true"),
+        &json!({"indices": "logs"}),
+    );
+    let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
+    assert_eq!(
+        count as usize, doc_count,
+        "the restore from [{repository}] is complete"
+    );
+    took
+}
+
 /// The `{index uuid}/{shard}/index` directories under `indices`, relative to it.
 fn shard_index_dirs(indices: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -151,15 +186,8 @@ fn fsync_tree(dir: &Path) {
 }
 
 fn main() {
-    let doc_count: usize = std::env::var("SHOAL_BENCH_DOCS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000_000);
-    let rounds: usize = std::env::var("SHOAL_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let doc_count = env_usize("SHOAL_BENCH_DOCS", 3_000_000);
+    let rounds = env_usize("SHOAL_BENCH_ROUNDS", 3).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let repos = dir.path().join("repos");
@@ -221,41 +249,15 @@ fn main() {
         let repository = format!("r{round}");
         shoal_tests::register_fs_repository(&node, &repository, &repository);
         sync();
-        let (took, first) = timed(
-            &node,
-            "PUT",
-            &format!("/_snapshot/{repository}/s1?wait_for_completion=true"),
-            &json!({"indices": "logs"}),
-        );
+        let (took, bytes) = snapshot_logs(&node, &repository, "s1");
         snapshot_rounds.push(took);
-        uploaded = first["snapshot"]["stats"]["incremental"]["size_in_bytes"]
-            .as_u64()
-            .unwrap_or(0);
+        uploaded = bytes;
     }
-    let (again_took, second) = timed(
-        &node,
-        "PUT",
-        "/_snapshot/r0/s2?wait_for_completion=true",
-        &json!({"indices": "logs"}),
-    );
-    let again_bytes = second["snapshot"]["stats"]["incremental"]["size_in_bytes"]
-        .as_u64()
-        .unwrap_or(u64::MAX);
+    let (again_took, again_bytes) = snapshot_logs(&node, "r0", "s2");
 
-    let mut restore_rounds = Vec::new();
-    for round in 0..rounds {
-        assert_eq!(node.delete("/logs").status, 200);
-        sync();
-        let (took, _) = timed(
-            &node,
-            "POST",
-            &format!("/_snapshot/r{round}/s1/_restore?wait_for_completion=true"),
-            &json!({"indices": "logs"}),
-        );
-        restore_rounds.push(took);
-        let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
-        assert_eq!(count as usize, doc_count, "the restore is complete");
-    }
+    let mut restore_rounds: Vec<Duration> = (0..rounds)
+        .map(|round| restore_logs(&node, &format!("r{round}"), doc_count))
+        .collect();
 
     let server = S3Server::start(S3_BIN, &dir.path().join("s3")).expect("S3 server starts");
     server.create_bucket("bench").expect("bucket");
@@ -264,24 +266,8 @@ fn main() {
         &json!({"type": "s3", "settings": {"bucket": "bench", "endpoint": server.endpoint()}}),
     );
     assert_eq!(registered.status, 200, "{:?}", registered.body);
-    let (s3_snap_took, s3_first) = timed(
-        &node,
-        "PUT",
-        "/_snapshot/s3/s1?wait_for_completion=true",
-        &json!({"indices": "logs"}),
-    );
-    let s3_uploaded = s3_first["snapshot"]["stats"]["incremental"]["size_in_bytes"]
-        .as_u64()
-        .unwrap_or(0);
-    assert_eq!(node.delete("/logs").status, 200);
-    let (s3_restore_took, _) = timed(
-        &node,
-        "POST",
-        "/_snapshot/s3/s1/_restore?wait_for_completion=true",
-        &json!({"indices": "logs"}),
-    );
-    let count = node.get("/logs/_count").body["count"].as_u64().unwrap_or(0);
-    assert_eq!(count as usize, doc_count, "the S3 restore is complete");
+    let (s3_snap_took, s3_uploaded) = snapshot_logs(&node, "s3", "s1");
+    let s3_restore_took = restore_logs(&node, "s3", doc_count);
 
     let cp = mb_per_s(index_bytes, median(&mut cp_rounds));
     let durable_cp = mb_per_s(index_bytes, median(&mut durable_cp_rounds));

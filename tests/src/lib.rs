@@ -17,6 +17,15 @@ pub mod history;
 pub mod http_logs;
 pub mod s3;
 
+/// A benchmark knob read from the environment (`SHOAL_BENCH_DOCS=...`), `default` when unset
+/// or not a number.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Where `host/build.rs` left a plugin built from `plugins/` for `wasm32-wasip2`,
 /// e.g. `plugin_path("test-trap")`.
 pub fn plugin_path(name: &str) -> PathBuf {
